@@ -1,0 +1,87 @@
+"""Every SMTP reply the gateway gives, as one table.
+
+Each reply is a named constant with its basic code, its enhanced status code
+(RFC 3463) and its text. Texts with ``{placeholders}`` are filled with
+:meth:`Reply.format`; whatever is filled in is stripped of control characters
+first, so nothing a client sent can break the reply line. A test checks that
+every enhanced code's class matches its basic code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def clean(value: object, limit: int = 200) -> str:
+    """A value safe to put in one reply or log line."""
+    text = _CONTROL.sub("?", str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    enhanced: str
+    text: str
+
+    def format(self, **values: object) -> str:
+        return f"{self.code} {self.enhanced} {self.text.format(**{k: clean(v) for k, v in values.items()})}"
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.enhanced} {self.text}"
+
+
+# -- success -------------------------------------------------------------------
+OK = Reply(250, "2.0.0", "OK")
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK: fax to {number}")
+QUEUED = Reply(250, "2.0.0", "OK: queued as {jobs}")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+
+# -- transient: our side, try again later -------------------------------------
+ERROR = Reply(451, "4.3.0", "Internal error, please try again later")
+LOW_SPACE = Reply(452, "4.3.1", "Insufficient system storage, please try again later")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients (at most {limit} per message)")
+QUOTA_SENDER = Reply(450, "4.7.1", "Hourly limit of {limit} faxes reached for {sender}, try again later")
+QUOTA_GLOBAL = Reply(450, "4.7.1", "Hourly fax limit of the gateway reached, try again later")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+AUTH_BACKOFF = Reply(454, "4.7.0", "Too many failed authentications, try again later")
+TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
+IDLE_TIMEOUT = Reply(421, "4.4.2", "Connection idle for too long, closing")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+
+# -- permanent: the client must change something ------------------------------
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+NOT_PERMITTED = Reply(550, "5.7.1", "Client {client} is not permitted to send faxes")
+SENDER_NOT_PERMITTED = Reply(550, "5.7.1", "Sender {sender} is not permitted to send faxes from here")
+NULL_SENDER = Reply(550, "5.7.1", "A null sender cannot send faxes: nobody could be told the outcome")
+FAX_DOMAIN_SENDER = Reply(550, "5.7.1", "Senders in a fax domain are refused ({sender})")
+RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied: only <number>@{domain} recipients are accepted")
+BAD_NUMBER_SYNTAX = Reply(553, "5.1.3", "{local!r} is not a fax number: use digits, spaces, dots, dashes and a leading +")
+INVALID_NUMBER = Reply(550, "5.1.1", "{local} is not a valid fax number: {reason}")
+DESTINATION_DENIED = Reply(550, "5.7.1", "Destination not permitted: {number} ({reason})")
+NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds the limit of {limit} bytes")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long (at most {limit} octets)")
+BAD_SYNTAX = Reply(501, "5.5.4", "Syntax error in parameters: {detail}")
+
+# -- documents (filled in by gateway.documents) --------------------------------
+NO_DOCUMENT = Reply(554, "5.6.0", "No document to fax: attach a PDF, TIFF, JPEG, PNG or GIF file")
+DOC_TYPE = Reply(554, "5.6.1", "{name}: type {found} cannot be faxed (accepted: {accepted})")
+DOC_EMPTY = Reply(554, "5.6.2", "{name}: the file is empty")
+DOC_ENCODING = Reply(554, "5.6.5", "{name}: the attachment's encoding is damaged (truncated?); send it again")
+DOC_CORRUPT = Reply(554, "5.6.5", "{name}: the {found} file cannot be read ({reason})")
+DOC_ENCRYPTED = Reply(554, "5.6.5", "{name}: the document is encrypted ({reason}); send it without a password")
+DOC_LIMITS = Reply(554, "5.6.0", "Message too complex to process: {reason}")
+DOC_TNEF = Reply(554, "5.6.1", "winmail.dat holds nothing that can be faxed: send the file in plain format (turn off Rich Text / TNEF in Outlook)")
+DOC_TOO_BIG = Reply(552, "5.3.4", "Fax document is {size} bytes{what}, over the limit of {limit} bytes")
+
+
+def all_replies() -> dict[str, Reply]:
+    """The table, by name (for the table test and the troubleshooting docs)."""
+    return {name: value for name, value in globals().items() if isinstance(value, Reply)}

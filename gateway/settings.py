@@ -1,0 +1,485 @@
+"""Settings: one TOML file plus environment variables for secrets.
+
+In: a TOML file (read with tomllib) and ``os.environ``. Out: one frozen, typed
+:class:`Settings` object, validated in full at start-up. Every problem is
+reported with the key that holds it (``smtp.listen: 'abc' is not host:port``);
+unknown keys are errors; secrets print masked.
+
+Each section is a frozen dataclass. The loader walks the dataclass fields and
+their type hints, so a key exists in exactly one place: its field here. The
+example configuration (``config/fax-gateway.example.toml``) is kept in step with
+these fields by a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class SettingsError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+class Secret:
+    """A string that never prints itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Network:
+    """A trusted client network (MFPs, application servers)."""
+
+    cidr: str
+    # Envelope senders this network may use (``*@example.com``); empty: any.
+    senders: tuple[str, ...] = ()
+    # Whether AUTH may be offered in plaintext to clients from this network.
+    plaintext_auth: bool = False
+
+
+@dataclass(frozen=True)
+class User:
+    """An SMTP AUTH user; ``password_hash`` comes from ``fax-gateway hash-password``."""
+
+    name: str
+    password_hash: str
+    senders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    listen: HostPort = HostPort("127.0.0.1", 2525)
+    hostname: str = "fax-gateway.localdomain"
+    # Fax domains: recipients must be <number>@one of these (case-insensitive).
+    fax_domains: tuple[str, ...] = ("fax.local",)
+    # SIZE advertised in EHLO; larger messages get 552 5.3.4.
+    max_message_size: int = 15 * 1024 * 1024
+    # Longest line accepted in DATA (legacy mailers put base64 on one line).
+    max_line_length: int = 1_048_576
+    max_recipients: int = 20
+    max_connections: int = 100
+    idle_timeout: float = 120.0
+    # Unrecognised or refused commands before the connection is closed.
+    max_errors: int = 20
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Failed AUTH attempts from one address before each further try is delayed.
+    auth_failures_before_backoff: int = 3
+    auth_backoff_seconds: float = 2.0
+    # A resent message (same sender, Message-ID and recipient) within this
+    # window gets the existing job id instead of a second job.
+    dedupe_window_seconds: int = 86400
+    trusted_networks: tuple[Network, ...] = (Network("127.0.0.0/8"), Network("::1/128"))
+    users: tuple[User, ...] = ()
+
+
+@dataclass(frozen=True)
+class NumberSettings:
+    default_region: str = "FR"
+    # ISO regions a fax may go to; empty means the default region only.
+    allowed_regions: tuple[str, ...] = ()
+    block_premium_rate: bool = True
+    block_shared_cost: bool = True
+    block_short_codes: bool = True
+    # Number format on the provider's wire: national for the default region
+    # and 00+country code otherwise, or E.164 (+33...).
+    wire_format: Literal["national", "e164"] = "national"
+
+
+@dataclass(frozen=True)
+class QuotaSettings:
+    # Faxes (jobs) per envelope sender per hour; 0 disables.
+    per_sender_hourly: int = 200
+    # Faxes for the whole gateway per hour; 0 disables.
+    global_hourly: int = 5000
+
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    directory: str = "/var/lib/fax-gateway"
+    # Below this free space, MAIL gets 452 4.3.1.
+    min_free_bytes: int = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DocumentSettings:
+    # libmagic kinds that may be faxed.
+    accepted_types: tuple[str, ...] = ("pdf", "tiff", "jpeg", "png", "gif")
+    # What to do with a candidate of another type: refuse the mail, or skip the
+    # part and list it in the receipt.
+    unsupported: Literal["refuse", "skip"] = "refuse"
+    # Largest document sent to the provider (its limit is 1 MB).
+    max_fax_bytes: int = 1_048_576
+    max_mime_depth: int = 50
+    max_parts: int = 500
+    max_decoded_bytes: int = 30 * 1024 * 1024
+    max_pdf_pages: int = 200
+    # Images smaller than this in both directions are tracking pixels.
+    min_image_pixels: int = 16
+    page_size: Literal["A4", "Letter"] = "A4"
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    backend: Literal["local", "s3"] = "local"
+    bucket: str = ""
+    prefix: str = "fax/"
+    region: str = ""
+    endpoint_url: str = ""
+    # Presigned GET lifetime (at most 7 days).
+    presign_seconds: int = 86400
+    # If set, document URLs are <public_base_url>/<key> (a CDN) instead of presigned.
+    public_base_url: str = ""
+    # Days to keep the object after the job's final state (0: delete at once).
+    keep_days: int = 0
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    url: str = "https://www.123-fax.net/http.php"
+    email: str = ""
+    # From the environment: FAX_GATEWAY_PROVIDER_PASSWORD.
+    password: Secret = Secret("")
+    # Use the built-in simulator instead of the real provider (no fax is sent).
+    simulator: bool = False
+    connect_timeout: float = 10.0
+    total_timeout: float = 60.0
+    concurrency: int = 4
+    # Copies of receipts by mail: off, sender, address (a fixed archive), or
+    # gateway (a per-job address in receipts_domain that the gateway accepts).
+    accuse_email: Literal["off", "sender", "address", "gateway"] = "off"
+    accuse_email_address: str = ""
+    receipts_domain: str = "ar.fax.local"
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    min_backoff_seconds: float = 60.0
+    max_backoff_seconds: float = 3600.0
+    max_queue_lifetime_seconds: float = 2 * 86400.0
+    # No-credit holds are retried this often.
+    credit_retry_seconds: float = 1800.0
+    # An ambiguous submission waits this long for a matching receipt.
+    ambiguous_grace_seconds: float = 1800.0
+    ambiguous_action: Literal["resubmit", "operator"] = "resubmit"
+    # A job found mid-step at start-up this many times is quarantined.
+    max_recoveries: int = 3
+    # Automatic resubmission on busy / no answer (0: off).
+    busy_retries: int = 0
+    busy_retry_delay_seconds: float = 600.0
+    # Timer for deferred jobs and work spooled by the CLI.
+    poll_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    listen: HostPort = HostPort("127.0.0.1", 8025)
+    # How the provider reaches this listener (receipt callback, local documents).
+    public_url: str = "http://127.0.0.1:8025"
+    # From the environment: FAX_GATEWAY_CALLBACK_SECRET (part of the callback path).
+    callback_secret: Secret = Secret("")
+    # Source networks allowed to call the receipt callback; empty: any.
+    callback_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    relay: HostPort = HostPort("127.0.0.1", 25)
+    relay_starttls: bool = False
+    relay_username: str = ""
+    # From the environment: FAX_GATEWAY_RELAY_PASSWORD.
+    relay_password: Secret = Secret("")
+    from_address: str = "fax-gateway@localhost"
+    # Administrator alerts; empty disables them (they are still logged).
+    admin_address: str = ""
+    admin_alert_interval_seconds: float = 900.0
+    language: Literal["en", "fr"] = "en"
+    # Who "the sender" is, first usable wins: reply-to, from, envelope.
+    recipient_order: tuple[str, ...] = ("reply-to", "from", "envelope")
+    # Scanner address -> person or team that gets its receipts.
+    sender_map: Mapping[str, str] = field(default_factory=dict)
+    receipts: Literal["all", "failures"] = "all"
+    accepted_notice: bool = False
+    attach_document: bool = False
+    max_retry_seconds: float = 5 * 86400.0
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: Literal["plain", "json"] = "plain"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class Settings:
+    smtp: SmtpSettings = SmtpSettings()
+    numbers: NumberSettings = NumberSettings()
+    quotas: QuotaSettings = QuotaSettings()
+    spool: SpoolSettings = SpoolSettings()
+    documents: DocumentSettings = DocumentSettings()
+    storage: StorageSettings = StorageSettings()
+    provider: ProviderSettings = ProviderSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    http: HttpSettings = HttpSettings()
+    notify: NotifySettings = NotifySettings()
+    log: LogSettings = LogSettings()
+
+
+# Secrets never live in the file: (section, field) -> environment variable.
+SECRET_ENV = {
+    ("provider", "password"): "FAX_GATEWAY_PROVIDER_PASSWORD",
+    ("http", "callback_secret"): "FAX_GATEWAY_CALLBACK_SECRET",
+    ("notify", "relay_password"): "FAX_GATEWAY_RELAY_PASSWORD",
+}
+
+_HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(?P<port>\d{1,5})$")
+_SENDER_PATTERN = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]*\*?[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]*@(\*\.)?[A-Za-z0-9.\-]+$")
+_ADDRESS = re.compile(r"^[^@\s<>]+@[A-Za-z0-9.\-]+$")
+
+
+def parse_hostport(key: str, value: object) -> HostPort:
+    if not isinstance(value, str) or not (m := _HOSTPORT.match(value)) or not 0 <= int(m["port"]) <= 65535:
+        raise SettingsError(f"{key}: {value!r} is not host:port")
+    host = m["v6"] or m["host"]
+    if m["v6"]:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise SettingsError(f"{key}: {value!r} is not host:port") from None
+    return HostPort(host, int(m["port"]))
+
+
+def _convert(key: str, hint: Any, value: object) -> Any:
+    """Turn a TOML value into the field's type, or raise naming the key."""
+    origin = typing.get_origin(hint)
+    if hint is HostPort:
+        return parse_hostport(key, value)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        if not isinstance(value, dict):
+            raise SettingsError(f"{key}: expected a table, got {type(value).__name__}")
+        return _build(key, hint, value)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(repr(a) for a in typing.get_args(hint))
+            raise SettingsError(f"{key}: {value!r} is not one of {choices}")
+        return value
+    if origin is tuple:
+        (item,) = typing.get_args(hint)[:1]
+        if not isinstance(value, list):
+            raise SettingsError(f"{key}: expected a list, got {type(value).__name__}")
+        return tuple(_convert(f"{key}[{i}]", item, v) for i, v in enumerate(value))
+    if origin in (Mapping, dict):
+        if not isinstance(value, dict):
+            raise SettingsError(f"{key}: expected a table, got {type(value).__name__}")
+        return types.MappingProxyType({str(k): _convert(f"{key}.{k}", str, v) for k, v in value.items()})
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SettingsError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SettingsError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise SettingsError(f"{key}: expected a string, got {value!r}")
+        return value
+    if hint is Secret:
+        raise SettingsError(f"{key}: secrets are not read from the file; set the environment variable")
+    raise SettingsError(f"{key}: unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _build(prefix: str, cls: type, table: Mapping[str, object]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in table:
+        if k not in names:
+            raise SettingsError(f"{prefix + '.' if prefix else ''}{k}: unknown setting")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in table:
+            kwargs[f.name] = _convert(key, hints[f.name], table[f.name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SettingsError(f"{key}: required")
+    return cls(**kwargs)
+
+
+def _positive(key: str, value: float, *, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        raise SettingsError(f"{key}: must be {'zero or more' if zero_ok else 'more than zero'}, got {value!r}")
+
+
+def _check_address(key: str, value: str, *, empty_ok: bool = True) -> None:
+    if (value or not empty_ok) and not _ADDRESS.match(value):
+        raise SettingsError(f"{key}: {value!r} is not an e-mail address")
+
+
+def validate(s: Settings) -> None:
+    """Cross-field and value checks that a type alone cannot express."""
+    import phonenumbers  # local: keeps `import gateway.settings` light
+
+    for i, net in enumerate(s.smtp.trusted_networks):
+        try:
+            ipaddress.ip_network(net.cidr, strict=False)
+        except ValueError:
+            raise SettingsError(f"smtp.trusted_networks[{i}].cidr: {net.cidr!r} is not a CIDR network") from None
+    for where, senders in [(f"smtp.trusted_networks[{i}]", n.senders) for i, n in enumerate(s.smtp.trusted_networks)] + [
+        (f"smtp.users[{i}]", u.senders) for i, u in enumerate(s.smtp.users)
+    ]:
+        for j, pat in enumerate(senders):
+            if not _SENDER_PATTERN.match(pat):
+                raise SettingsError(f"{where}.senders[{j}]: {pat!r} is not a sender pattern like '*@example.com'")
+    for i, u in enumerate(s.smtp.users):
+        if not u.password_hash.startswith("scrypt$"):
+            raise SettingsError(f"smtp.users[{i}].password_hash: not a hash made by 'fax-gateway hash-password'")
+    if len({u.name for u in s.smtp.users}) != len(s.smtp.users):
+        raise SettingsError("smtp.users: a user name appears twice")
+    for i, cidr in enumerate(s.http.callback_networks):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise SettingsError(f"http.callback_networks[{i}]: {cidr!r} is not a CIDR network") from None
+    if not s.smtp.fax_domains:
+        raise SettingsError("smtp.fax_domains: at least one fax domain is needed")
+    for i, d in enumerate(s.smtp.fax_domains):
+        if not re.fullmatch(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?", d):
+            raise SettingsError(f"smtp.fax_domains[{i}]: {d!r} is not a domain name")
+    if bool(s.smtp.tls_cert) != bool(s.smtp.tls_key):
+        raise SettingsError("smtp.tls_cert: tls_cert and tls_key go together")
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(s.smtp, key)
+        if path and not Path(path).is_file():
+            raise SettingsError(f"smtp.{key}: {path!r} does not exist")
+    regions = phonenumbers.SUPPORTED_REGIONS
+    if s.numbers.default_region not in regions:
+        raise SettingsError(f"numbers.default_region: {s.numbers.default_region!r} is not a region code like 'FR'")
+    for i, r in enumerate(s.numbers.allowed_regions):
+        if r not in regions:
+            raise SettingsError(f"numbers.allowed_regions[{i}]: {r!r} is not a region code like 'FR'")
+    for key in ("max_message_size", "max_line_length", "max_recipients", "max_connections", "max_errors"):
+        _positive(f"smtp.{key}", getattr(s.smtp, key))
+    _positive("smtp.idle_timeout", s.smtp.idle_timeout)
+    _positive("quotas.per_sender_hourly", s.quotas.per_sender_hourly, zero_ok=True)
+    _positive("quotas.global_hourly", s.quotas.global_hourly, zero_ok=True)
+    for key in ("max_fax_bytes", "max_mime_depth", "max_parts", "max_decoded_bytes", "max_pdf_pages"):
+        _positive(f"documents.{key}", getattr(s.documents, key))
+    for i, t in enumerate(s.documents.accepted_types):
+        if t not in ("pdf", "tiff", "jpeg", "png", "gif"):
+            raise SettingsError(f"documents.accepted_types[{i}]: {t!r} is not one of pdf, tiff, jpeg, png, gif")
+    if not 1 <= s.storage.presign_seconds <= 7 * 86400:
+        raise SettingsError(f"storage.presign_seconds: {s.storage.presign_seconds} is not between 1 and 604800 (7 days)")
+    if s.storage.backend == "s3" and not s.storage.bucket:
+        raise SettingsError("storage.bucket: required with backend = 's3'")
+    if s.storage.endpoint_url and not re.match(r"^https?://", s.storage.endpoint_url):
+        raise SettingsError(f"storage.endpoint_url: {s.storage.endpoint_url!r} is not an http(s) URL")
+    if not re.match(r"^https?://[^\s?#]+$", s.provider.url):
+        raise SettingsError(f"provider.url: {s.provider.url!r} is not an http(s) URL")
+    if not re.match(r"^https?://[^\s?#]+$", s.http.public_url):
+        raise SettingsError(f"http.public_url: {s.http.public_url!r} is not an http(s) URL")
+    _check_address("provider.email", s.provider.email)
+    _positive("provider.concurrency", s.provider.concurrency)
+    _positive("provider.connect_timeout", s.provider.connect_timeout)
+    _positive("provider.total_timeout", s.provider.total_timeout)
+    if s.provider.accuse_email == "address":
+        _check_address("provider.accuse_email_address", s.provider.accuse_email_address, empty_ok=False)
+    _check_address("notify.from_address", s.notify.from_address, empty_ok=False)
+    _check_address("notify.admin_address", s.notify.admin_address)
+    for i, who in enumerate(s.notify.recipient_order):
+        if who not in ("reply-to", "from", "envelope"):
+            raise SettingsError(f"notify.recipient_order[{i}]: {who!r} is not one of 'reply-to', 'from', 'envelope'")
+    for k, v in s.notify.sender_map.items():
+        _check_address(f"notify.sender_map.{k}", v, empty_ok=False)
+    for key in ("min_backoff_seconds", "max_backoff_seconds", "max_queue_lifetime_seconds", "credit_retry_seconds", "poll_seconds"):
+        _positive(f"delivery.{key}", getattr(s.delivery, key))
+    if s.delivery.min_backoff_seconds > s.delivery.max_backoff_seconds:
+        raise SettingsError("delivery.min_backoff_seconds: larger than delivery.max_backoff_seconds")
+
+
+def from_mapping(table: Mapping[str, object], env: Mapping[str, str] | None = None) -> Settings:
+    """Build and validate settings from a parsed TOML table and an environment."""
+    env = os.environ if env is None else env
+    settings: Settings = _build("", Settings, table)
+    for (section, name), var in SECRET_ENV.items():
+        if env.get(var):
+            sect = getattr(settings, section)
+            settings = dataclasses.replace(settings, **{section: dataclasses.replace(sect, **{name: Secret(env[var])})})
+    validate(settings)
+    return settings
+
+
+def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file at ``path`` (None: embedded defaults) and validate."""
+    table: dict[str, object] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                table = tomllib.load(f)
+        except OSError as exc:
+            raise SettingsError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    return from_mapping(table, env)
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, secrets masked (for check-config)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Secret):
+            return "********" if v else ""
+        if isinstance(v, HostPort):
+            return str(v)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, Mapping):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    result: dict[str, Any] = plain(settings)
+    return result

@@ -181,10 +181,11 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         job_id TEXT NOT NULL DEFAULT '',
         kind TEXT NOT NULL,
-        recipient TEXT NOT NULL,
+        recipient TEXT NOT NULL DEFAULT '',
         message_id TEXT NOT NULL UNIQUE,
-        payload BLOB NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending',
+        detail TEXT NOT NULL DEFAULT '',
+        payload BLOB NOT NULL DEFAULT x'',
+        state TEXT NOT NULL DEFAULT 'new',
         attempts INTEGER NOT NULL DEFAULT 0,
         created_at REAL NOT NULL,
         next_attempt_at REAL NOT NULL DEFAULT 0,
@@ -394,6 +395,23 @@ class Store:
         sets = ", ".join(f"{c} = ?" for c in columns)
         with self.transaction() as db:
             db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*columns.values(), job_id))
+
+    def queue_notice(self, job_id: str, kind: str, detail: str = "", *, recipient: str = "") -> bool:
+        """Ask the notifier to tell someone about ``job_id``: once per (job, kind).
+
+        ``kind`` names the outcome (``delivered``, ``failed``, ``delayed``, ``accepted``,
+        or ``alert:<what>`` for the administrator). The notifier composes and sends
+        it; a second call with the same job and kind changes nothing.
+        """
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO notifications (job_id, kind, recipient, message_id, detail, state, created_at)"
+                " VALUES (?, ?, ?, ?, ?, 'new', ?)",
+                (job_id, kind, recipient, f"{job_id}.{kind}", detail, self.clock()),
+            )
+            if cur.rowcount == 1 and job_id:
+                self.add_event(job_id, f"notice queued: {kind}", detail)
+        return cur.rowcount == 1
 
     def writable(self) -> bool:
         """A real write, rolled back: is the store usable right now?"""

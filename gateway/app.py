@@ -40,11 +40,18 @@ class Gateway:
         self.spooled = asyncio.Event()
 
     def build(self) -> None:
-        """Create the components in start order (imports kept local: stages stay apart)."""
+        """Create the components in start order (imports kept local: stages stay apart).
+
+        The HTTP listener comes first (stages register routes on it), then the
+        back-end stages, and SMTP intake last: it opens last and closes first.
+        """
+        from .http import HttpServer
         from .smtp import SmtpServer
 
+        self.http = HttpServer(self.settings)
         self.smtp = SmtpServer(self.settings, self.store, self.spool, on_spooled=self.spooled.set, clock=self.clock)
-        self.components = [self.smtp]
+        # Back-end stages (storage, worker, receipts, notifier) are added here.
+        self.components = [self.http, self.smtp]
 
     async def start(self) -> None:
         await asyncio.to_thread(self.spool.create)

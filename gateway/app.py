@@ -38,6 +38,9 @@ class Gateway:
         self._stopping = False
         # Called after a message is spooled (wakes the worker).
         self.spooled = asyncio.Event()
+        from .metrics import Metrics
+
+        self.metrics = Metrics(clock=clock)
 
     def build(self) -> None:
         """Create the components in start order (imports kept local: stages stay apart).
@@ -45,13 +48,42 @@ class Gateway:
         The HTTP listener comes first (stages register routes on it), then the
         back-end stages, and SMTP intake last: it opens last and closes first.
         """
+        from .health import Health
         from .http import HttpServer
+        from .metrics import MeteredProvider, MeteredStorage
+        from .notify import Notifier
+        from .provider import ProviderClient
+        from .receipts import Receipts
         from .smtp import SmtpServer
+        from .storage import LocalStorage, build_storage
+        from .worker import Worker
 
         self.http = HttpServer(self.settings)
-        self.smtp = SmtpServer(self.settings, self.store, self.spool, on_spooled=self.spooled.set, clock=self.clock)
-        # Back-end stages (storage, worker, receipts, notifier) are added here.
-        self.components = [self.http, self.smtp]
+        self.health = Health(self.settings, self.store, self.metrics, lambda: self._smtp_listening())
+        self.http.add_routes(self.health.routes())
+        self.storage = build_storage(self.settings, self.store, self.spool)
+        if isinstance(self.storage, LocalStorage):
+            self.http.add_routes(self.storage.routes())
+        self.provider = ProviderClient(self.settings)
+        metered = MeteredStorage(self.storage, self.metrics), MeteredProvider(self.provider, self.metrics)
+        self.worker = Worker(self.settings, self.store, self.spool, *metered,
+                             clock=self.clock, wake_event=self.spooled)  # fmt: skip
+        self.notifier = Notifier(self.settings, self.store, self.spool, clock=self.clock)
+        self.receipts = Receipts(self.settings, self.store, wake=self.notifier.wake)
+        self.http.add_routes(self.receipts.routes())
+        self.smtp = SmtpServer(self.settings, self.store, self.spool, on_spooled=self._on_spooled, clock=self.clock,
+                               on_receipt_mail=self.receipts.on_receipt_mail)  # fmt: skip
+        self.smtp.on_reply = self.metrics.smtp_reply
+        self.components = [self.http, self.storage, self.provider, self.worker, self.receipts, self.notifier, self.smtp]
+
+    def _smtp_listening(self) -> bool:
+        smtp = getattr(self, "smtp", None)
+        server = getattr(smtp, "_server", None)
+        return bool(server is not None and server.is_serving() and not getattr(smtp, "stopping", True))
+
+    def _on_spooled(self) -> None:
+        self.spooled.set()  # the worker
+        self.notifier.wake()  # the "accepted" notice, when notify.accepted_notice is on
 
     async def start(self) -> None:
         await asyncio.to_thread(self.spool.create)

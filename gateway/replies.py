@@ -40,6 +40,8 @@ SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK: fax to {number}")
 QUEUED = Reply(250, "2.0.0", "OK: queued as {jobs}")
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+RECEIPT_ACCEPTED = Reply(250, "2.0.0", "OK: receipt recorded")
+RECEIPT_RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK: receipt address")
 
 # -- transient: our side, try again later -------------------------------------
 ERROR = Reply(451, "4.3.0", "Internal error, please try again later")
@@ -52,6 +54,9 @@ AUTH_BACKOFF = Reply(454, "4.7.0", "Too many failed authentications, try again l
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Connection idle for too long, closing")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+TOO_MANY_COMMANDS = Reply(421, "4.7.0", "{command} sent too many times, closing connection")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+MIXED_RECIPIENTS = Reply(452, "4.5.3", "Fax and receipt recipients cannot share a message: send this one separately")
 
 # -- permanent: the client must change something ------------------------------
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
@@ -62,23 +67,47 @@ SENDER_NOT_PERMITTED = Reply(550, "5.7.1", "Sender {sender} is not permitted to 
 NULL_SENDER = Reply(550, "5.7.1", "A null sender cannot send faxes: nobody could be told the outcome")
 FAX_DOMAIN_SENDER = Reply(550, "5.7.1", "Senders in a fax domain are refused ({sender})")
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied: only <number>@{domain} recipients are accepted")
-BAD_NUMBER_SYNTAX = Reply(553, "5.1.3", "{local!r} is not a fax number: use digits, spaces, dots, dashes and a leading +")
+BAD_NUMBER_SYNTAX = Reply(553, "5.1.3", "'{local}' is not a fax number: use digits, dots, dashes, a leading + or 00")
+UNKNOWN_RECEIPT_ADDRESS = Reply(550, "5.1.1", "No such receipt address")
 INVALID_NUMBER = Reply(550, "5.1.1", "{local} is not a valid fax number: {reason}")
 DESTINATION_DENIED = Reply(550, "5.7.1", "Destination not permitted: {number} ({reason})")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds the limit of {limit} bytes")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long (at most {limit} octets)")
 BAD_SYNTAX = Reply(501, "5.5.4", "Syntax error in parameters: {detail}")
+# Protocol errors (aiosmtpd's own answers, renamed in gateway.smtp).
+BAD_SENDER_SYNTAX = Reply(553, "5.1.7", "Malformed sender address")
+COMMAND_SYNTAX = Reply(501, "5.5.4", "Syntax: {usage}")
+UNKNOWN_COMMAND = Reply(500, "5.5.1", "Command not recognized")
+BAD_COMMAND = Reply(500, "5.5.2", "Syntax error: command unrecognizable or too long")
+TOO_MANY_UNKNOWN = Reply(502, "5.5.1", "Too many unrecognized commands, closing connection")
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
+NEED_HELO = Reply(503, "5.5.1", "Send EHLO or HELO first")
+NEED_MAIL = Reply(503, "5.5.1", "Send MAIL FROM first")
+NEED_RCPT = Reply(503, "5.5.1", "Send RCPT TO first")
+NESTED_MAIL = Reply(503, "5.5.1", "Sender already given (send RSET to start over)")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
+AUTH_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type")
+AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
+AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode the authentication data")
+PARAMETERS_UNKNOWN = Reply(555, "5.5.4", "Parameters not recognized or not implemented")
+BAD_BODY = Reply(501, "5.5.4", "BODY can only be 7BIT or 8BITMIME")
+SMTPUTF8_UNSUPPORTED = Reply(555, "5.5.4", "SMTPUTF8 is not supported: write addresses in ASCII")
 
 # -- documents (filled in by gateway.documents) --------------------------------
-NO_DOCUMENT = Reply(554, "5.6.0", "No document to fax: attach a PDF, TIFF, JPEG, PNG or GIF file")
-DOC_TYPE = Reply(554, "5.6.1", "{name}: type {found} cannot be faxed (accepted: {accepted})")
-DOC_EMPTY = Reply(554, "5.6.2", "{name}: the file is empty")
+NO_DOCUMENT = Reply(554, "5.6.0", "No document to fax: attach it as a file ({accepted}); the mail text is not faxed")
+DOC_TYPE = Reply(554, "5.6.1", "{name}: type {found} cannot be faxed (accepted: {accepted}); convert it to {target}")
+DOC_EMPTY = Reply(554, "5.6.0", "{name}: the file is empty (0 bytes); attach the document again")
 DOC_ENCODING = Reply(554, "5.6.5", "{name}: the attachment's encoding is damaged (truncated?); send it again")
-DOC_CORRUPT = Reply(554, "5.6.5", "{name}: the {found} file cannot be read ({reason})")
-DOC_ENCRYPTED = Reply(554, "5.6.5", "{name}: the document is encrypted ({reason}); send it without a password")
+DOC_CORRUPT = Reply(554, "5.6.5", "{name}: the {found} file cannot be read ({reason}); send an intact copy")
+DOC_ENCRYPTED = Reply(554, "5.6.5", "{name}: the {found} document is encrypted ({reason}); send it without a password")
 DOC_LIMITS = Reply(554, "5.6.0", "Message too complex to process: {reason}")
-DOC_TNEF = Reply(554, "5.6.1", "winmail.dat holds nothing that can be faxed: send the file in plain format (turn off Rich Text / TNEF in Outlook)")
+DOC_TNEF = Reply(
+    554,
+    "5.6.1",
+    "winmail.dat holds nothing that can be faxed ({accepted}): send the file in plain format"
+    " (in Outlook, use HTML or plain text instead of Rich Text)",
+)
 DOC_TOO_BIG = Reply(552, "5.3.4", "Fax document is {size} bytes{what}, over the limit of {limit} bytes")
 
 

@@ -100,6 +100,10 @@ class SmtpSettings:
     idle_timeout: float = 120.0
     # Unrecognised or refused commands before the connection is closed.
     max_errors: int = 20
+    # Times one connection may send any one command (MAIL, RCPT, NOOP, ...).
+    max_commands: int = 1000
+    # On shutdown, how long a message being received or spooled may take to finish.
+    shutdown_grace_seconds: float = 30.0
     tls_cert: str = ""
     tls_key: str = ""
     # Failed AUTH attempts from one address before each further try is delayed.
@@ -149,7 +153,9 @@ class DocumentSettings:
     unsupported: Literal["refuse", "skip"] = "refuse"
     # Largest document sent to the provider (its limit is 1 MB).
     max_fax_bytes: int = 1_048_576
+    # Nesting of MIME parts (root 0); at most 200, well inside what the parser can follow.
     max_mime_depth: int = 50
+    # MIME parts, counted like email's walk() (multiparts included).
     max_parts: int = 500
     max_decoded_bytes: int = 30 * 1024 * 1024
     max_pdf_pages: int = 200
@@ -171,6 +177,8 @@ class StorageSettings:
     public_base_url: str = ""
     # Days to keep the object after the job's final state (0: delete at once).
     keep_days: int = 0
+    # Connect and read timeout of each S3 call; a call past it is retried later.
+    timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,8 @@ class DeliverySettings:
     busy_retry_delay_seconds: float = 600.0
     # Timer for deferred jobs and work spooled by the CLI.
     poll_seconds: float = 5.0
+    # Accept and spool, but submit nothing (maintenance, benchmarks).
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,6 +229,8 @@ class HttpSettings:
     callback_secret: Secret = Secret("")
     # Source networks allowed to call the receipt callback; empty: any.
     callback_networks: tuple[str, ...] = ()
+    # Source networks allowed to read /healthz and /metrics; empty: any.
+    status_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True)
@@ -231,6 +243,7 @@ class NotifySettings:
     from_address: str = "fax-gateway@localhost"
     # Administrator alerts; empty disables them (they are still logged).
     admin_address: str = ""
+    # At most one alert mail per interval; alerts raised meanwhile go out together.
     admin_alert_interval_seconds: float = 900.0
     language: Literal["en", "fr"] = "en"
     # Who "the sender" is, first usable wins: reply-to, from, envelope.
@@ -240,7 +253,14 @@ class NotifySettings:
     receipts: Literal["all", "failures"] = "all"
     accepted_notice: bool = False
     attach_document: bool = False
+    # A notice the relay does not take is retried with backoff (doubling from
+    # min to max) until it is this old, then recorded as failed.
     max_retry_seconds: float = 5 * 86400.0
+    min_backoff_seconds: float = 60.0
+    max_backoff_seconds: float = 3600.0
+    # CA file to verify the relay's STARTTLS certificate with (empty: the system's).
+    relay_ca_file: str = ""
+    relay_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -358,9 +378,24 @@ def _check_address(key: str, value: str, *, empty_ok: bool = True) -> None:
         raise SettingsError(f"{key}: {value!r} is not an e-mail address")
 
 
+def _validate_documents(d: DocumentSettings) -> None:
+    if not d.accepted_types:
+        raise SettingsError("documents.accepted_types: at least one type is needed")
+    for key in ("max_fax_bytes", "max_mime_depth", "max_parts", "max_decoded_bytes", "max_pdf_pages"):
+        _positive(f"documents.{key}", getattr(d, key))
+    for i, t in enumerate(d.accepted_types):
+        if t not in ("pdf", "tiff", "jpeg", "png", "gif"):
+            raise SettingsError(f"documents.accepted_types[{i}]: {t!r} is not one of pdf, tiff, jpeg, png, gif")
+    if d.max_mime_depth > 200:
+        raise SettingsError(f"documents.max_mime_depth: {d.max_mime_depth} is over 200")
+    _positive("documents.min_image_pixels", d.min_image_pixels, zero_ok=True)
+
+
 def validate(s: Settings) -> None:
     """Cross-field and value checks that a type alone cannot express."""
     import phonenumbers  # local: keeps `import gateway.settings` light
+
+    from . import auth
 
     for i, net in enumerate(s.smtp.trusted_networks):
         try:
@@ -374,10 +409,20 @@ def validate(s: Settings) -> None:
             if not _SENDER_PATTERN.match(pat):
                 raise SettingsError(f"{where}.senders[{j}]: {pat!r} is not a sender pattern like '*@example.com'")
     for i, u in enumerate(s.smtp.users):
-        if not u.password_hash.startswith("scrypt$"):
+        if not auth.is_hash(u.password_hash):
             raise SettingsError(f"smtp.users[{i}].password_hash: not a hash made by 'fax-gateway hash-password'")
     if len({u.name for u in s.smtp.users}) != len(s.smtp.users):
         raise SettingsError("smtp.users: a user name appears twice")
+    for i, cidr in enumerate(s.http.status_networks):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise SettingsError(f"http.status_networks[{i}]: {cidr!r} is not a CIDR network") from None
+    # The secret is one path segment of the callback URL (/receipt/<secret>).
+    if s.http.callback_secret and not re.fullmatch(r"[A-Za-z0-9._~\-]{8,200}", s.http.callback_secret.reveal()):
+        raise SettingsError(
+            "http.callback_secret: FAX_GATEWAY_CALLBACK_SECRET must be 8 to 200 letters, digits or . _ ~ -"
+        )
     for i, cidr in enumerate(s.http.callback_networks):
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -400,20 +445,22 @@ def validate(s: Settings) -> None:
     for i, r in enumerate(s.numbers.allowed_regions):
         if r not in regions:
             raise SettingsError(f"numbers.allowed_regions[{i}]: {r!r} is not a region code like 'FR'")
-    for key in ("max_message_size", "max_line_length", "max_recipients", "max_connections", "max_errors"):
+    smtp_counts = ("max_message_size", "max_line_length", "max_recipients", "max_connections", "max_errors", "max_commands")
+    for key in smtp_counts:
         _positive(f"smtp.{key}", getattr(s.smtp, key))
     _positive("smtp.idle_timeout", s.smtp.idle_timeout)
+    _positive("smtp.shutdown_grace_seconds", s.smtp.shutdown_grace_seconds)
+    if s.smtp.max_line_length < 1000:
+        raise SettingsError(f"smtp.max_line_length: must be at least 1000 (RFC 5321), got {s.smtp.max_line_length}")
     _positive("quotas.per_sender_hourly", s.quotas.per_sender_hourly, zero_ok=True)
     _positive("quotas.global_hourly", s.quotas.global_hourly, zero_ok=True)
-    for key in ("max_fax_bytes", "max_mime_depth", "max_parts", "max_decoded_bytes", "max_pdf_pages"):
-        _positive(f"documents.{key}", getattr(s.documents, key))
-    for i, t in enumerate(s.documents.accepted_types):
-        if t not in ("pdf", "tiff", "jpeg", "png", "gif"):
-            raise SettingsError(f"documents.accepted_types[{i}]: {t!r} is not one of pdf, tiff, jpeg, png, gif")
+    _validate_documents(s.documents)
     if not 1 <= s.storage.presign_seconds <= 7 * 86400:
         raise SettingsError(f"storage.presign_seconds: {s.storage.presign_seconds} is not between 1 and 604800 (7 days)")
     if s.storage.backend == "s3" and not s.storage.bucket:
         raise SettingsError("storage.bucket: required with backend = 's3'")
+    _positive("storage.keep_days", s.storage.keep_days, zero_ok=True)
+    _positive("storage.timeout_seconds", s.storage.timeout_seconds)
     if s.storage.endpoint_url and not re.match(r"^https?://", s.storage.endpoint_url):
         raise SettingsError(f"storage.endpoint_url: {s.storage.endpoint_url!r} is not an http(s) URL")
     if not re.match(r"^https?://[^\s?#]+$", s.provider.url):
@@ -433,6 +480,12 @@ def validate(s: Settings) -> None:
             raise SettingsError(f"notify.recipient_order[{i}]: {who!r} is not one of 'reply-to', 'from', 'envelope'")
     for k, v in s.notify.sender_map.items():
         _check_address(f"notify.sender_map.{k}", v, empty_ok=False)
+    for key in ("max_retry_seconds", "min_backoff_seconds", "max_backoff_seconds", "relay_timeout"):
+        _positive(f"notify.{key}", getattr(s.notify, key))
+    if s.notify.min_backoff_seconds > s.notify.max_backoff_seconds:
+        raise SettingsError("notify.min_backoff_seconds: larger than notify.max_backoff_seconds")
+    if s.notify.relay_ca_file and not Path(s.notify.relay_ca_file).is_file():
+        raise SettingsError(f"notify.relay_ca_file: {s.notify.relay_ca_file!r} does not exist")
     for key in ("min_backoff_seconds", "max_backoff_seconds", "max_queue_lifetime_seconds", "credit_retry_seconds", "poll_seconds"):
         _positive(f"delivery.{key}", getattr(s.delivery, key))
     if s.delivery.min_backoff_seconds > s.delivery.max_backoff_seconds:

@@ -94,6 +94,8 @@ class Job:
     envelope_from: str
     doc_pages: int
     upload_key: str
+    hold_kind: str = ""
+    ambiguities: int = 0
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -145,15 +147,21 @@ MIGRATIONS: list[str] = [
         receipt_code TEXT NOT NULL DEFAULT '',
         pages_sent INTEGER NOT NULL DEFAULT 0,
         ar_token TEXT NOT NULL DEFAULT '',
-        dedupe_key TEXT NOT NULL DEFAULT ''
+        dedupe_key TEXT NOT NULL DEFAULT '',
+        -- held jobs: config | url | credit (what releases them)
+        hold_kind TEXT NOT NULL DEFAULT '',
+        -- submissions whose outcome was unknown (the second one waits for an operator)
+        ambiguities INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX jobs_state ON jobs(state, next_attempt_at);
     CREATE INDEX jobs_dedupe ON jobs(dedupe_key);
     CREATE INDEX jobs_ref ON jobs(provider_ref);
     CREATE INDEX jobs_number ON jobs(number, submitted_at);
     CREATE INDEX jobs_message ON jobs(message_id);
+    CREATE INDEX jobs_ar_token ON jobs(ar_token);
     CREATE INDEX messages_sender ON messages(envelope_from, received_at);
     CREATE INDEX messages_received ON messages(received_at);
+    CREATE INDEX messages_upload ON messages(upload_key);
     CREATE TABLE events (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         job_id TEXT NOT NULL,
@@ -185,6 +193,8 @@ MIGRATIONS: list[str] = [
         message_id TEXT NOT NULL UNIQUE,
         detail TEXT NOT NULL DEFAULT '',
         payload BLOB NOT NULL DEFAULT x'',
+        -- a mail that came in to be forwarded as it came (a provider AR copy)
+        source BLOB NOT NULL DEFAULT x'',
         state TEXT NOT NULL DEFAULT 'new',
         attempts INTEGER NOT NULL DEFAULT 0,
         created_at REAL NOT NULL,
@@ -257,6 +267,11 @@ class Store:
         row = self.db.execute(
             "SELECT id FROM jobs WHERE dedupe_key = ? AND dedupe_key != '' AND created_at >= ?", (dedupe_key, since)
         ).fetchone()
+        return None if row is None else str(row["id"])
+
+    def job_by_ar_token(self, token: str) -> str | None:
+        """The job whose receipt-mail address is ``ar-<token>@...`` (None: no such job)."""
+        row = self.db.execute("SELECT id FROM jobs WHERE ar_token = ? AND ar_token != ''", (token,)).fetchone()
         return None if row is None else str(row["id"])
 
     def add_message(self, msg: NewMessage, jobs: Sequence[tuple[str, str, str]], detail: str) -> None:
@@ -354,6 +369,18 @@ class Store:
         )
         return [Job.from_row(r) for r in rows]
 
+    def due_for_delivery(self, now: float, limit: int) -> list[Job]:
+        """Jobs the worker should start now: queued, deferred, credit holds and ambiguous
+        jobs past their grace period (``next_attempt_at`` 0 means left for an operator)."""
+        rows = self.db.execute(
+            _JOB_SELECT + " WHERE (j.state IN ('queued', 'deferred')"
+            " OR (j.state = 'held' AND j.hold_kind = 'credit')"
+            " OR (j.state = 'ambiguous' AND j.next_attempt_at > 0))"
+            " AND j.next_attempt_at <= ? ORDER BY j.next_attempt_at, j.created_at LIMIT ?",
+            (now, limit),
+        )
+        return [Job.from_row(r) for r in rows]
+
     def list_jobs(
         self,
         *,
@@ -363,7 +390,8 @@ class Store:
         sender: str | None = None,
         limit: int = 200,
     ) -> list[Job]:
-        where, args = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        args: list[Any] = []
         if states:
             where.append(f"j.state IN ({','.join('?' * len(states))})")
             args.extend(states)

@@ -16,6 +16,9 @@ import pytest
 from gateway.app import Gateway
 from gateway.settings import Settings, from_mapping
 
+# Area fixture modules loaded for every test (loaded here so their asserts are rewritten).
+pytest_plugins = ["support_simulator"]
+
 SettingsFactory = Callable[..., Settings]
 
 
@@ -38,6 +41,8 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
             "smtp": {"listen": "127.0.0.1:0", "hostname": "fax-gateway.test"},
             "spool": {"directory": str(tmp_path / "spool"), "min_free_bytes": 0},
             "http": {"listen": "127.0.0.1:0"},
+            # Never the real provider: a closed loopback port unless a test points it at the simulator.
+            "provider": {"url": "http://127.0.0.1:9/http.php"},
             "notify": {"from_address": "fax-gateway@gateway.test"},
         }
         return from_mapping(deep_merge(base, table or {}), env or {})

@@ -1,0 +1,194 @@
+"""The processes a benchmark runs, one per role, each in its own interpreter.
+
+    python3 benchmarks/procs.py gateway CONFIG.toml   the daemon (gateway.daemon.run), as `serve` runs it
+    python3 benchmarks/procs.py sink PORT             a bare aiosmtpd server whose handler only answers 250
+    python3 benchmarks/procs.py simulator EMAIL       the provider simulator (password from the environment)
+    python3 benchmarks/procs.py moto PORT             moto's S3 server
+
+Each listens on 127.0.0.1 only and writes JSON lines on stdout: ``ready`` (with
+its ports and ``time.monotonic()``, which is system-wide on Linux, so times
+compare across processes), events while it runs (the simulator reports each
+provider request as it arrives), and ``done`` after SIGTERM or SIGINT. The
+gateway and the sink run a loop-lag probe beside their work and report the
+largest lag seen and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROBE_INTERVAL = 0.005
+
+
+def emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, "t": time.monotonic(), **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def peak_rss_kb() -> int:
+    """VmHWM: the process's peak resident set size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+class LagProbe:
+    """Sleeps PROBE_INTERVAL again and again; how late each wake-up is, is the loop's lag."""
+
+    def __init__(self) -> None:
+        self.max_lag = 0.0
+        self.samples = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(PROBE_INTERVAL)
+            lag = loop.time() - before - PROBE_INTERVAL
+            self.samples += 1
+            if lag > self.max_lag:
+                self.max_lag = lag
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+# -- the gateway --------------------------------------------------------------
+
+
+async def run_gateway(config: str) -> None:
+    from gateway import daemon, logs
+    from gateway import settings as settings_mod
+
+    settings = settings_mod.load(config)
+    handler = logs.setup(settings.log, logs.secrets_of(settings))
+    probe = LagProbe()
+    if os.environ.get("BENCH_SLOW_CALLBACKS"):  # diagnosis: asyncio logs each callback slower than this (s)
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        loop.slow_callback_duration = float(os.environ["BENCH_SLOW_CALLBACKS"])
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+    def on_ready(gw: Any) -> None:
+        probe.start()  # lag while serving; start-up (imports, store migration) is not a run
+        emit("ready", smtp_port=gw.smtp.port, http_port=gw.http.port, pid=os.getpid(), rss_kb=peak_rss_kb())
+
+    emit("starting", pid=os.getpid())
+    try:
+        await daemon.run(settings, config=config, handler=handler, on_ready=on_ready)
+    finally:
+        await probe.stop()
+        emit("done", max_lag_ms=probe.max_lag * 1000, probes=probe.samples, peak_rss_kb=peak_rss_kb())
+
+
+# -- the bare SMTP server -----------------------------------------------------
+
+
+class Answer250:
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.count += 1
+        return "250 2.0.0 Ok"
+
+
+async def run_sink(port: int) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    handler = Answer250()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(handler, hostname="sink.localdomain", data_size_limit=20 * 1024 * 1024), "127.0.0.1", port
+    )
+    probe = LagProbe()
+    probe.start()
+    emit("ready", smtp_port=server.sockets[0].getsockname()[1], pid=os.getpid(), rss_kb=peak_rss_kb())
+    try:
+        await wait_for_signal()
+    finally:
+        server.close()
+        await probe.stop()
+        emit("done", accepted=handler.count, max_lag_ms=probe.max_lag * 1000, peak_rss_kb=peak_rss_kb())
+
+
+# -- the provider simulator ---------------------------------------------------
+
+
+async def run_simulator(email: str) -> None:
+    from aiohttp import web
+
+    from gateway.simulator import ProviderSimulator
+
+    class TimedSimulator(ProviderSimulator):
+        """Reports each provider request the moment it arrives (before any check)."""
+
+        async def _http_php(self, request: web.Request) -> web.StreamResponse:
+            emit("request", ref=request.query.get("ref", ""))
+            return await super()._http_php(request)
+
+    sim = TimedSimulator("127.0.0.1", 0, email=email, password=os.environ["FAX_GATEWAY_PROVIDER_PASSWORD"])
+    sim.callback_url = os.environ.get("BENCH_CALLBACK_URL") or None
+    await sim.start()
+    emit("ready", url=sim.url, pid=os.getpid())
+    try:
+        await wait_for_signal()
+    finally:
+        await sim.stop()
+        answers: dict[str, int] = {}
+        for r in sim.requests:
+            code = r.answer.split("-", 1)[0]
+            answers[code] = answers.get(code, 0) + 1
+        emit("done", requests=len(sim.requests), answers=answers, callbacks=len(sim.callbacks))
+
+
+def run_moto(port: int) -> None:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    emit("ready", port=port, pid=os.getpid())
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    server.stop()
+    emit("done")
+
+
+def main(argv: list[str]) -> None:
+    role, arg = argv[0], argv[1]
+    if role == "moto":
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        run_moto(int(arg))
+        return
+    runners = {"gateway": lambda: run_gateway(arg), "sink": lambda: run_sink(int(arg)),
+               "simulator": lambda: run_simulator(arg)}  # fmt: skip
+    asyncio.run(runners[role]())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

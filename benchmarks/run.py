@@ -1,0 +1,270 @@
+"""Run every benchmark and print one table: each figure beside its reference from the same run.
+
+    python3 benchmarks/run.py              # the full run (about 15 minutes on 2 cores)
+    python3 benchmarks/run.py --quick      # a few dozen mails: checks that the harness works
+
+The machine may be shared and noisy, so each scenario runs ``--runs`` times,
+the subject and its references interleaved, and the table shows medians and
+the ratios of medians. Everything listens on and talks to 127.0.0.1 only. Not
+part of the test suite. Needs Postfix's smtp-source (Debian's postfix package,
+installed when missing; the system Postfix is left stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mailgen  # noqa: E402
+import postfix_ref  # noqa: E402
+import scenarios  # noqa: E402
+from harness import median  # noqa: E402
+
+TARGETS = {
+    "ratio20": 0.75,  # gateway / bare aiosmtpd at 20 sessions, at least
+    "p99_ms": 300.0,  # end to end at 50 mails/s, below
+    "drain": 100.0,  # jobs/s, at least
+    "rss_mb": 250.0,  # under 50 x 1 MiB, below
+    "lag_ms": 100.0,  # below
+}
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    mem = subprocess.run(["free", "-h"], capture_output=True, text=True, check=False).stdout.splitlines()
+    total = mem[1].split()[1] if len(mem) > 1 else "?"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} CPUs ({cpu}), {total} RAM, Python {platform.python_version()}, {system}"
+
+
+def prepare(root: Path, concurrency: int) -> scenarios.Bench:
+    if not postfix_ref.available():
+        print("installing Postfix (for smtp-source and the reference MTA) ...", flush=True)
+        postfix_ref.install()
+    mail, big = root / "mail-140k.eml", root / "mail-1m.eml"
+    mail.write_bytes(mailgen.make_mail(mailgen.make_pdf(102_400)))
+    # "1 MiB": just under the provider's 1 MB document limit, so it is a document the gateway accepts.
+    big.write_bytes(mailgen.make_mail(mailgen.make_pdf(1_040_000, pages=6)))
+    return scenarios.Bench(root, mail, big, concurrency=concurrency)
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "n/a" if value != value else f"{value:,.{digits}f}"
+
+
+def spread(values: list[float], digits: int = 1) -> str:
+    if len(values) < 2:
+        return fmt(median(values), digits)
+    return f"{fmt(median(values), digits)} ({fmt(min(values), digits)}–{fmt(max(values), digits)})"
+
+
+def cpu_text(runs: list[dict[str, float]]) -> str:
+    """Median CPU per job of each process, over the runs."""
+    if not runs:
+        return ""
+    return ", ".join(f"{name} {median([r[name] for r in runs]):.1f}" for name in runs[0])
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+async def measure(args: argparse.Namespace, bench: scenarios.Bench, r: dict[str, Any]) -> None:
+    """Run the scenarios, adding each run's figures to ``r`` (saved after each run with --out)."""
+    if "intake" in args.only:
+        for rep in range(args.runs):
+            for sessions in (1, 20):
+                row = r["intake"].setdefault(str(sessions), {"gateway": [], "aiosmtpd": [], "postfix": []})
+                cpu = r["intake_cpu"].setdefault(str(sessions), {"gateway": [], "aiosmtpd": [], "postfix": []})
+                for name, fn in (("gateway", scenarios.intake_gateway), ("aiosmtpd", scenarios.intake_sink),
+                                 ("postfix", scenarios.intake_postfix)):  # fmt: skip
+                    got = await fn(bench, sessions, args.mails)
+                    row[name].append(got.rate)
+                    cpu[name].append(got.cpu_ms)
+                    print(f"  intake run {rep + 1}, {sessions:>2} sessions, {name:<8}: {got.rate:8.1f} mails/s, "
+                          f"{got.cpu_ms:6.1f} ms CPU per mail", flush=True)  # fmt: skip
+                    save(args, bench, r)
+    if "e2e" in args.only or "drain" in args.only:
+        backend = await scenarios.start_backend(bench)
+        try:
+            for rep in range(args.runs):
+                if "e2e" in args.only:
+                    e2e = await scenarios.end_to_end(bench, backend, args.rate, args.seconds)
+                    r["e2e"].append(asdict(e2e))
+                    print(f"  end to end run {rep + 1}: {e2e}", flush=True)
+                    save(args, bench, r)
+                if "drain" in args.only:
+                    d = await scenarios.drain(bench, backend, args.drain)
+                    r["drain"].append({**asdict(d), "rate": d.rate})
+                    print(f"  drain run {rep + 1}: {d.jobs} jobs in {d.seconds:.2f} s = {d.rate:.1f} jobs/s; "
+                          f"CPU ms per job {cpu_text([d.cpu_ms])}", flush=True)  # fmt: skip
+                    save(args, bench, r)
+        finally:
+            await scenarios.stop_backend(backend)
+    if "memory" in args.only:
+        for rep in range(args.runs):
+            mem = await scenarios.memory(bench, args.sessions)
+            r["memory"].append(asdict(mem))
+            print(f"  memory run {rep + 1}: {mem}", flush=True)
+            save(args, bench, r)
+
+
+def save(args: argparse.Namespace, bench: scenarios.Bench, r: dict[str, Any]) -> None:
+    r["lags_ms"] = dict(bench.lags_ms)
+    if args.out:
+        settings = {
+            k: v
+            for k, v in vars(args).items()
+            if k in ("runs", "mails", "rate", "seconds", "drain", "sessions", "concurrency")
+        }
+        args.out.with_suffix(".json").write_text(json.dumps({"args": settings, "results": r}, indent=2))
+
+
+def merge(files: list[Path]) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Figures saved by earlier runs (``--out``), put together: lists are joined, lags maxed."""
+    merged: dict[str, Any] = {"intake": {}, "intake_cpu": {}, "e2e": [], "drain": [], "memory": [], "lags_ms": {}}
+    settings: dict[str, Any] = {}
+    for f in files:
+        saved = json.loads(f.read_text())
+        settings.update(saved["args"])
+        r = saved["results"]
+        for section in ("intake", "intake_cpu"):
+            for sessions, row in r.get(section, {}).items():
+                into = merged[section].setdefault(sessions, {"gateway": [], "aiosmtpd": [], "postfix": []})
+                for k, values in row.items():
+                    into[k].extend(values)
+        for key in ("e2e", "drain", "memory"):
+            merged[key].extend(r.get(key, []))
+        for k, v in r.get("lags_ms", {}).items():
+            merged["lags_ms"][k] = max(v, merged["lags_ms"].get(k, 0.0))
+    return argparse.Namespace(**settings), merged
+
+
+def table(args: argparse.Namespace, r: dict[str, Any]) -> str:
+    rows = ["| Figure | Gateway | Reference, same run | Ratio | Target |", "| --- | --- | --- | --- | --- |"]
+    for sessions, row in sorted(r["intake"].items(), key=lambda kv: int(kv[0])):
+        a, b, c = (median(row[k]) for k in ("gateway", "aiosmtpd", "postfix"))
+        target = f"a/b ≥ {TARGETS['ratio20']}: {verdict(a / b >= TARGETS['ratio20'])}" if sessions == "20" else ""
+        s = "session" if sessions == "1" else "sessions"
+        rows.append(f"| Intake, {sessions} {s} (mails/s) | a = {spread(row['gateway'])} | b = bare aiosmtpd "
+                    f"{spread(row['aiosmtpd'])}; c = Postfix {spread(row['postfix'])} | a/b {a / b:.2f}; "
+                    f"a/c {a / c:.2f} | {target} |")  # fmt: skip
+        cpu = r.get("intake_cpu", {}).get(sessions)
+        if cpu:
+            ca, cb, cc = (median(cpu[k]) for k in ("gateway", "aiosmtpd", "postfix"))
+            rows.append(f"| CPU per mail, {sessions} {s} (ms, all threads) | {spread(cpu['gateway'])} | bare aiosmtpd "
+                        f"{spread(cpu['aiosmtpd'])}; Postfix (all its processes) {spread(cpu['postfix'])} | "
+                        f"b/a {cb / ca:.2f}; c/a {cc / ca:.2f} | |")  # fmt: skip
+    concurrency = int(getattr(args, "concurrency", 0) or 0)
+    conc = f", provider.concurrency = {concurrency}" if concurrency else ""
+    if r["e2e"]:
+        p50 = [e["p50_ms"] for e in r["e2e"]]
+        p99 = [e["p99_ms"] for e in r["e2e"]]
+        acc50 = [e["accept_p50_ms"] for e in r["e2e"]]
+        acc99 = [e["accept_p99_ms"] for e in r["e2e"]]
+        got = sum(e["submitted"] for e in r["e2e"])
+        offered = sum(e["offered"] for e in r["e2e"])
+        load = f"{args.rate:g} mails/s for {args.seconds:g} s{conc}"
+        rows.append(f"| End of DATA → provider request, p50 (ms), {load} | {spread(p50)} | end of DATA → 250: "
+                    f"{spread(acc50)} | | |")  # fmt: skip
+        ok = median(p99) < TARGETS["p99_ms"] and got == offered
+        rows.append(f"| End of DATA → provider request, p99 (ms) | {spread(p99)} | end of DATA → 250: {spread(acc99)}"
+                    f" | | < {TARGETS['p99_ms']:g} ms: {verdict(ok)} ({got}/{offered} submitted) |")  # fmt: skip
+        rows.append(f"| CPU per end-to-end job (ms) | {cpu_text([e['cpu_ms'] for e in r['e2e']])} | | | |")
+    if r["drain"]:
+        rates = [d["rate"] for d in r["drain"]]
+        secs = [d["seconds"] for d in r["drain"]]
+        rows.append(f"| Drain {args.drain} spooled jobs (jobs/s){conc} | {spread(rates)} ({spread(secs, 2)} s) | "
+                    f"CPU ms per job: {cpu_text([d['cpu_ms'] for d in r['drain']])} "
+                    f"| | ≥ {TARGETS['drain']:g}: {verdict(median(rates) >= TARGETS['drain'])} |")  # fmt: skip
+    if r["memory"]:
+        idle, loaded, ref_idle, ref_loaded = (
+            [m[key] / 1024 for m in r["memory"]] for key in ("idle_kb", "loaded_kb", "ref_idle_kb", "ref_loaded_kb")
+        )
+        rows.append(f"| Peak RSS idle (MB) | {spread(idle)} | bare aiosmtpd {spread(ref_idle)} | "
+                    f"{median(idle) / median(ref_idle):.2f} | |")  # fmt: skip
+        ok = max(loaded) < TARGETS["rss_mb"]
+        rows.append(f"| Peak RSS, {args.sessions} sessions × 1 MiB document (MB) | {spread(loaded)} | bare aiosmtpd "
+                    f"{spread(ref_loaded)} | {median(loaded) / median(ref_loaded):.2f} | < {TARGETS['rss_mb']:g} "
+                    f"(largest run): {verdict(ok)} |")  # fmt: skip
+    lags = {k: v for k, v in r["lags_ms"].items() if k != "reference"}
+    if lags:
+        worst = max(lags.values())
+        where = ", ".join(f"{k} {v:.0f}" for k, v in lags.items())
+        ref = r["lags_ms"].get("reference", float("nan"))
+        rows.append(f"| Largest event-loop lag (ms) | {worst:.1f} ({where}) | bare aiosmtpd {fmt(ref)} | | "
+                    f"< {TARGETS['lag_ms']:g}: {verdict(worst < TARGETS['lag_ms'])} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--runs", type=int, default=3, help="repetitions of each scenario (medians are shown)")
+    p.add_argument("--mails", type=int, default=2000, help="mails per intake run")
+    p.add_argument("--rate", type=float, default=50.0, help="offered load of the end-to-end run (mails/s)")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of the end-to-end run")
+    p.add_argument("--drain", type=int, default=1000, help="jobs spooled, then drained")
+    p.add_argument("--sessions", type=int, default=50, help="concurrent 1 MiB sessions for the memory figure")
+    p.add_argument("--concurrency", type=int, default=0,
+                   help="provider.concurrency for end to end and drain (default: the gateway's default)")  # fmt: skip
+    p.add_argument("--only", nargs="+", default=["intake", "e2e", "drain", "memory"],
+                   choices=["intake", "e2e", "drain", "memory"])  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="tiny numbers: check the harness, not the gateway")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, configurations)")
+    p.add_argument("--out", type=Path, help="also write the table and raw figures here (Markdown + JSON)")
+    p.add_argument("--report", type=Path, nargs="+", help="measure nothing: print the table of saved figures")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.runs, args.mails, args.seconds, args.drain, args.sessions = 1, 40, 2.0, 40, 10
+    bounds = {"runs": (1, 20), "mails": (1, 20000), "drain": (1, 20000), "sessions": (1, 95), "concurrency": (0, 200)}
+    for key, (lo, hi) in bounds.items():  # every loop stays bounded
+        if not lo <= getattr(args, key) <= hi:
+            p.error(f"--{key} must be between {lo} and {hi}")
+    if not (0 < args.rate <= 500 and 0 < args.seconds <= 300):
+        p.error("--rate must be in (0, 500] and --seconds in (0, 300]")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.report:
+        saved, figures = merge(args.report)
+        print(f"figures saved in {', '.join(map(str, args.report))}; {machine()}\n\n{table(saved, figures)}")
+        return 0
+    root = Path(tempfile.mkdtemp(prefix="fax-gateway-bench-", dir="/var/tmp"))
+    root.chmod(0o755)  # Postfix's daemons run as the postfix user and must reach their directories
+    started = time.monotonic()
+    try:
+        bench = prepare(root, args.concurrency)
+        print(f"scratch directory {root}; {machine()}", flush=True)
+        results: dict[str, Any] = {"intake": {}, "intake_cpu": {}, "e2e": [], "drain": [], "memory": [], "lags_ms": {}}
+        asyncio.run(measure(args, bench, results))
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    minutes = (time.monotonic() - started) / 60
+    head = (f"fax-gateway benchmarks, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {minutes:.0f} min; "
+            f"medians of {args.runs} run(s) (min–max); {machine()}")  # fmt: skip
+    text = f"{head}\n\n{table(args, results)}\n"
+    print("\n" + text)
+    if args.out:
+        args.out.with_suffix(".md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

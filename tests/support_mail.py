@@ -1,0 +1,381 @@
+"""Realistic mails for the document tests: one builder per client quirk, and the documents in them.
+
+Documents are made on the spot (pikepdf, Pillow, a hand-written TNEF stream)
+so the tests need no fixture files. Every builder returns the raw bytes a
+client would send in DATA (CRLF line ends).
+"""
+
+from __future__ import annotations
+
+import base64
+import email.policy
+import io
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import pikepdf
+from PIL import Image
+
+SMTP = email.policy.SMTP
+A4 = (595.28, 841.89)
+
+# -- documents ----------------------------------------------------------------------------
+
+
+def pdf(pages: int = 1, size: tuple[float, float] = (595, 842)) -> bytes:
+    """A PDF with ``pages`` blank pages of ``size`` points (sizes tell documents apart after a merge)."""
+    with pikepdf.new() as doc:
+        for _ in range(pages):
+            doc.add_blank_page(page_size=size)
+        out = io.BytesIO()
+        doc.save(out, deterministic_id=True)
+        return out.getvalue()
+
+
+def pdf_of_size(total: int) -> bytes:
+    """A valid one-page PDF of exactly ``total`` bytes (an uncompressed padding stream)."""
+    pad = max(0, total - 1000)
+    for _ in range(5):
+        with pikepdf.new() as doc:
+            doc.add_blank_page()
+            doc.Root.Padding = doc.make_stream(b"0" * pad)
+            out = io.BytesIO()
+            doc.save(out, compress_streams=False, deterministic_id=True)
+        data = out.getvalue()
+        if len(data) == total:
+            return data
+        pad += total - len(data)
+    raise AssertionError(f"could not make a PDF of {total} bytes")
+
+
+def encrypted_pdf() -> bytes:
+    with pikepdf.new() as doc:
+        doc.add_blank_page()
+        out = io.BytesIO()
+        doc.save(out, encryption=pikepdf.Encryption(user="s3cret", owner="owner"))
+        return out.getvalue()
+
+
+def image(fmt: str, size: tuple[int, int] = (400, 300), dpi: int = 200, mode: str = "RGB") -> bytes:
+    im = Image.new(mode, size, "white" if mode != "1" else 1)
+    out = io.BytesIO()
+    im.save(out, fmt, dpi=(dpi, dpi)) if fmt in ("JPEG", "PNG", "TIFF") else im.save(out, fmt)
+    return out.getvalue()
+
+
+def tiff_pages(pages: int, size: tuple[int, int] = (1728, 2200)) -> bytes:
+    """A black-and-white multi-page TIFF (CCITT G4, 200 dpi) as a scanner makes it."""
+    frames = [Image.new("1", size, 1) for _ in range(pages)]
+    out = io.BytesIO()
+    frames[0].save(out, "TIFF", compression="group4", dpi=(200, 200), save_all=True, append_images=frames[1:])
+    return out.getvalue()
+
+
+def exe() -> bytes:
+    """The start of a Windows program (an MZ header)."""
+    return b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00" + bytes(240)
+
+
+def tnef(attachments: list[tuple[str, bytes]]) -> bytes:
+    """A TNEF stream (Outlook's winmail.dat, MS-OXTNEF) holding ``attachments``."""
+
+    def attr(level: int, ident: int, kind: int, data: bytes) -> bytes:
+        return struct.pack("<BHHI", level, ident, kind, len(data)) + data + struct.pack("<H", sum(data) & 0xFFFF)
+
+    out = struct.pack("<IH", 0x223E9F78, 1)
+    out += attr(1, 0x9006, 0x0008, struct.pack("<I", 0x10000))  # attTnefVersion
+    out += attr(1, 0x9007, 0x0006, struct.pack("<II", 1252, 0))  # attOemCodepage
+    for name, data in attachments:
+        out += attr(2, 0x9002, 0x0006, b"\x01\x00\xff\xff\xff\xff" + bytes(8))  # attAttachRendData
+        out += attr(2, 0x8010, 0x0001, name.encode("cp1252") + b"\x00")  # attAttachTitle
+        out += attr(2, 0x800F, 0x0006, data)  # attAttachData
+    return out
+
+
+# -- mails ----------------------------------------------------------------------------------
+
+
+def _headers(msg: EmailMessage, mailer: str, subject: str = "Fax") -> EmailMessage:
+    msg["From"] = "Alice Martin <alice@example.com>"
+    msg["To"] = "0145678900@fax.local"
+    msg["Subject"] = subject
+    msg["Date"] = "Mon, 30 Nov 2026 09:00:00 +0100"
+    msg["Message-ID"] = make_msgid(domain="example.com")
+    msg["X-Mailer"] = mailer
+    return msg
+
+
+def plain_with(attachments: list[tuple[str, str, bytes]], mailer: str = "Thunderbird 115.3") -> bytes:
+    """A text body and attachments (name, MIME type, bytes) as most clients send them."""
+    msg = _headers(EmailMessage(), mailer)
+    msg.set_content("Please fax the attached document.\n\nAlice\n")
+    for name, ctype, data in attachments:
+        maintype, subtype = ctype.split("/")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return msg.as_bytes(policy=SMTP)
+
+
+def outlook_signature_pdf() -> bytes:
+    """Outlook: HTML body with its signature logo (image001.png by cid:) plus a PDF attachment."""
+    msg = _headers(EmailMessage(), "Microsoft Outlook 16.0")
+    msg.set_content("Bonjour,\n\nCi-joint la facture.\n\n-- \nAlice\n")
+    msg.add_alternative(
+        '<html><body><p>Bonjour,</p><p>Ci-joint la facture.</p>'
+        '<p><img width="120" height="40" src="cid:image001.png@01DA2F3B.5C1E2A40"></p></body></html>',
+        subtype="html",
+    )
+    html = _subpart(msg, 1)
+    html.add_related(image("PNG", (120, 40)), maintype="image", subtype="png", cid="<image001.png@01DA2F3B.5C1E2A40>",
+                     filename="image001.png", disposition="inline")
+    msg.add_attachment(pdf(2), maintype="application", subtype="pdf", filename="Facture 2026-113.pdf")
+    return msg.as_bytes(policy=SMTP)
+
+
+def apple_mail_inline_pdf() -> bytes:
+    """Apple Mail: alternative > mixed, the PDF inline between two HTML pieces."""
+    raw = _mixed_raw(
+        "Apple Mail (2.3731.700.6)",
+        "multipart/alternative",
+        [
+            b"Content-Type: text/plain; charset=us-ascii\r\n\r\nSee the contract.\r\n",
+            _multipart(
+                "multipart/mixed",
+                "Apple-Mail=_inner",
+                [
+                    b"Content-Type: text/html; charset=us-ascii\r\n\r\n<html><body>See the contract.</body></html>\r\n",
+                    b"Content-Disposition: inline; filename=Contrat.pdf\r\nContent-Type: application/pdf; "
+                    b"x-unix-mode=0644; name=\"Contrat.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                    + _b64_lines(pdf(3)),
+                    b"Content-Type: text/html; charset=us-ascii\r\n\r\n<html><body><br></body></html>\r\n",
+                ],
+            ),
+        ],
+    )
+    return raw
+
+
+def gmail_pdf() -> bytes:
+    """Gmail: mixed > alternative (text, html), attachment with X-Attachment-Id."""
+    msg = _headers(EmailMessage(), "", subject="Bon de commande")
+    del msg["X-Mailer"]
+    msg.set_content("Voici le bon.\n")
+    msg.add_alternative('<div dir="ltr">Voici le bon.</div>', subtype="html")
+    msg.add_attachment(pdf(1), maintype="application", subtype="pdf", filename="bon.pdf")
+    _subpart(msg, -1)["X-Attachment-Id"] = "f_lp3k2x0a0"
+    return msg.as_bytes(policy=SMTP)
+
+
+def mfp_scan_tiff(pages: int = 2) -> bytes:
+    """A multifunction printer's scan-to-mail job: short text, a multi-page TIFF, no X-Mailer."""
+    msg = EmailMessage()
+    msg["From"] = "scanner@example.com"
+    msg["To"] = "0145678900@fax.local"
+    msg["Subject"] = "Scanned from MFP-3F [00:26:73:AB:CD:EF]"
+    msg["Message-ID"] = "<20261130090000.000001@mfp-3f.example.com>"
+    msg.set_content("Scanned image from MFP-3F\nDevice Name: MFP-3F\nNumber of Images: 2\n")
+    msg.add_attachment(tiff_pages(pages), maintype="image", subtype="tiff", filename="20261130090000.tif")
+    return msg.as_bytes(policy=SMTP)
+
+
+def legacy_no_disposition() -> bytes:
+    """A legacy application: no Content-Disposition, octet-stream, the base64 on one line."""
+    return _mixed_raw(
+        "InvoiceRunner/2.1 (PHP/5.3)",
+        "multipart/mixed",
+        [
+            b"Content-Type: text/plain\r\n\r\nInvoice attached.\r\n",
+            b"Content-Type: application/octet-stream; name=INV0042.PDF\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + base64.b64encode(pdf(1))
+            + b"\r\n",
+        ],
+    )
+
+
+def named(header_value: bytes, data: bytes, ctype: bytes = b"application/pdf") -> bytes:
+    """One attachment whose Content-Disposition is given raw (RFC 2231 / RFC 2047 names)."""
+    return _mixed_raw(
+        "Mutt/2.2.9",
+        "multipart/mixed",
+        [
+            b"Content-Type: text/plain; charset=utf-8\r\n\r\nHere.\r\n",
+            b"Content-Type: " + ctype + b"\r\nContent-Disposition: attachment; " + header_value
+            + b"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + _b64_lines(data),
+        ],
+    )
+
+
+def forwarded(inner: bytes) -> bytes:
+    """Thunderbird's "Forward as attachment": the original mail as message/rfc822."""
+    msg = _headers(EmailMessage(), "Thunderbird 115.3", subject="Fwd: Facture")
+    msg.set_content("Please fax the forwarded invoice.\n")
+    original = email.message_from_bytes(inner, policy=email.policy.default)
+    msg.add_attachment(original, filename="Facture.eml")
+    return msg.as_bytes(policy=SMTP)
+
+
+def outlook_tnef(attachments: list[tuple[str, bytes]]) -> bytes:
+    """Outlook in Rich Text mode: everything inside winmail.dat."""
+    return plain_with([("winmail.dat", "application/ms-tnef", tnef(attachments))], mailer="Microsoft Outlook 14.0")
+
+
+def outlook_signed_pdf() -> bytes:
+    """Outlook S/MIME signed: multipart/signed around the mail, a pkcs7-signature part last."""
+    inner = plain_with([("Devis.pdf", "application/pdf", pdf(1))])
+    body = inner.split(b"\r\n\r\n", 1)
+    ctype = [h for h in body[0].split(b"\r\n") if h.lower().startswith(b"content-type")][0]
+    signed_part = ctype + b"\r\n\r\n" + body[1]
+    return _mixed_raw(
+        "Microsoft Outlook 16.0",
+        'multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256',
+        [
+            signed_part,
+            b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\nContent-Transfer-Encoding: base64\r\n"
+            b"Content-Disposition: attachment; filename=smime.p7s\r\n\r\n" + _b64_lines(b"0\x82\x05\x00" + bytes(200)),
+        ],
+    )
+
+
+def bad_base64() -> bytes:
+    """A PDF whose base64 stops mid-quantum (a truncated transfer)."""
+    text = base64.b64encode(pdf(1))[:-3]
+    return _mixed_raw(
+        "Thunderbird 115.3",
+        "multipart/mixed",
+        [
+            b"Content-Type: text/plain\r\n\r\nHere.\r\n",
+            b"Content-Type: application/pdf; name=cut.pdf\r\nContent-Disposition: attachment; filename=cut.pdf\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + text + b"\r\n",
+        ],
+    )
+
+
+def nested(depth: int) -> bytes:
+    """Multiparts nested ``depth`` deep with one PDF at the bottom."""
+    out = [b"From: alice@example.com\r\nTo: 0145678900@fax.local\r\nSubject: deep\r\nMIME-Version: 1.0\r\n"]
+    for i in range(depth):
+        out.append(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i))
+    out.append(b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n" + _b64_lines(pdf(1)))
+    out.extend(b"--b%d--\r\n" % i for i in reversed(range(depth)))
+    return b"".join(out)
+
+
+def many_parts(count: int) -> bytes:
+    """One multipart/mixed with ``count`` small parts."""
+    part = b"--B\r\nContent-Type: text/plain\r\n\r\nx\r\n"
+    head = b'From: alice@example.com\r\nTo: 0145678900@fax.local\r\nSubject: parts\r\nMIME-Version: 1.0\r\n'
+    return head + b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n' + part * count + b"--B--\r\n"
+
+
+def message_partial() -> bytes:
+    """One fragment of a message/partial set (RFC 2046 5.2.2): never reassembled."""
+    fragment = b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n" + _b64_lines(pdf(1))[:200]
+    return (
+        b"From: alice@example.com\r\nTo: 0145678900@fax.local\r\nSubject: part 1/3\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: message/partial; id="abc@example.com"; number=1; total=3\r\n\r\n' + fragment + b"\r\n"
+    )
+
+
+def uuencoded_body() -> bytes:
+    """A uuencoded file inside a plain text body: body text, not a document."""
+    import binascii
+
+    data = pdf(1)
+    lines = [binascii.b2a_uu(data[i : i + 45]) for i in range(0, len(data), 45)]
+    encoded = b"".join(x.rstrip(b"\n") + b"\r\n" for x in lines)
+    body = b"Here it is:\r\n\r\nbegin 644 doc.pdf\r\n" + encoded + b"`\r\nend\r\n"
+    return b"From: alice@example.com\r\nTo: 0145678900@fax.local\r\nSubject: uu\r\nMIME-Version: 1.0\r\n\r\n" + body
+
+
+# -- raw MIME helpers ---------------------------------------------------------------------
+
+
+def _subpart(msg: EmailMessage, index: int) -> EmailMessage:
+    payload = msg.get_payload()
+    assert isinstance(payload, list)
+    part = payload[index]
+    assert isinstance(part, EmailMessage)
+    return part
+
+
+
+def _b64_lines(data: bytes) -> bytes:
+    text = base64.b64encode(data)
+    return b"".join(text[i : i + 76] + b"\r\n" for i in range(0, len(text), 76))
+
+
+def _multipart(ctype: str, boundary: str, parts: list[bytes]) -> bytes:
+    b = boundary.encode()
+    body = b"".join(b"--" + b + b"\r\n" + p + (b"" if p.endswith(b"\r\n") else b"\r\n") for p in parts)
+    return f'Content-Type: {ctype}; boundary="{boundary}"\r\n\r\n'.encode() + body + b"--" + b + b"--\r\n"
+
+
+def _mixed_raw(mailer: str, ctype: str, parts: list[bytes]) -> bytes:
+    head = (
+        "From: Alice Martin <alice@example.com>\r\nTo: 0145678900@fax.local\r\nSubject: Fax\r\n"
+        f"Date: Mon, 30 Nov 2026 09:00:00 +0100\r\nMessage-ID: {make_msgid(domain='example.com')}\r\n"
+        f"X-Mailer: {mailer}\r\nMIME-Version: 1.0\r\n"
+    ).encode()
+    return head + _multipart(ctype, "=_outer_0042", parts)
+
+
+# -- the cases every level is tested with -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MailCase:
+    id: str
+    build: Callable[[], bytes]
+    # "fax:<pages>:<types>" or "refuse:<reason>"
+    expect: str
+    # Reply start and words the reply must hold (refusals only).
+    reply: str = ""
+    words: tuple[str, ...] = ()
+    # Display names of the documents faxed (when the case is about names).
+    names: tuple[str, ...] = ()
+
+
+CASES = [
+    MailCase("outlook-signature-logo", outlook_signature_pdf, "fax:2:pdf", names=("Facture 2026-113.pdf",)),
+    MailCase("apple-mail-inline-pdf", apple_mail_inline_pdf, "fax:3:pdf"),
+    MailCase("gmail", gmail_pdf, "fax:1:pdf"),
+    MailCase("mfp-scan-tiff", mfp_scan_tiff, "fax:2:tiff"),
+    MailCase("legacy-no-disposition", legacy_no_disposition, "fax:1:pdf", names=("INV0042.PDF",)),
+    MailCase("rfc2231-name", lambda: named(b"filename*=utf-8''Relev%C3%A9%20de%20compte.pdf", pdf(1)), "fax:1:pdf",
+             names=("Relev\u00e9 de compte.pdf",)),
+    MailCase("rfc2047-name", lambda: named(b'filename="=?utf-8?B?UmVsZXbDqSBkZSBjb21wdGUucGRm?="', pdf(1)),
+             "fax:1:pdf", names=("Relev\u00e9 de compte.pdf",)),
+    MailCase("forwarded", lambda: forwarded(gmail_pdf()), "fax:1:pdf"),
+    MailCase("tnef-pdf", lambda: outlook_tnef([("Facture.pdf", pdf(2))]), "fax:2:pdf", names=("Facture.pdf",)),
+    MailCase("signed-outlook", outlook_signed_pdf, "fax:1:pdf"),
+    MailCase("two-pdfs-and-photo",
+             lambda: plain_with([("a.pdf", "application/pdf", pdf(2, (612, 792))),
+                                 ("b.pdf", "application/pdf", pdf(1, (500, 500))),
+                                 ("photo.jpg", "image/jpeg", image("JPEG", (1200, 900), 72))]),
+             "fax:4:pdf,pdf,jpeg", names=("a.pdf", "b.pdf", "photo.jpg")),
+    MailCase("tnef-nothing-faxable", lambda: outlook_tnef([]), "refuse:no-document", "554 5.6.1", ("winmail.dat",)),
+    MailCase("exe-renamed-pdf", lambda: plain_with([("invoice.pdf", "application/pdf", exe())]), "refuse:type",
+             "554 5.6.1", ("invoice.pdf", "application/x-dosexec", "PDF, TIFF, JPEG, PNG, GIF")),
+    MailCase("html-page-not-pdf",
+             lambda: plain_with([("bill.pdf", "application/pdf", b"<!DOCTYPE html>\n<html><body>" + pdf(1))]),
+             "refuse:type", "554 5.6.1", ("bill.pdf", "text/html")),
+    MailCase("bad-base64", bad_base64, "refuse:encoding", "554 5.6.5", ("cut.pdf",)),
+    MailCase("nested-2000", lambda: nested(2000), "refuse:limits", "554 5.6.0", ("nested more than 50",)),
+    MailCase("parts-20000", lambda: many_parts(20000), "refuse:limits", "554 5.6.0", ("more than 500",)),
+    MailCase("encrypted-pdf", lambda: plain_with([("secret.pdf", "application/pdf", encrypted_pdf())]),
+             "refuse:encrypted", "554 5.6.5", ("secret.pdf", "password")),
+    MailCase("empty-attachment", lambda: plain_with([("blank.pdf", "application/pdf", b"")]), "refuse:empty",
+             "554 5.6.0", ("blank.pdf",)),
+    MailCase("text-attachment", lambda: plain_with([("a.pdf", "application/pdf", pdf(1)),
+                                                   ("notes.txt", "text/plain", b"call me\n")]),
+             "refuse:type", "554 5.6.1", ("notes.txt", "text/plain")),
+    MailCase("no-attachment", lambda: plain_with([]), "refuse:no-document", "554 5.6.0", ("No document",)),
+    MailCase("message-partial", message_partial, "refuse:no-document", "554 5.6.0"),
+    MailCase("uuencode-in-body", uuencoded_body, "refuse:no-document", "554 5.6.0"),
+    MailCase("word-document",
+             lambda: plain_with([("Lettre.docx", "application/vnd.openxmlformats-officedocument.wordprocessingml"
+                                  ".document", b"PK\x03\x04" + bytes(60))]),
+             "refuse:type", "554 5.6.1", ("Lettre.docx",)),
+]

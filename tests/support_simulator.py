@@ -1,0 +1,123 @@
+"""The provider simulator on loopback, and a tiny document server, for any test that needs them.
+
+``tests/conftest.py`` loads this module as a plugin: any test can ask for the
+fixtures ``simulator``, ``sim_factory`` and ``documents``, and import the
+helpers (``from support_simulator import SIM_PASSWORD, provider_table``).
+``provider_table(sim)`` and ``provider_env()`` give the settings that point
+the gateway at the simulator; the password is a canary
+with ``+&=%`` in it, so encoding mistakes and leaks both show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from gateway.simulator import ProviderSimulator
+
+SIM_EMAIL = "account@gateway.test"
+# A canary: it must never appear in a log, a record, a spool file or a mail.
+SIM_PASSWORD = "Canary-Pw+7&x=1%zQ"
+
+SimFactory = Callable[..., Coroutine[Any, Any, ProviderSimulator]]
+
+
+def provider_table(sim: ProviderSimulator, **extra: Any) -> dict[str, Any]:
+    """Settings (TOML shape) that point the provider client at ``sim``."""
+    return {"provider": {"url": sim.url, "email": SIM_EMAIL, **extra}}
+
+
+def provider_env(password: str = SIM_PASSWORD) -> dict[str, str]:
+    return {"FAX_GATEWAY_PROVIDER_PASSWORD": password}
+
+
+@pytest.fixture
+async def sim_factory() -> AsyncIterator[SimFactory]:
+    """Start simulators with any constructor keywords; all are stopped at the end."""
+    started: list[ProviderSimulator] = []
+
+    async def factory(**kwargs: Any) -> ProviderSimulator:
+        kwargs.setdefault("email", SIM_EMAIL)
+        kwargs.setdefault("password", SIM_PASSWORD)
+        sim = ProviderSimulator("127.0.0.1", 0, **kwargs)
+        await sim.start()
+        started.append(sim)
+        return sim
+
+    try:
+        yield factory
+    finally:
+        for sim in started:
+            await sim.stop()
+
+
+@pytest.fixture
+async def simulator(sim_factory: SimFactory) -> ProviderSimulator:
+    """A simulator with the test account, no callback URL."""
+    return await sim_factory()
+
+
+class DocumentServer:
+    """Serves ``docs[path] = (bytes, content_type)`` over HTTP on loopback; counts downloads."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, tuple[bytes, str]] = {}
+        self.hits: list[str] = []
+        self.base = ""
+        self._runner: web.AppRunner | None = None
+
+    def add(self, path: str, data: bytes, content_type: str = "application/pdf") -> str:
+        """Serve ``data`` at ``path``; return its full URL."""
+        self.docs[path] = (data, content_type)
+        return f"{self.base}{path}"
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        self.hits.append(request.raw_path)
+        if request.path == "/redirect":
+            raise web.HTTPFound(self.base + request.query.get("to", "/"))
+        if request.path not in self.docs:
+            raise web.HTTPNotFound()
+        data, ctype = self.docs[request.path]
+        return web.Response(body=data, content_type=ctype)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._serve)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+@pytest.fixture
+async def documents() -> AsyncIterator[DocumentServer]:
+    server = DocumentServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def minimal_pdf(pages: int = 1) -> bytes:
+    """A valid PDF with ``pages`` blank A4 pages."""
+    import io
+
+    import pikepdf
+
+    pdf = pikepdf.new()
+    for _ in range(pages):
+        pdf.add_blank_page(page_size=(595, 842))
+    out = io.BytesIO()
+    pdf.save(out)
+    return out.getvalue()

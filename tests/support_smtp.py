@@ -1,0 +1,234 @@
+"""SMTP test support: a real SmtpServer on loopback, real mails with a real PDF, a raw client.
+
+``smtp_gateway`` starts :class:`gateway.smtp.SmtpServer` on 127.0.0.1 port 0
+over a real spool and job store (the fsync, the clock and the receipt
+callback can be swapped); :class:`Raw` speaks SMTP over a plain socket for
+input a client library refuses to send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import ipaddress
+import os
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+import pikepdf
+import pytest
+
+from gateway.smtp import SmtpServer
+from gateway.spool import Spool
+from gateway.store import AsyncStore, Job, Store
+
+TIMEOUT = 10.0
+
+
+def make_pdf(pages: int = 1) -> bytes:
+    pdf = pikepdf.new()
+    for _ in range(pages):
+        pdf.add_blank_page()
+    buf = io.BytesIO()
+    pdf.save(buf)
+    return buf.getvalue()
+
+
+def fax_mail(
+    sender: str = "alice@example.com",
+    to: str = "0145678900@fax.local",
+    *,
+    message_id: str | None = None,
+    attach: bool = True,
+    body: str = "Please fax this.",
+) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = "Invoice"
+    msg["Message-ID"] = message_id or make_msgid(domain="example.com")
+    msg.set_content(body)
+    if attach:
+        msg.add_attachment(make_pdf(), maintype="application", subtype="pdf", filename="invoice.pdf")
+    return msg.as_bytes()
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Harness:
+    server: SmtpServer
+    store: AsyncStore
+    spool: Spool
+    spooled: list[int] = field(default_factory=list)
+    receipts: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def jobs(self) -> list[Job]:
+        return await self.store.run(lambda s: s.list_jobs())
+
+    async def run(self, fn: Callable[[Store], Any]) -> Any:
+        return await self.store.run(fn)
+
+
+Starter = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def smtp_gateway(make_settings: Callable[..., Any], tmp_path: Path) -> AsyncIterator[Starter]:
+    """``await smtp_gateway(table, fsync=..., clock=..., receipts=True)`` -> a started Harness."""
+    started: list[Harness] = []
+
+    async def start(
+        table: dict[str, Any] | None = None,
+        *,
+        fsync: Callable[[int], None] = os.fsync,
+        clock: Callable[[], float] | None = None,
+        receipts: bool = False,
+        receipt_error: Exception | None = None,
+    ) -> Harness:
+        settings = make_settings(table)
+        spool = Spool(settings.spool.directory, fsync=fsync)
+        await asyncio.to_thread(spool.create)
+        clock = clock or FakeClock()
+        store = AsyncStore(spool.db_path, clock=clock)
+        await store.open()
+        harness: Harness
+
+        async def on_receipt_mail(job_id: str, raw: bytes) -> None:
+            if receipt_error is not None:
+                raise receipt_error
+            harness.receipts.append((job_id, raw))
+
+        server = SmtpServer(
+            settings, store, spool, on_spooled=lambda: harness.spooled.append(1), clock=clock,
+            on_receipt_mail=on_receipt_mail if receipts else None,
+        )  # fmt: skip
+        harness = Harness(server, store, spool)
+        try:
+            await server.start()
+        except BaseException:
+            await store.close()
+            raise
+        started.append(harness)
+        return harness
+
+    try:
+        yield start
+    finally:
+        for h in started:
+            await h.server.stop()
+            await h.store.close()
+
+
+class Raw:
+    """SMTP over a plain socket: send exactly these bytes, read the replies."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, *, greet: bool = True) -> Raw:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, limit=2**22), TIMEOUT)
+        raw = cls(reader, writer)
+        if greet:
+            assert (await raw.reply()).startswith("220")
+        return raw
+
+    async def reply(self) -> str:
+        """One whole reply (all its lines, joined by newlines); '' if the server closed."""
+        lines = []
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), TIMEOUT)
+            if not line:
+                return "\n".join(lines)
+            text = line.decode("ascii").rstrip("\r\n")
+            lines.append(text)
+            if text[3:4] != "-":
+                return "\n".join(lines)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def cmd(self, line: str) -> str:
+        await self.send(line.encode() + b"\r\n")
+        return await self.reply()
+
+    async def closed(self) -> bool:
+        """Whether the server closes the connection (reads to EOF, bounded)."""
+        rest = await asyncio.wait_for(self.reader.read(), TIMEOUT)
+        return rest == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, ssl.SSLError):
+            pass
+
+
+async def transaction(raw: Raw, sender: str, recipients: list[str], message: bytes) -> list[str]:
+    """EHLO, MAIL, RCPT..., DATA; returns every reply after EHLO."""
+    out = [await raw.cmd(f"MAIL FROM:<{sender}>")]
+    out += [await raw.cmd(f"RCPT TO:<{r}>") for r in recipients]
+    out.append(await raw.cmd("DATA"))
+    if out[-1].startswith("354"):
+        body = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        body = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in body.split(b"\r\n"))
+        await raw.send(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
+        out.append(await raw.reply())
+    return out
+
+
+def make_cert(directory: Path) -> tuple[str, str]:
+    """A self-signed certificate for localhost / 127.0.0.1, made now."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_path), str(key_path)
+
+
+def client_tls(cert: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=cert)
+    return context

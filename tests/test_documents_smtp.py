@@ -1,0 +1,128 @@
+"""Documents through the real SMTP server: every mail case gets its reply before the 250, or its fax PDF spooled."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import smtplib
+from pathlib import Path
+from typing import Any
+
+import pikepdf
+import pytest
+from support_mail import CASES, MailCase, image, pdf, pdf_of_size, plain_with
+from support_simulator import SimFactory, provider_env, provider_table
+from support_smtp import Harness, Starter, smtp_gateway  # noqa: F401  (the fixture)
+
+from gateway.app import Gateway
+from gateway.spool import FAX_NAME, RAW_NAME
+
+NUMBER = "0145678900@fax.local"
+
+
+def send(port: int, raw: bytes) -> tuple[int, str]:
+    """Send one mail from 127.0.0.1 (a trusted network); the DATA reply as (code, "x.y.z text")."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        try:
+            client.sendmail("alice@example.com", [NUMBER], raw)
+        except smtplib.SMTPDataError as exc:
+            error = exc.smtp_error
+            return exc.smtp_code, error.decode() if isinstance(error, bytes) else error
+        # sendmail() keeps no reply text; ask the server's view through the spool instead.
+        return 250, ""
+
+
+async def send_async(port: int, raw: bytes) -> tuple[int, str]:
+    return await asyncio.wait_for(asyncio.to_thread(send, port, raw), 60)
+
+
+async def spooled_fax(harness: Harness) -> tuple[bytes, Any]:
+    """The fax document and the message row of the one spooled job."""
+    jobs = await harness.jobs()
+    assert len(jobs) == 1
+    message_id = jobs[0].message_id
+    document = await asyncio.to_thread(harness.spool.read, message_id, FAX_NAME)
+    row = await harness.run(lambda s: s.message(message_id))
+    return document, row
+
+
+def pages_of(document: bytes) -> int:
+    with pikepdf.open(io.BytesIO(document)) as doc:
+        return len(doc.pages)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+async def test_mail_case_over_smtp(case: MailCase, smtp_gateway: Starter) -> None:  # noqa: F811
+    harness = await smtp_gateway()
+    code, text = await send_async(harness.port, case.build())
+    kind, _, rest = case.expect.partition(":")
+    if kind == "refuse":
+        assert f"{code} {text}".startswith(case.reply + " "), text
+        for word in case.words:
+            assert word in text
+        assert await harness.jobs() == []
+        return
+    assert code == 250
+    pages, types = rest.split(":")
+    document, row = await spooled_fax(harness)
+    assert document.startswith(b"%PDF-")
+    assert pages_of(document) == int(pages)
+    assert (row["doc_type"], row["doc_pages"], row["doc_bytes"]) == ("pdf", int(pages), len(document))
+    listed = json.loads(row["documents"])
+    assert [d["type"] for d in listed] == types.split(",")
+    if case.names:
+        assert tuple(d["name"] for d in listed) == case.names
+
+
+async def test_two_pdfs_and_a_photo_become_one_spooled_pdf(
+    make_settings: Any, sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    """The whole daemon (provider pointed at the simulator on loopback): one mail, one fax.pdf."""
+    simulator = await sim_factory()
+    gw = Gateway(make_settings(provider_table(simulator), provider_env()))
+    await gw.start()
+    try:
+        raw = plain_with([
+            ("contrat.pdf", "application/pdf", pdf(3)),
+            ("annexe.pdf", "application/pdf", pdf(2)),
+            ("photo.jpg", "image/jpeg", image("JPEG", (1600, 1200), 72)),
+        ])
+        code, _ = await send_async(gw.smtp.port, raw)
+        assert code == 250
+        messages = [p for p in (tmp_path / "spool" / "messages").iterdir()]
+        assert len(messages) == 1
+        assert sorted(p.name for p in messages[0].iterdir()) == sorted([FAX_NAME, RAW_NAME])
+        assert pages_of((messages[0] / FAX_NAME).read_bytes()) == 6
+        jobs = await gw.store.run(lambda s: s.list_jobs())
+        assert [j.doc_pages for j in jobs] == [6]
+    finally:
+        await gw.stop()
+
+
+async def test_exact_size_boundary_over_smtp(smtp_gateway: Starter) -> None:  # noqa: F811
+    harness = await smtp_gateway()
+    at_limit = pdf_of_size(1_048_576)
+    assert (await send_async(harness.port, plain_with([("a.pdf", "application/pdf", at_limit)])))[0] == 250
+    document, _ = await spooled_fax(harness)
+    assert document == at_limit
+    over = plain_with([("b.pdf", "application/pdf", pdf_of_size(1_048_577))])
+    code, text = await send_async(harness.port, over)
+    assert (code, text) == (552, "5.3.4 Fax document is 1048577 bytes, over the limit of 1048576 bytes")
+
+
+async def test_skipped_parts_are_recorded_with_the_message(smtp_gateway: Starter) -> None:  # noqa: F811
+    harness = await smtp_gateway({"documents": {"unsupported": "skip"}})
+    raw = plain_with([("notes.txt", "text/plain", b"call me\n"), ("doc.pdf", "application/pdf", pdf(1))])
+    assert (await send_async(harness.port, raw))[0] == 250
+    _, row = await spooled_fax(harness)
+    assert json.loads(row["skipped"]) == [{"name": "notes.txt", "type": "text/plain", "reason": "type"}]
+
+
+async def test_pdf_behind_an_application_warning_over_smtp(smtp_gateway: Starter) -> None:  # noqa: F811
+    harness = await smtp_gateway()
+    warning = b"<br />\n<b>Warning</b>:  session_start(): headers already sent in <b>/srv/app/pdf.php</b><br />\n"
+    raw = plain_with([("invoice.pdf", "application/pdf", warning + pdf(1))], mailer="PHPMailer 5.2.1")
+    assert (await send_async(harness.port, raw))[0] == 250
+    document, _ = await spooled_fax(harness)
+    assert document.startswith(b"%PDF-") and pages_of(document) == 1

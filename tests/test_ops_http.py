@@ -1,0 +1,140 @@
+"""/healthz and /metrics on a running gateway: real SMTP in, the simulator, its real callback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import aiosmtplib
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.app import Gateway
+from gateway.daemon import callback_url
+from gateway.demo import free_port
+from gateway.simulator import ProviderSimulator
+from gateway.store import FINAL_STATES
+from tests.conftest import SettingsFactory
+from tests.support_mail import pdf, plain_with
+from tests.support_simulator import SimFactory, provider_env, provider_table
+
+SECRET = "cb-secret-ops-1234"
+
+
+async def _gateway(make_settings: SettingsFactory, sim: ProviderSimulator, **table: Any) -> Gateway:
+    port = free_port()  # local storage: the provider fetches documents at http.public_url
+    http = {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}
+    settings = make_settings(
+        {**provider_table(sim), "http": http | table.pop("http", {}), **table},
+        env=provider_env() | {"FAX_GATEWAY_CALLBACK_SECRET": SECRET},
+    )
+    gw = Gateway(settings)
+    await gw.start()
+    sim.callback_url = callback_url(settings, gw.http.port)
+    return gw
+
+
+@pytest.fixture
+async def running(make_settings: SettingsFactory, sim_factory: SimFactory) -> AsyncIterator[tuple[Gateway, Any]]:
+    sim = await sim_factory(callback_delay=0.0)
+    gw = await _gateway(make_settings, sim)
+    try:
+        yield gw, sim
+    finally:
+        await gw.stop()
+
+
+async def _get(gw: Gateway, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{gw.http.port}{path}") as resp:
+        return resp.status, await resp.text()
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def _send(gw: Gateway, rcpt: str) -> None:
+    raw = plain_with([("invoice.pdf", "application/pdf", pdf(2))])
+    await aiosmtplib.send(raw, sender="alice@example.com", recipients=[rcpt], hostname="127.0.0.1",
+                          port=gw.smtp.port, timeout=20)  # fmt: skip
+
+
+async def _until_final(gw: Gateway, timeout: float = 20.0) -> None:
+    async def loop() -> None:
+        while True:
+            await gw.worker.drain()
+            jobs = await gw.store.run(lambda s: s.list_jobs())
+            if jobs and all(j.state in FINAL_STATES for j in jobs):
+                return
+            await asyncio.sleep(0.05)  # the simulator's callback arrives on its own task
+
+    await asyncio.wait_for(loop(), timeout)
+
+
+async def test_metrics_count_what_happened(running: tuple[Gateway, ProviderSimulator]) -> None:
+    gw, sim = running
+    status, text = await _get(gw, "/metrics")
+    before = _samples(text)
+    assert status == 200
+    assert before[("faxgw_messages_accepted_total", ())] == 0
+    assert before[("faxgw_jobs", (("state", "queued"),))] == 0
+
+    await _send(gw, "0145678900@fax.local")
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+        await _send(gw, "someone@example.com")
+    await sim.wait_callbacks(1)
+    await _until_final(gw)
+
+    status, text = await _get(gw, "/metrics")
+    after = _samples(text)
+    assert after[("faxgw_messages_accepted_total", ())] == 1
+    assert after[("faxgw_smtp_refusals_total", (("reason", "RELAY_DENIED"),))] == 1
+    assert after[("faxgw_provider_answers_total", (("code", "113"),))] == 1
+    assert after[("faxgw_uploads_total", (("result", "ok"),))] == 1
+    assert after[("faxgw_receipts_total", (("code", "0"),))] == 1
+    assert after[("faxgw_jobs", (("state", "delivered"),))] == 1
+    assert after[("faxgw_submit_latency_seconds_count", ())] == 1
+    assert after[("faxgw_receipt_latency_seconds_count", ())] == 1
+    # A second scrape does not count the same jobs' latencies again.
+    _, text = await _get(gw, "/metrics")
+    assert _samples(text)[("faxgw_submit_latency_seconds_count", ())] == 1
+
+
+async def test_healthz_reports_parts(running: tuple[Gateway, ProviderSimulator]) -> None:
+    gw, sim = running
+    status, text = await _get(gw, "/healthz")
+    import json
+
+    body = json.loads(text)
+    assert status == 200 and body["status"] == "ok"
+    assert body["smtp"] == {"ok": True} and body["store"]["ok"] is True
+    assert body["provider"] is None and body["waiting"] == {"held": 0, "ambiguous": 0, "quarantined": 0}
+
+    sim.set_fault("code:103")  # wrong credentials: the job is held, the provider result is a failure
+    await _send(gw, "0145678900@fax.local")
+    await asyncio.wait_for(gw.worker.drain(), 20)
+    status, text = await _get(gw, "/healthz")
+    body = json.loads(text)
+    assert status == 200 and body["status"] == "degraded"
+    assert body["provider"]["ok"] is False and body["waiting"]["held"] == 1
+    assert SECRET not in text
+
+    await gw.smtp.stop()
+    status, text = await _get(gw, "/healthz")
+    assert status == 503 and json.loads(text)["status"] == "failing"
+
+
+async def test_status_routes_only_for_status_networks(make_settings: SettingsFactory, sim_factory: SimFactory) -> None:
+    sim = await sim_factory()
+    gw = await _gateway(make_settings, sim, http={"status_networks": ["192.0.2.0/24"]})
+    try:
+        assert (await _get(gw, "/metrics"))[0] == 404
+        assert (await _get(gw, "/healthz"))[0] == 404
+    finally:
+        await gw.stop()

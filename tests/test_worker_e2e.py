@@ -1,0 +1,127 @@
+"""End to end in one process: a PDF mailed to the gateway over SMTP reaches the simulator
+as one correct submission with a URL it downloads, and the job reaches ``submitted``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import smtplib
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from gateway.app import Gateway
+from gateway.simulator import ProviderSimulator
+from gateway.store import Job, State
+from tests.conftest import SettingsFactory, deep_merge
+from tests.support_delivery import FakeClock
+from tests.support_s3 import S3, free_port, s3  # noqa: F401
+from tests.support_simulator import SimFactory, provider_env, provider_table, sim_factory  # noqa: F401
+from tests.support_smtp import fax_mail
+
+
+def _send(port: int, to: str) -> str:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("scanner.example.com")
+        client.mail("alice@example.com")
+        client.rcpt(to)
+        code, reply = client.data(fax_mail(to=to))
+    assert code == 250, reply
+    match = re.search(rb"queued as ([0-9a-f]+)", reply)
+    assert match, reply
+    return match.group(1).decode()
+
+
+@pytest.fixture
+async def started(make_settings: SettingsFactory) -> AsyncIterator[list[Gateway]]:
+    gateways: list[Gateway] = []
+    try:
+        yield gateways
+    finally:
+        for gw in gateways:
+            await gw.stop()
+
+
+async def _gateway(started: list[Gateway], make_settings: SettingsFactory, sim: ProviderSimulator,
+                   table: dict[str, Any]) -> Gateway:  # fmt: skip
+    port = free_port()
+    base = {"http": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}}
+    gw = Gateway(make_settings(deep_merge(deep_merge(base, provider_table(sim)), table), provider_env()))
+    await gw.start()
+    started.append(gw)
+    return gw
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+async def test_a_mailed_pdf_becomes_one_submission_with_a_downloadable_url(
+    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, s3: S3, backend: str  # noqa: F811
+) -> None:
+    sim = await sim_factory()
+    gw = await _gateway(started, make_settings, sim, s3.table() if backend == "s3" else {})
+    job_id = await asyncio.to_thread(_send, gw.smtp.port, "0145678900@fax.local")
+    await asyncio.wait_for(gw.worker.drain(), 20)
+    job = await gw.store.run(lambda s: s.get_job(job_id))
+    assert job is not None and job.state == State.SUBMITTED
+    assert len(sim.requests) == 1
+    params = sim.requests[0].params
+    assert params["ref"] == job_id and params["fax"] == "0145678900" and params["email"] == "account@gateway.test"
+    assert sim.requests[0].answer == f"113-{job.provider_ref}"
+    url = params["url"]
+    if backend == "s3":
+        assert "X-Amz-Signature=" in url and s3.keys() == [job.upload_key]
+    else:
+        assert urlsplit(url).path == f"/documents/{job.upload_key}"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 200 and (await resp.read()).startswith(b"%PDF-")
+
+
+async def test_a_receipt_that_comes_before_the_submit_answer_is_applied_once_it_lands(
+    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory  # noqa: F811
+) -> None:
+    port = free_port()
+    secret = "cb-secret-0123456789"
+    sim = await sim_factory(callback_url=f"http://127.0.0.1:{port}/receipt/{secret}")
+    sim.set_fault("early-callback")
+    table = deep_merge(provider_table(sim), {"http": {"listen": f"127.0.0.1:{port}",
+                                                      "public_url": f"http://127.0.0.1:{port}"}})  # fmt: skip
+    gw = Gateway(make_settings(table, {**provider_env(), "FAX_GATEWAY_CALLBACK_SECRET": secret}))
+    await gw.start()
+    started.append(gw)
+    job_id = await asyncio.to_thread(_send, gw.smtp.port, "0145678900@fax.local")
+    await asyncio.wait_for(gw.worker.drain(), 20)
+    job = await gw.store.run(lambda s: s.get_job(job_id))
+    assert sim.callbacks and sim.callbacks[0].status == 200
+    assert job is not None and job.state == State.DELIVERED and job.provider_ref
+    assert len(sim.requests) == 1
+
+
+async def test_intake_keeps_accepting_while_s3_is_down_and_the_jobs_go_out_when_it_is_back(
+    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, s3: S3  # noqa: F811
+) -> None:
+    sim = await sim_factory()
+    clock = FakeClock()
+    table = deep_merge(provider_table(sim), s3.table(timeout_seconds=0.5))
+    gw = Gateway(make_settings(table, provider_env()), clock=clock)
+    await gw.start()
+    started.append(gw)
+    s3.relay.mode = "refuse"
+    first = await asyncio.to_thread(_send, gw.smtp.port, "0145678900@fax.local")
+    await asyncio.wait_for(gw.worker.drain(), 20)
+    second = await asyncio.to_thread(_send, gw.smtp.port, "0145678901@fax.local")
+    await asyncio.wait_for(gw.worker.drain(), 20)
+    for job in [await _job(gw, first), await _job(gw, second)]:
+        assert job.state == State.DEFERRED and job.reason.startswith("S3 upload failed")
+    s3.relay.mode = "forward"
+    clock.advance(3600)
+    await asyncio.wait_for(gw.worker.drain(), 20)
+    assert [(await _job(gw, j)).state for j in (first, second)] == [State.SUBMITTED, State.SUBMITTED]
+    assert len(sim.requests) == 2
+
+
+async def _job(gw: Gateway, job_id: str) -> Job:
+    job = await gw.store.run(lambda s: s.get_job(job_id))
+    assert job is not None
+    return job

@@ -20,7 +20,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -292,7 +292,8 @@ SECRET_ENV = {
 }
 
 _HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(?P<port>\d{1,5})$")
-_SENDER_PATTERN = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]*\*?[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]*@(\*\.)?[A-Za-z0-9.\-]+$")
+_ATEXT = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]*"
+_SENDER_PATTERN = re.compile(rf"^{_ATEXT}\*?{_ATEXT}@(\*\.)?[A-Za-z0-9.\-]+$")
 _ADDRESS = re.compile(r"^[^@\s<>]+@[A-Za-z0-9.\-]+$")
 
 
@@ -331,25 +332,27 @@ def _convert(key: str, hint: Any, value: object) -> Any:
         if not isinstance(value, dict):
             raise SettingsError(f"{key}: expected a table, got {type(value).__name__}")
         return types.MappingProxyType({str(k): _convert(f"{key}.{k}", str, v) for k, v in value.items()})
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise SettingsError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SettingsError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SettingsError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise SettingsError(f"{key}: expected a string, got {value!r}")
-        return value
     if hint is Secret:
         raise SettingsError(f"{key}: secrets are not read from the file; set the environment variable")
-    raise SettingsError(f"{key}: unsupported setting type {hint!r}")  # pragma: no cover
+    return _scalar(key, hint, value)
+
+
+# Scalar types: (accepts the TOML value, words for the error, conversion).
+_SCALARS: dict[Any, tuple[Callable[[object], bool], str, Callable[[Any], Any]]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false", bool),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", int),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number", float),
+    str: (lambda v: isinstance(v, str), "a string", str),
+}
+
+
+def _scalar(key: str, hint: Any, value: object) -> Any:
+    if hint not in _SCALARS:
+        raise SettingsError(f"{key}: unsupported setting type {hint!r}")  # pragma: no cover
+    accepts, words, convert = _SCALARS[hint]
+    if not accepts(value):
+        raise SettingsError(f"{key}: expected {words}, got {value!r}")
+    return convert(value)
 
 
 def _build(prefix: str, cls: type, table: Mapping[str, object]) -> Any:
@@ -391,105 +394,142 @@ def _validate_documents(d: DocumentSettings) -> None:
     _positive("documents.min_image_pixels", d.min_image_pixels, zero_ok=True)
 
 
-def validate(s: Settings) -> None:
-    """Cross-field and value checks that a type alone cannot express."""
-    import phonenumbers  # local: keeps `import gateway.settings` light
+def _check_cidr(key: str, cidr: str) -> None:
+    try:
+        ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        raise SettingsError(f"{key}: {cidr!r} is not a CIDR network") from None
 
+
+def _check_url(key: str, url: str) -> None:
+    if not re.match(r"^https?://[^\s?#]+$", url):
+        raise SettingsError(f"{key}: {url!r} is not an http(s) URL")
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}")
+
+
+def _validate_access(smtp: SmtpSettings) -> None:
     from . import auth
 
-    for i, net in enumerate(s.smtp.trusted_networks):
-        try:
-            ipaddress.ip_network(net.cidr, strict=False)
-        except ValueError:
-            raise SettingsError(f"smtp.trusted_networks[{i}].cidr: {net.cidr!r} is not a CIDR network") from None
-    for where, senders in [(f"smtp.trusted_networks[{i}]", n.senders) for i, n in enumerate(s.smtp.trusted_networks)] + [
-        (f"smtp.users[{i}]", u.senders) for i, u in enumerate(s.smtp.users)
-    ]:
+    for i, net in enumerate(smtp.trusted_networks):
+        _check_cidr(f"smtp.trusted_networks[{i}].cidr", net.cidr)
+    lists = [(f"smtp.trusted_networks[{i}]", n.senders) for i, n in enumerate(smtp.trusted_networks)]
+    lists += [(f"smtp.users[{i}]", u.senders) for i, u in enumerate(smtp.users)]
+    for where, senders in lists:
         for j, pat in enumerate(senders):
             if not _SENDER_PATTERN.match(pat):
                 raise SettingsError(f"{where}.senders[{j}]: {pat!r} is not a sender pattern like '*@example.com'")
-    for i, u in enumerate(s.smtp.users):
+    for i, u in enumerate(smtp.users):
         if not auth.is_hash(u.password_hash):
             raise SettingsError(f"smtp.users[{i}].password_hash: not a hash made by 'fax-gateway hash-password'")
-    if len({u.name for u in s.smtp.users}) != len(s.smtp.users):
+    if len({u.name for u in smtp.users}) != len(smtp.users):
         raise SettingsError("smtp.users: a user name appears twice")
-    for i, cidr in enumerate(s.http.status_networks):
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise SettingsError(f"http.status_networks[{i}]: {cidr!r} is not a CIDR network") from None
+
+
+def _validate_smtp(smtp: SmtpSettings) -> None:
+    _validate_access(smtp)
+    if not smtp.fax_domains:
+        raise SettingsError("smtp.fax_domains: at least one fax domain is needed")
+    for i, d in enumerate(smtp.fax_domains):
+        if not _DOMAIN.fullmatch(d):
+            raise SettingsError(f"smtp.fax_domains[{i}]: {d!r} is not a domain name")
+    if bool(smtp.tls_cert) != bool(smtp.tls_key):
+        raise SettingsError("smtp.tls_cert: tls_cert and tls_key go together")
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(smtp, key)
+        if path and not Path(path).is_file():
+            raise SettingsError(f"smtp.{key}: {path!r} does not exist")
+    for key in ("max_message_size", "max_line_length", "max_recipients", "max_connections", "max_errors"):
+        _positive(f"smtp.{key}", getattr(smtp, key))
+    for key in ("max_commands", "idle_timeout", "shutdown_grace_seconds"):
+        _positive(f"smtp.{key}", getattr(smtp, key))
+    if smtp.max_line_length < 1000:
+        raise SettingsError(f"smtp.max_line_length: must be at least 1000 (RFC 5321), got {smtp.max_line_length}")
+
+
+def _validate_numbers(numbers: NumberSettings) -> None:
+    import phonenumbers  # local: keeps `import gateway.settings` light
+
+    regions = phonenumbers.SUPPORTED_REGIONS
+    if numbers.default_region not in regions:
+        raise SettingsError(f"numbers.default_region: {numbers.default_region!r} is not a region code like 'FR'")
+    for i, r in enumerate(numbers.allowed_regions):
+        if r not in regions:
+            raise SettingsError(f"numbers.allowed_regions[{i}]: {r!r} is not a region code like 'FR'")
+
+
+def _validate_http(http: HttpSettings) -> None:
+    for i, cidr in enumerate(http.status_networks):
+        _check_cidr(f"http.status_networks[{i}]", cidr)
+    for i, cidr in enumerate(http.callback_networks):
+        _check_cidr(f"http.callback_networks[{i}]", cidr)
     # The secret is one path segment of the callback URL (/receipt/<secret>).
-    if s.http.callback_secret and not re.fullmatch(r"[A-Za-z0-9._~\-]{8,200}", s.http.callback_secret.reveal()):
+    if http.callback_secret and not re.fullmatch(r"[A-Za-z0-9._~\-]{8,200}", http.callback_secret.reveal()):
         raise SettingsError(
             "http.callback_secret: FAX_GATEWAY_CALLBACK_SECRET must be 8 to 200 letters, digits or . _ ~ -"
         )
-    for i, cidr in enumerate(s.http.callback_networks):
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise SettingsError(f"http.callback_networks[{i}]: {cidr!r} is not a CIDR network") from None
-    if not s.smtp.fax_domains:
-        raise SettingsError("smtp.fax_domains: at least one fax domain is needed")
-    for i, d in enumerate(s.smtp.fax_domains):
-        if not re.fullmatch(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?", d):
-            raise SettingsError(f"smtp.fax_domains[{i}]: {d!r} is not a domain name")
-    if bool(s.smtp.tls_cert) != bool(s.smtp.tls_key):
-        raise SettingsError("smtp.tls_cert: tls_cert and tls_key go together")
-    for key in ("tls_cert", "tls_key"):
-        path = getattr(s.smtp, key)
-        if path and not Path(path).is_file():
-            raise SettingsError(f"smtp.{key}: {path!r} does not exist")
-    regions = phonenumbers.SUPPORTED_REGIONS
-    if s.numbers.default_region not in regions:
-        raise SettingsError(f"numbers.default_region: {s.numbers.default_region!r} is not a region code like 'FR'")
-    for i, r in enumerate(s.numbers.allowed_regions):
-        if r not in regions:
-            raise SettingsError(f"numbers.allowed_regions[{i}]: {r!r} is not a region code like 'FR'")
-    smtp_counts = ("max_message_size", "max_line_length", "max_recipients", "max_connections", "max_errors", "max_commands")
-    for key in smtp_counts:
-        _positive(f"smtp.{key}", getattr(s.smtp, key))
-    _positive("smtp.idle_timeout", s.smtp.idle_timeout)
-    _positive("smtp.shutdown_grace_seconds", s.smtp.shutdown_grace_seconds)
-    if s.smtp.max_line_length < 1000:
-        raise SettingsError(f"smtp.max_line_length: must be at least 1000 (RFC 5321), got {s.smtp.max_line_length}")
+    _check_url("http.public_url", http.public_url)
+
+
+def _validate_storage(storage: StorageSettings) -> None:
+    if not 1 <= storage.presign_seconds <= 7 * 86400:
+        raise SettingsError(f"storage.presign_seconds: {storage.presign_seconds} is not between 1 and 604800 (7 days)")
+    if storage.backend == "s3" and not storage.bucket:
+        raise SettingsError("storage.bucket: required with backend = 's3'")
+    _positive("storage.keep_days", storage.keep_days, zero_ok=True)
+    _positive("storage.timeout_seconds", storage.timeout_seconds)
+    if storage.endpoint_url and not re.match(r"^https?://", storage.endpoint_url):
+        raise SettingsError(f"storage.endpoint_url: {storage.endpoint_url!r} is not an http(s) URL")
+
+
+def _validate_provider(provider: ProviderSettings) -> None:
+    _check_url("provider.url", provider.url)
+    _check_address("provider.email", provider.email)
+    for key in ("concurrency", "connect_timeout", "total_timeout"):
+        _positive(f"provider.{key}", getattr(provider, key))
+    if provider.accuse_email == "address":
+        _check_address("provider.accuse_email_address", provider.accuse_email_address, empty_ok=False)
+
+
+def _validate_notify(notify: NotifySettings) -> None:
+    _check_address("notify.from_address", notify.from_address, empty_ok=False)
+    _check_address("notify.admin_address", notify.admin_address)
+    for i, who in enumerate(notify.recipient_order):
+        if who not in ("reply-to", "from", "envelope"):
+            raise SettingsError(f"notify.recipient_order[{i}]: {who!r} is not one of 'reply-to', 'from', 'envelope'")
+    for k, v in notify.sender_map.items():
+        _check_address(f"notify.sender_map.{k}", v, empty_ok=False)
+    for key in ("max_retry_seconds", "min_backoff_seconds", "max_backoff_seconds", "relay_timeout"):
+        _positive(f"notify.{key}", getattr(notify, key))
+    if notify.min_backoff_seconds > notify.max_backoff_seconds:
+        raise SettingsError("notify.min_backoff_seconds: larger than notify.max_backoff_seconds")
+    if notify.relay_ca_file and not Path(notify.relay_ca_file).is_file():
+        raise SettingsError(f"notify.relay_ca_file: {notify.relay_ca_file!r} does not exist")
+
+
+def _validate_delivery(delivery: DeliverySettings) -> None:
+    for key in ("min_backoff_seconds", "max_backoff_seconds", "max_queue_lifetime_seconds"):
+        _positive(f"delivery.{key}", getattr(delivery, key))
+    for key in ("credit_retry_seconds", "poll_seconds"):
+        _positive(f"delivery.{key}", getattr(delivery, key))
+    if delivery.min_backoff_seconds > delivery.max_backoff_seconds:
+        raise SettingsError("delivery.min_backoff_seconds: larger than delivery.max_backoff_seconds")
+
+
+def validate(s: Settings) -> None:
+    """Value and cross-field checks that a type alone cannot express, section by section."""
+    _validate_smtp(s.smtp)
+    _validate_numbers(s.numbers)
     _positive("quotas.per_sender_hourly", s.quotas.per_sender_hourly, zero_ok=True)
     _positive("quotas.global_hourly", s.quotas.global_hourly, zero_ok=True)
     _validate_documents(s.documents)
-    if not 1 <= s.storage.presign_seconds <= 7 * 86400:
-        raise SettingsError(f"storage.presign_seconds: {s.storage.presign_seconds} is not between 1 and 604800 (7 days)")
-    if s.storage.backend == "s3" and not s.storage.bucket:
-        raise SettingsError("storage.bucket: required with backend = 's3'")
-    _positive("storage.keep_days", s.storage.keep_days, zero_ok=True)
-    _positive("storage.timeout_seconds", s.storage.timeout_seconds)
-    if s.storage.endpoint_url and not re.match(r"^https?://", s.storage.endpoint_url):
-        raise SettingsError(f"storage.endpoint_url: {s.storage.endpoint_url!r} is not an http(s) URL")
-    if not re.match(r"^https?://[^\s?#]+$", s.provider.url):
-        raise SettingsError(f"provider.url: {s.provider.url!r} is not an http(s) URL")
-    if not re.match(r"^https?://[^\s?#]+$", s.http.public_url):
-        raise SettingsError(f"http.public_url: {s.http.public_url!r} is not an http(s) URL")
-    _check_address("provider.email", s.provider.email)
-    _positive("provider.concurrency", s.provider.concurrency)
-    _positive("provider.connect_timeout", s.provider.connect_timeout)
-    _positive("provider.total_timeout", s.provider.total_timeout)
-    if s.provider.accuse_email == "address":
-        _check_address("provider.accuse_email_address", s.provider.accuse_email_address, empty_ok=False)
-    _check_address("notify.from_address", s.notify.from_address, empty_ok=False)
-    _check_address("notify.admin_address", s.notify.admin_address)
-    for i, who in enumerate(s.notify.recipient_order):
-        if who not in ("reply-to", "from", "envelope"):
-            raise SettingsError(f"notify.recipient_order[{i}]: {who!r} is not one of 'reply-to', 'from', 'envelope'")
-    for k, v in s.notify.sender_map.items():
-        _check_address(f"notify.sender_map.{k}", v, empty_ok=False)
-    for key in ("max_retry_seconds", "min_backoff_seconds", "max_backoff_seconds", "relay_timeout"):
-        _positive(f"notify.{key}", getattr(s.notify, key))
-    if s.notify.min_backoff_seconds > s.notify.max_backoff_seconds:
-        raise SettingsError("notify.min_backoff_seconds: larger than notify.max_backoff_seconds")
-    if s.notify.relay_ca_file and not Path(s.notify.relay_ca_file).is_file():
-        raise SettingsError(f"notify.relay_ca_file: {s.notify.relay_ca_file!r} does not exist")
-    for key in ("min_backoff_seconds", "max_backoff_seconds", "max_queue_lifetime_seconds", "credit_retry_seconds", "poll_seconds"):
-        _positive(f"delivery.{key}", getattr(s.delivery, key))
-    if s.delivery.min_backoff_seconds > s.delivery.max_backoff_seconds:
-        raise SettingsError("delivery.min_backoff_seconds: larger than delivery.max_backoff_seconds")
+    _validate_storage(s.storage)
+    _validate_provider(s.provider)
+    _validate_http(s.http)
+    _validate_notify(s.notify)
+    _validate_delivery(s.delivery)
 
 
 def from_mapping(table: Mapping[str, object], env: Mapping[str, str] | None = None) -> Settings:

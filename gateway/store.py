@@ -235,7 +235,8 @@ class Store:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self.path}: schema version {version} is newer than this fax-gateway ({SCHEMA_VERSION}); upgrade it"
+                    f"{self.path}: schema version {version} is newer than this fax-gateway"
+                    f" ({SCHEMA_VERSION}); upgrade it"
                 )
             for n in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[n].split(";"):
@@ -364,7 +365,8 @@ class Store:
     def due_jobs(self, states: Sequence[State], now: float, limit: int = 100) -> list[Job]:
         marks = ",".join("?" * len(states))
         rows = self.db.execute(
-            _JOB_SELECT + f" WHERE j.state IN ({marks}) AND j.next_attempt_at <= ? ORDER BY j.next_attempt_at, j.created_at LIMIT ?",
+            _JOB_SELECT + f" WHERE j.state IN ({marks}) AND j.next_attempt_at <= ?"
+            " ORDER BY j.next_attempt_at, j.created_at LIMIT ?",
             (*[str(s) for s in states], now, limit),
         )
         return [Job.from_row(r) for r in rows]

@@ -49,6 +49,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the benchmark process dies, however it dies."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Child:
     """One ``procs.py`` role in its own process; its JSON events are collected as they come."""
 
@@ -76,6 +84,7 @@ class Child:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, str(PROCS), self.role, self.arg,
                 stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL, env=self.env,
+                preexec_fn=_die_with_parent,
             )  # fmt: skip
         self._reader = asyncio.create_task(self._read())
         try:
@@ -163,10 +172,13 @@ async def smtp_source(port: int, mail: Path, *, sessions: int, count: int, timeo
     try:
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise BenchError(f"smtp-source did not finish {count} mails in {timeout:g} s") from None
+    except BaseException as exc:  # a timeout, or the benchmark was interrupted
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await asyncio.shield(proc.wait())
+        if isinstance(exc, TimeoutError):
+            raise BenchError(f"smtp-source did not finish {count} mails in {timeout:g} s") from None
+        raise
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
         text = (err or out).decode(errors="replace").strip().splitlines()

@@ -87,6 +87,10 @@ async def run_gateway(config: str) -> None:
     from gateway import settings as settings_mod
 
     settings = settings_mod.load(config)
+    if os.environ.get("BENCH_EXAMINE_SLOTS"):  # experiment: at most N messages examined at once
+        _limit_examine(int(os.environ["BENCH_EXAMINE_SLOTS"]))
+    if os.environ.get("BENCH_READ_CHUNK"):  # experiment: bytes read per wake-up of an SMTP connection
+        _limit_reads(int(os.environ["BENCH_READ_CHUNK"]))
     handler = logs.setup(settings.log, logs.secrets_of(settings))
     probe = LagProbe()
     if os.environ.get("BENCH_SLOW_CALLBACKS"):  # diagnosis: asyncio logs each callback slower than this (s)
@@ -105,6 +109,36 @@ async def run_gateway(config: str) -> None:
     finally:
         await probe.stop()
         emit("done", max_lag_ms=probe.max_lag * 1000, probes=probe.samples, peak_rss_kb=peak_rss_kb())
+
+
+def _limit_examine(slots: int) -> None:
+    import threading
+
+    from gateway.intake import Handler
+
+    gate = threading.BoundedSemaphore(slots)
+    examine = Handler._examine
+
+    def limited(self: Handler, raw: bytes) -> Any:
+        with gate:
+            return examine(self, raw)
+
+    Handler._examine = limited  # type: ignore[method-assign]
+
+
+def _limit_reads(size: int) -> None:
+    """asyncio's socket transport reads up to ``max_size`` (256 KiB) per wake-up; aiosmtpd then
+    works through every buffered line without yielding. A smaller read bounds that slice."""
+    from gateway.smtp import GatewaySMTP
+
+    made = GatewaySMTP.connection_made
+
+    def connection_made(self: GatewaySMTP, transport: Any) -> None:
+        made(self, transport)
+        if hasattr(transport, "max_size"):
+            transport.max_size = size
+
+    GatewaySMTP.connection_made = connection_made  # type: ignore[method-assign]
 
 
 # -- the bare SMTP server -----------------------------------------------------

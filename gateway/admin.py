@@ -13,7 +13,7 @@ moment is never taken from under it, and every action is a timeline event
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -60,19 +60,11 @@ def job_dict(job: Job) -> dict[str, Any]:
     return data
 
 
-def list_jobs(
-    store: Store,
-    *,
-    states: Sequence[str] = (),
-    since: float | None = None,
-    number: str | None = None,
-    sender: str | None = None,
-    limit: int = 200,
-) -> list[Job]:
+def check_states(states: Sequence[str]) -> None:
+    """Refuse a state name that is not one (the ``jobs --state`` filter)."""
     for s in states:
         if s not in {str(x) for x in State}:
             raise AdminError(f"unknown state {s!r} (one of: {', '.join(str(x) for x in State)})")
-    return store.list_jobs(states=states, since=since, number=number, sender=sender, limit=limit)
 
 
 def show(store: Store, job_id: str) -> dict[str, Any]:
@@ -108,47 +100,70 @@ def show(store: Store, job_id: str) -> dict[str, Any]:
     }
 
 
+def _act(
+    store: Store,
+    job_id: str,
+    action: str,
+    allowed: Sequence[State],
+    change: Callable[[Job], bool],
+    *,
+    only: str = "",
+) -> Job:
+    """Apply ``change`` (in one transaction) to a job in one of the ``allowed`` states; the job after it.
+
+    ``change`` returns whether the job moved: it did not when the daemon took
+    it meanwhile, and the refusal then names the state it is in now. ``only``
+    words the refusal of a job in another state (default: why that state).
+    """
+    job = _job(store, job_id)
+    if State(job.state) not in allowed:
+        if only:
+            raise AdminError(f"cannot {action} job {job.id} ({job.state}): only {only}")
+        raise _refuse(job, action)
+    with store.transaction():
+        moved = change(job)
+    if not moved:
+        raise _refuse(_job(store, job_id), action)
+    return _job(store, job_id)
+
+
+def _requeue(store: Store, job: Job) -> bool:
+    moved = store.transition(
+        job.id,
+        State.QUEUED,
+        f"retry requested by the operator (was {job.state}: {job.reason})",
+        expect=[State(job.state)],
+        event="operator: retry",
+        next_attempt_at=0,
+        final_at=0,
+        recoveries=0,
+        receipt_code="",
+        hold_kind="",
+    )
+    message = store.message(job.message_id)
+    if moved and message is not None and message["object_deleted_at"]:
+        # The uploaded copy is gone (cleanup after the final state): upload again.
+        store.update_message(job.message_id, upload_key="", uploaded_at=0, object_deleted_at=0)
+    return moved
+
+
+def _cancel(store: Store, job: Job) -> bool:
+    moved = store.transition(
+        job.id, State.CANCELLED, "cancelled by the operator", expect=[State(job.state)], event="operator: cancel"
+    )
+    if moved:
+        store.queue_notice(job.id, "failed", "cancelled by the gateway's administrator; the fax was not sent")
+    return moved
+
+
 def retry(store: Store, job_id: str) -> Job:
     """Queue a failed, held, deferred or quarantined job for a fresh attempt now."""
-    job = _job(store, job_id)
-    if State(job.state) not in RETRYABLE:
-        raise _refuse(job, "retry")
-    with store.transaction():
-        moved = store.transition(
-            job.id,
-            State.QUEUED,
-            f"retry requested by the operator (was {job.state}: {job.reason})",
-            expect=[State(job.state)],
-            event="operator: retry",
-            next_attempt_at=0,
-            final_at=0,
-            recoveries=0,
-            receipt_code="",
-            hold_kind="",
-        )
-        message = store.message(job.message_id)
-        if moved and message is not None and message["object_deleted_at"]:
-            # The uploaded copy is gone (cleanup after the final state): upload again.
-            store.update_message(job.message_id, upload_key="", uploaded_at=0, object_deleted_at=0)
-    if not moved:
-        raise _refuse(_job(store, job_id), "retry")
-    return _job(store, job_id)
+    return _act(store, job_id, "retry", RETRYABLE, lambda job: _requeue(store, job))
 
 
 def cancel(store: Store, job_id: str) -> Job:
     """Give up on a job that is not with the provider; the sender is told."""
-    job = _job(store, job_id)
-    if State(job.state) not in CANCELLABLE:
-        raise _refuse(job, "cancel")
-    with store.transaction():
-        moved = store.transition(
-            job.id, State.CANCELLED, "cancelled by the operator", expect=[State(job.state)], event="operator: cancel"
-        )
-        if moved:
-            store.queue_notice(job.id, "failed", "cancelled by the gateway's administrator; the fax was not sent")
-    if not moved:
-        raise _refuse(_job(store, job_id), "cancel")
-    return _job(store, job_id)
+    return _act(store, job_id, "cancel", CANCELLABLE, lambda job: _cancel(store, job))
 
 
 def release(store: Store, job_ids: Sequence[str] = ()) -> list[Job]:
@@ -182,22 +197,10 @@ def resolve(store: Store, job_id: str, *, sent: bool) -> Job:
     delivered and the sender told. Not sent: the job is queued for one
     submission with the same reference.
     """
-    job = _job(store, job_id)
-    if job.state != State.AMBIGUOUS:
-        raise AdminError(f"cannot resolve job {job.id} ({job.state}): only ambiguous jobs are resolved")
-    with store.transaction():
-        if sent:
-            moved = store.transition(
-                job.id,
-                State.DELIVERED,
-                "the operator confirmed from the provider's records that the fax was sent",
-                expect=[State.AMBIGUOUS],
-                event="operator: resolve --sent",
-            )
-            if moved:
-                store.queue_notice(job.id, "delivered", "confirmed by the gateway's administrator")
-        else:
-            moved = store.transition(
+
+    def settle(job: Job) -> bool:
+        if not sent:
+            return store.transition(
                 job.id,
                 State.QUEUED,
                 "the operator confirmed from the provider's records that the fax was not sent",
@@ -205,9 +208,18 @@ def resolve(store: Store, job_id: str, *, sent: bool) -> Job:
                 event="operator: resolve --not-sent",
                 next_attempt_at=0,
             )
-    if not moved:
-        raise _refuse(_job(store, job_id), "resolve")
-    return _job(store, job_id)
+        moved = store.transition(
+            job.id,
+            State.DELIVERED,
+            "the operator confirmed from the provider's records that the fax was sent",
+            expect=[State.AMBIGUOUS],
+            event="operator: resolve --sent",
+        )
+        if moved:
+            store.queue_notice(job.id, "delivered", "confirmed by the gateway's administrator")
+        return moved
+
+    return _act(store, job_id, "resolve", [State.AMBIGUOUS], settle, only="ambiguous jobs are resolved")
 
 
 def summary(store: Store) -> dict[str, int]:

@@ -66,9 +66,9 @@ class Gateway:
             self.http.add_routes(self.storage.routes())
         self.provider = ProviderClient(self.settings)
         metered = MeteredStorage(self.storage, self.metrics), MeteredProvider(self.provider, self.metrics)
-        self.worker = Worker(self.settings, self.store, self.spool, *metered,
-                             clock=self.clock, wake_event=self.spooled)  # fmt: skip
         self.notifier = Notifier(self.settings, self.store, self.spool, clock=self.clock)
+        self.worker = Worker(self.settings, self.store, self.spool, *metered, clock=self.clock,
+                             wake_event=self.spooled, on_notice=self.notifier.wake)  # fmt: skip
         self.receipts = Receipts(self.settings, self.store, wake=self.notifier.wake)
         self.http.add_routes(self.receipts.routes())
         self.smtp = SmtpServer(self.settings, self.store, self.spool, on_spooled=self._on_spooled, clock=self.clock,
@@ -91,6 +91,9 @@ class Gateway:
         try:
             await self.store.open()
             await asyncio.to_thread(self.spool.clean_tmp)
+            stray = await self.store.run(lambda s: self.spool.remove_unrecorded(s.recorded_messages))
+            for message_id in stray:
+                log.warning("spool: removed message %s, written but never committed (no 250 was given)", message_id)
             self.build()
             for component in self.components:
                 await component.start()

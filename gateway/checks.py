@@ -36,15 +36,19 @@ class Check:
 def check_spool(settings: Settings) -> str:
     """Blocking: create the spool if needed, write and fsync a file in it, remove it."""
     root = Path(settings.spool.directory)
-    root.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".check-", dir=root)
     try:
-        os.write(fd, b"check-config\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-        os.unlink(name)
-    free = os.statvfs(root).f_bavail * os.statvfs(root).f_frsize
+        root.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".check-", dir=root)
+        try:
+            os.write(fd, b"check-config\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+        stat = os.statvfs(root)
+    except OSError as exc:
+        raise OSError(f"cannot write in {root}: {exc.strerror or exc}") from None
+    free = stat.f_bavail * stat.f_frsize
     if free < settings.spool.min_free_bytes:
         raise OSError(f"only {free} bytes free, below spool.min_free_bytes ({settings.spool.min_free_bytes})")
     return f"{root} is writable, {free // (1024 * 1024)} MiB free"
@@ -86,10 +90,14 @@ async def check_relay(settings: Settings) -> str:
 
     n = settings.notify
     smtp = aiosmtplib.SMTP(hostname=n.relay.host, port=n.relay.port, timeout=15, start_tls=False)
-    await smtp.connect()
+    try:
+        await smtp.connect()
+    except (OSError, aiosmtplib.SMTPException) as exc:
+        raise OSError(f"relay {n.relay}: cannot connect ({exc})") from None
+    done: list[str] = []
     try:
         await smtp.ehlo()
-        done = ["EHLO"]
+        done.append("EHLO")
         if n.relay_starttls:
             await smtp.starttls()
             done.append("STARTTLS")
@@ -97,6 +105,9 @@ async def check_relay(settings: Settings) -> str:
             await smtp.login(n.relay_username, n.relay_password.reveal())
             done.append(f"AUTH as {n.relay_username}")
         return f"relay {n.relay} accepted {', '.join(done)}"
+    except aiosmtplib.SMTPException as exc:
+        after = f" after {', '.join(done)}" if done else ""
+        raise OSError(f"relay {n.relay} refused{after}: {exc}") from None
     finally:
         try:
             await smtp.quit()

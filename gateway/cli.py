@@ -22,6 +22,7 @@ from . import commands, logs
 from . import settings as settings_mod
 from .admin import AdminError
 from .spool import SpoolLockedError
+from .store import StoreError
 
 log = logging.getLogger("gateway")
 
@@ -129,6 +130,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except commands.UsageError as exc:
         print(f"fax-gateway: {exc}", file=sys.stderr)
         return 2
-    except (AdminError, SpoolLockedError) as exc:
+    except (AdminError, SpoolLockedError, StoreError) as exc:
         print(f"fax-gateway: {exc}", file=sys.stderr)
         return 1

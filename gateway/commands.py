@@ -6,25 +6,25 @@ status 0 when done, 1 when the action does not apply (the message says why).
 The actions themselves are :mod:`gateway.admin`, on the daemon's own store
 file; they are safe while the daemon runs.
 
-``send`` faxes a file without a mail client: it writes a mail with the file
-attached to the running daemon's SMTP port, so the fax takes exactly the path
-of any other (number and destination policy, document checks, quotas, the
-durable spool, the job id in the 250 reply). It needs the daemon running and
-this machine's loopback among ``smtp.trusted_networks`` (the default).
+``send`` faxes a file without a mail: the daemon's own intake code judges
+it (number and destination policy, quotas, document checks) and spools it
+durably in the job store, with the job id in the reply; the daemon's worker
+takes it up at its next pass (``delivery.poll_seconds``), or at its start if
+it is not running. Run as root, it gives what it writes to the spool's owner.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import mimetypes
 import os
 import re
 import shutil
-import smtplib
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from email.message import EmailMessage
@@ -35,7 +35,7 @@ from typing import Any
 from . import admin
 from . import settings as settings_mod
 from .spool import Spool
-from .store import Job, Store
+from .store import AsyncStore, Job, Store
 
 DEFAULT_CONFIG = "/etc/fax-gateway/fax-gateway.toml"
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -126,9 +126,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     states = [s for item in args.state or [] for s in item.split(",") if s]
     since = parse_since(args.since, time.time()) if args.since else None
     with open_store(args) as store:
-        jobs = admin.list_jobs(
-            store, states=states, since=since, number=args.number, sender=args.sender, limit=args.limit
-        )
+        admin.check_states(states)
+        jobs = store.list_jobs(states=states, since=since, number=args.number, sender=args.sender, limit=args.limit)
         counts = admin.summary(store)
     if args.json:
         _print_json([admin.job_dict(j) for j in jobs])
@@ -136,6 +135,18 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     print(job_table(jobs))
     print(f"{len(jobs)} shown; in the store: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     return 0
+
+
+def upload_line(msg: dict[str, Any]) -> str:
+    """Where the document was stored for the provider to fetch, and whether it is gone since."""
+    if not msg.get("upload_key"):
+        return "not uploaded yet"
+    if not msg.get("uploaded_at"):
+        return f"{msg['upload_key']} (upload not finished)"
+    line = f"{msg['upload_key']} stored {when(msg['uploaded_at'])}"
+    if msg.get("object_deleted_at"):
+        line += f", removed {when(msg['object_deleted_at'])}"
+    return line
 
 
 def render_show(info: dict[str, Any]) -> str:
@@ -158,6 +169,7 @@ def render_show(info: dict[str, Any]) -> str:
         ("Message-ID", msg.get("message_id_header", "")),
         ("client", msg.get("client_addr", "") + (f" (user {msg['auth_user']})" if msg.get("auth_user") else "")),
         ("document", f"{msg.get('doc_type', '')}, {msg.get('doc_pages', 0)} pages, {msg.get('doc_bytes', 0)} bytes"),
+        ("upload", upload_line(msg)),
     ]
     if info["siblings"]:
         fields.append(("same message", ", ".join(info["siblings"])))
@@ -220,14 +232,6 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _smtp_address(args: argparse.Namespace, settings: settings_mod.Settings) -> tuple[str, int]:
-    if args.smtp:
-        hp = settings_mod.parse_hostport("--smtp", args.smtp)
-        return hp.host, hp.port
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.smtp.listen.host, settings.smtp.listen.host)
-    return host, settings.smtp.listen.port
-
-
 def build_mail(sender: str, rcpt: str, path: Path, subject: str) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = sender
@@ -243,6 +247,38 @@ def build_mail(sender: str, rcpt: str, path: Path, subject: str) -> EmailMessage
     return msg
 
 
+class OwnedSpool(Spool):
+    """The spool as root writes in it for the daemon's user: each message is given to the spool's owner.
+
+    The chown comes before the job rows are committed, so the daemon never
+    sees a job whose files it cannot read (they are 0640, in 0750 directories).
+    """
+
+    def write(self, message_id: str, files: Mapping[str, bytes]) -> Path:
+        final = super().write(message_id, files)
+        owner = self.root.stat()
+        if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+            for path in (final, *final.iterdir()):
+                os.chown(path, owner.st_uid, owner.st_gid)
+        return final
+
+
+async def spool_local(settings: settings_mod.Settings, sender: str, rcpt: str, raw: bytes) -> str:
+    """Hand one message to the daemon's own intake code on this machine; the reply it gives."""
+    from .access import AuthThrottle
+    from .intake import Handler
+
+    spool = OwnedSpool(settings.spool.directory)
+    store = AsyncStore(spool.db_path)
+    await store.open()
+    try:
+        handler = Handler(settings, store, spool, on_spooled=lambda: None, clock=time.time,
+                          throttle=AuthThrottle(0, 0.0, time.time))  # fmt: skip
+        return await handler.take_local(sender, rcpt, raw)
+    finally:
+        await store.close()
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     config = args.config if args.config else (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
     settings = settings_mod.load(config)
@@ -252,22 +288,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{args.file}: no such file")
+    spool = Spool(settings.spool.directory)
+    if not spool.db_path.exists():
+        raise UsageError(f"no job store at {spool.db_path}: is the spool directory right? (serve creates it)")
     # Spaces cannot be in an address; the rest of the number is the intake's to judge.
     rcpt = f"{''.join(args.to.split())}@{settings.smtp.fax_domains[0]}"
-    host, port = _smtp_address(args, settings)
-    msg = build_mail(sender, rcpt, path, args.subject or f"Fax of {path.name}")
-    try:
-        with smtplib.SMTP(host, port, timeout=120) as smtp:
-            smtp.ehlo_or_helo_if_needed()
-            steps = [smtp.mail(sender), smtp.rcpt(rcpt)]
-            if steps[-1][0] == 250:
-                steps.append(smtp.data(msg.as_bytes()))
-    except (OSError, smtplib.SMTPException) as exc:
-        why = f"cannot reach the daemon's SMTP port {host}:{port} ({exc}); is fax-gateway running?"
-        raise admin.AdminError(why) from None
-    code, text = steps[-1]
-    reply = f"{code} {text.decode(errors='replace')}"
-    jobs = re.findall(r"[0-9a-f]{16}", reply) if code == 250 and len(steps) == 3 else []
+    raw = build_mail(sender, rcpt, path, args.subject or f"Fax of {path.name}").as_bytes()
+    reply = asyncio.run(spool_local(settings, sender, rcpt, raw))
+    jobs = re.findall(r"[0-9a-f]{16}", reply) if reply.startswith("250") else []
     if args.json:
         _print_json({"reply": reply, "jobs": jobs})
     else:
@@ -325,14 +353,13 @@ def add_parsers(sub: Any) -> None:
     choice.add_argument("--not-sent", dest="sent", action="store_false", help="it was not: submit it once more")
     p.set_defaults(func=cmd_resolve)
 
-    p = sub.add_parser("send", help="fax a file without mail, through the running daemon's SMTP intake")
+    p = sub.add_parser("send", help="fax a file without mail, through the daemon's own intake checks and spool")
     p.add_argument("--config", "-c", metavar="FILE", help=f"the daemon's settings file (default {DEFAULT_CONFIG})")
     p.add_argument("--to", required=True, metavar="NUMBER", help="the fax number, as in <number>@fax-domain")
     p.add_argument(
         "--from", dest="sender", metavar="ADDRESS", help="who gets the receipt (default notify.admin_address)"
     )
     p.add_argument("--subject", help="the subject, shown in the receipt")
-    p.add_argument("--smtp", metavar="HOST:PORT", help="the daemon's SMTP address (default: smtp.listen)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("file")
     p.set_defaults(func=cmd_send)

@@ -22,7 +22,15 @@ _RETRY = "Nothing: the client retries later by itself."
 
 # What the sender (or the administrator) does about each reply, by name.
 ADVICE: dict[str, str] = {
+    "GREETING": "Nothing: the gateway is ready.",
+    "START_DATA": "Nothing: the client sends the message now.",
     "OK": "Nothing.",
+    "BYE": "Nothing.",
+    "TLS_READY": "Nothing: the session goes on encrypted.",
+    "HELP": "Nothing.",
+    "HELP_SYNTAX": "Nothing.",
+    "HELP_UNKNOWN": "Ask HELP about one of the commands listed.",
+    "CANNOT_VRFY": "Nothing: addresses are not confirmed ahead; the answer to RCPT TO says whether a number is taken.",
     "SENDER_OK": "Nothing.",
     "RECIPIENT_OK": "Nothing.",
     "QUEUED": "Nothing: the fax is queued; the receipt comes by mail. `fax-gateway show JOB` follows it.",
@@ -116,7 +124,7 @@ def troubleshooting() -> str:
     lines += _table(
         ["Reply", "Name", "Text", "What to do"],
         (
-            [f"`{r.code} {r.enhanced}`", name, r.text, ADVICE[name]]
+            [f"`{r.code} {r.enhanced}`".replace(" `", "`"), name, r.text, ADVICE[name]]
             for name, r in sorted(all_replies.items(), key=lambda kv: (kv[1].code, kv[1].enhanced, kv[0]))
         ),
     )

@@ -8,11 +8,14 @@ step, before the 250. Blocking (parser, libmagic, pikepdf, Pillow): callers
 run it off the event loop.
 
 Replies it can give (``gateway.replies``): NO_DOCUMENT and DOC_TNEF (554
-5.6.0/5.6.1, nothing to fax), DOC_TYPE (554 5.6.1), DOC_EMPTY (554 5.6.2),
+5.6.0/5.6.1, nothing to fax), DOC_TYPE (554 5.6.1), DOC_EMPTY (554 5.6.0),
 DOC_ENCODING, DOC_CORRUPT and DOC_ENCRYPTED (554 5.6.5), DOC_LIMITS (554
 5.6.0), DOC_TOO_BIG (552 5.3.4). Which parts are candidates and the order of
 the checks follow document policy v1: checks run in MIME order and the first
-candidate that fails decides.
+candidate that fails decides. With ``documents.unsupported = "skip"`` a part
+of a type that cannot be faxed is left out instead and listed in
+``Extraction.skipped`` (the receipts name it); when nothing else is left,
+DOC_TYPE names the first such part.
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ class _Run:
         self.decoded = 0
         self.pages = 0
         self.tnef_seen = False
+        # The refusal a skipped part would have given: said when nothing else is left to fax.
+        self.first_skip: DocumentRefused | None = None
 
     def take(self, part: mime.Part, level: int) -> None:
         """Check one candidate; keep it, ignore it, unpack it, or refuse the message."""
@@ -123,10 +128,12 @@ class _Run:
             return
         kind = faxdoc.KINDS.get(found)
         if kind is None or kind not in s.accepted_types:
+            refusal = _refused("type", label, faxdoc.describe(found), "", s)
             if s.unsupported == "skip":
                 self.skipped.append({"name": part.name or f"attachment {self.count}", "type": found, "reason": "type"})
+                self.first_skip = self.first_skip or refusal
                 return
-            raise _refused("type", label, faxdoc.describe(found), "", s)
+            raise refusal
         self._keep(part, kind, label)
 
     def _count(self, part: mime.Part) -> str:
@@ -176,6 +183,8 @@ class _Run:
 
     def finish(self) -> Extraction:
         s = self.settings
+        if not self.documents and self.first_skip is not None:
+            raise self.first_skip  # everything was skipped: say what to convert, not "attach a file"
         if not self.documents:
             reply = replies.DOC_TNEF if self.tnef_seen else replies.NO_DOCUMENT
             raise DocumentRefused(reply.format(accepted=accepted_list(s)), "no-document")

@@ -75,7 +75,10 @@ FRIENDLY = {
 # Page sizes in PDF points (1/72 inch).
 PAGE_SIZES = {"A4": (595.28, 841.89), "Letter": (612.0, 792.0)}
 # Largest image decoded (pixels in one frame): an A4 page at 600 dpi is 35 million.
+# Kept under Pillow's own decompression-bomb threshold (89 million), which warns first.
 MAX_PIXELS = 80_000_000
+# Pixels decoded for one image, all frames together: 200 A4 pages at 300 dpi are 1.74 billion.
+MAX_TOTAL_PIXELS = 2_000_000_000
 # The DER encoding of the enveloped-data OID 1.2.840.113549.1.7.3 (RFC 5652).
 ENVELOPED_DATA_OID = bytes.fromhex("06092a864886f70d010703")
 
@@ -140,19 +143,18 @@ def image_frames(data: bytes, min_pixels: int, max_frames: int) -> int:
     """The frame count of an image Pillow decodes in full; 0 for a tracking pixel.
 
     A tracking pixel is smaller than ``min_pixels`` in both directions (read
-    from the header, before decoding). Size and frame count are bounded before
-    anything is decoded.
+    from the header, before decoding). Frame count and the size of each frame
+    and of all of them together are bounded before anything is decoded.
     """
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
             if width < min_pixels and height < min_pixels:
                 return 0
-            if width * height > MAX_PIXELS:
-                raise Unfit("limits", f"an image of {width}x{height} pixels is too large")
             frames = int(getattr(im, "n_frames", 1))
             if frames > max_frames:
                 raise Unfit("limits", f"an image of more than {max_frames} frames")
+            _check_pixels(im, frames)
             for i in range(frames):
                 im.seek(i)
                 im.load()
@@ -163,6 +165,19 @@ def image_frames(data: bytes, min_pixels: int, max_frames: int) -> int:
         raise Unfit("limits", "an image has too many pixels") from None
     except Exception as exc:  # Pillow raises many types on damaged files
         raise Unfit("corrupt", f"damaged image: {type(exc).__name__}") from None
+
+
+def _check_pixels(im: Image.Image, frames: int) -> None:
+    """Raise ``Unfit("limits")`` if a frame, or all frames together, hold too many pixels (headers only)."""
+    total = 0
+    for i in range(frames):
+        im.seek(i)
+        width, height = im.size
+        if width * height > MAX_PIXELS:
+            raise Unfit("limits", f"an image of {width}x{height} pixels is too large")
+        total += width * height
+        if total > MAX_TOTAL_PIXELS:
+            raise Unfit("limits", f"an image of more than {MAX_TOTAL_PIXELS} pixels in all its frames")
 
 
 def build(documents: list[Document], page_size: str) -> bytes:

@@ -12,7 +12,8 @@ that says what to change. Nothing here talks to S3 or the provider.
 - DATA: 552 5.3.4 too big; the documents stage's refusal; 451 4.3.0 when
   anything fails before the job rows are committed (the spool directory is
   removed); else ``250 2.0.0 OK: queued as <job ids>``, also for a resent
-  message (same sender, Message-ID and number within the dedupe window).
+  message (same sender, Message-ID and number within the dedupe window; a
+  resend that arrives while the first copy is still being spooled waits for it).
 - AUTH: 454 4.7.0 while an address is backing off after failed attempts.
 """
 
@@ -24,7 +25,7 @@ import email.policy
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +119,8 @@ class Handler:
         self.own_domains = {d.lower() for d in settings.smtp.fax_domains} | {settings.provider.receipts_domain.lower()}
         # Messages being spooled: they finish even if their client goes away.
         self.inflight: set[asyncio.Task[str]] = set()
+        # Dedupe keys being spooled -> (session, set when done): a resend waits for them.
+        self._spooling: dict[str, tuple[str, asyncio.Event]] = {}
 
     # -- hooks (aiosmtpd calls them by name: every one has a wire-level test) --
 
@@ -125,9 +128,10 @@ class Handler:
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
-        # SMTPUTF8 is not offered (addresses are ASCII); PIPELINING is supported.
+        # SMTPUTF8 is not offered (addresses are ASCII); PIPELINING is supported;
+        # every reply carries an enhanced status code (RFC 2034).
         out = [r for r in responses if r != "250-SMTPUTF8" and r != "250 HELP"]
-        return [*out, "250-PIPELINING", "250 HELP"]
+        return [*out, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
 
     async def handle_AUTH(self, server: Any, session: Any, envelope: Any, args: list[str]) -> Any:
         conn: Connection = server.conn
@@ -272,22 +276,40 @@ class Handler:
         except Exception:
             log.exception("session %s: unexpected error while reading the message", conn.id)
             return str(replies.ERROR)
+        keys = {n: dedupe_key(sender, headers.message_id, n) if headers.message_id else "" for n in numbers}
+        # A client that gave up waiting may resend while the first copy is still
+        # being spooled: it waits for that copy and then gets its job ids.
+        await self._wait_for_copies(conn, keys.values())
+        done = asyncio.Event()
+        claimed = [k for k in keys.values() if k]
+        self._spooling.update((k, (conn.id, done)) for k in claimed)
         try:
-            return await self._spool(conn, sender, numbers, raw, extraction, headers)
+            return await self._spool(conn, sender, keys, raw, extraction, headers)
         except Exception:
             log.exception("session %s: message could not be spooled: 451", conn.id)
             return str(replies.ERROR)
+        finally:
+            for k in claimed:
+                self._spooling.pop(k, None)
+            done.set()
+
+    async def _wait_for_copies(self, conn: Connection, keys: Iterable[str]) -> None:
+        while busy := [self._spooling[k] for k in keys if k in self._spooling]:
+            other, done = busy[0]
+            log.info("session %s: the same message is being spooled by session %s: waiting for it", conn.id, other)
+            await done.wait()
 
     async def _spool(
         self,
         conn: Connection,
         sender: str,
-        numbers: list[str],
+        keys: dict[str, str],
         raw: bytes,
         extraction: documents.Extraction,
         headers: Headers,
     ) -> str:
-        keys = {n: dedupe_key(sender, headers.message_id, n) if headers.message_id else "" for n in numbers}
+        """Spool the message and commit one job per number (``keys``: number -> dedupe key) not yet queued."""
+        numbers = list(keys)
         since = self.clock() - self.settings.smtp.dedupe_window_seconds
 
         def duplicates(s: Store) -> dict[str, str]:
@@ -296,6 +318,9 @@ class Handler:
 
         existing = await self.store.run(duplicates)
         jobs = [(new_id(), n, keys[n]) for n in numbers if n not in existing]
+        new = {n: job_id for job_id, n, _ in jobs}
+        ids = [existing.get(n) or new[n] for n in numbers]
+        reply = replies.QUEUED.format(jobs=" ".join(ids))
         if jobs:
             message_id = new_id()
             await asyncio.to_thread(self.spool.write, message_id, {RAW_NAME: raw, FAX_NAME: extraction.document})
@@ -307,17 +332,53 @@ class Handler:
                 skipped=extraction.skipped,
             )  # fmt: skip
             via = f"{conn.ip} as {conn.user.name}" if conn.user else conn.ip
-            detail = f"from {sender} via {via}, {extraction.pages} page(s)"
+            # The reply goes in the timeline: `fax-gateway show` tells what the sender was answered.
+            detail = f"from {sender} via {via}, {extraction.pages} page(s); reply: {reply}"
             try:
                 await self.store.run(lambda s: s.add_message(msg, jobs, detail))
             except BaseException:
                 await asyncio.to_thread(self.spool.remove, message_id)
                 raise
             self.on_spooled()
-        new = {n: job_id for job_id, n, _ in jobs}
-        ids = [existing.get(n) or new[n] for n in numbers]
         for number, job_id in zip(numbers, ids, strict=True):
             what = "accepted" if number in new else "resent, already queued"
             log.info("job %s: %s for %s from %s (session %s)", job_id, what, number, clean(sender), conn.id,
                      extra={"job_id": job_id})  # fmt: skip
-        return replies.QUEUED.format(jobs=" ".join(ids))
+        return reply
+
+    # -- a file handed over on this machine -----------------------------------
+
+    async def take_local(self, sender: str, address: str, raw: bytes) -> str:
+        """Judge and spool one message given on this machine (``fax-gateway send``); the reply.
+
+        The MAIL, RCPT and DATA hooks themselves judge it, as for a client on a
+        trusted network that may use any sender: the sender's form, the number
+        and destination policy, the quotas, the spool's space, the size and
+        document checks, the durable spool. Whoever can write the job store
+        administers the gateway, so who may send is not asked.
+        """
+        server = _LocalServer(Connection(id=new_id(), ip="local", network=_LOCAL))
+        session = _LocalSession()
+        envelope = FaxEnvelope()
+        reply = await self.handle_MAIL(server, session, envelope, sender, [])
+        if reply.startswith("250"):
+            reply = await self.handle_RCPT(server, session, envelope, address, [])
+        if reply.startswith("250") and envelope.numbers:
+            envelope.original_content = raw
+            reply = await self.handle_DATA(server, session, envelope)
+        elif reply.startswith("250"):  # a receipt address: not a fax
+            reply = replies.RELAY_DENIED.format(domain=self.domains.fax[0])
+        return reply
+
+
+_LOCAL = Network(cidr="127.0.0.1/32")
+
+
+@dataclass
+class _LocalServer:
+    conn: Connection
+
+
+@dataclass
+class _LocalSession:
+    authenticated: bool = False

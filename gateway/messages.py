@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from email.utils import format_datetime
 
 import phonenumbers
 
-from .arcodes import Category, lookup
+from .arcodes import Category, ReceiptCode, lookup
 from .recipients import Row
 from .replies import clean
 from .settings import Settings
@@ -88,11 +89,15 @@ _NEXT = {
         "receipt": "Le message du fournisseur est joint tel quel.",
     },
 }
+_LABEL_KEYS = ("status", "number", "pages", "received", "attempt", "job", "subject", "date", "code", "next",
+               "left_out", "in_document")  # fmt: skip
 _LABELS = {
-    "en": ("Status", "Fax number", "Pages", "Received at", "Job", "Your mail", "Sent on", "Provider code",
-           "Reason", "What to do"),
-    "fr": ("État", "Numéro de fax", "Pages", "Reçu à", "Tâche", "Votre message", "Envoyé le", "Code fournisseur",
-           "Motif", "Que faire"),
+    "en": dict(zip(_LABEL_KEYS, ("Status", "Fax number", "Pages", "Received at", "Attempt at", "Job", "Your mail",
+                                 "Sent on", "Provider code", "What to do", "Left out (cannot be faxed)",
+                                 " in the document"), strict=True)),
+    "fr": dict(zip(_LABEL_KEYS, ("État", "Numéro de fax", "Pages", "Reçu à", "Tentative à", "Tâche",
+                                 "Votre message", "Envoyé le", "Code fournisseur", "Que faire",
+                                 "Non faxé (type refusé)", " dans le document"), strict=True)),
 }  # fmt: skip
 _MSGID_SAFE = re.compile(r"[^A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]")
 
@@ -145,72 +150,108 @@ def _subject(lang: str, f: Facts, status: str, reason: str, pages: int) -> str:
     return f"Fax to {number}: {word}" if status == "receipt" else head
 
 
+def left_out(message: Row) -> str:
+    """The attachments skipped under ``documents.unsupported = "skip"``: "notes.txt (text/plain), ..." or ""."""
+    try:
+        skipped = json.loads(message["skipped"] or "[]")
+    except (IndexError, KeyError, ValueError):
+        return ""
+    return ", ".join(f"{clean(s.get('name', ''), 120)} ({clean(s.get('type', ''), 80)})" for s in skipped)
+
+
 def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if ts else ""
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one mail reports, worked out once for its subject, body and headers."""
+
+    status: str  # the X-Fax-Status value
+    key: str  # the key of the status word and the next-step text
+    code: ReceiptCode | None  # the provider's receipt that decided a delivered / failed job
+    reason: str
+    next_step: str
+    pages: int
+    heure: str  # the recipient machine's clock, as the provider reports it
+
+    @property
+    def delivered(self) -> bool:
+        return self.status == "delivered"
+
+
+def _outcome(lang: str, f: Facts) -> _Outcome:
+    status, key = _status_of(f)
+    code = lookup(f.job.receipt_code) if f.job.receipt_code and status in ("delivered", "failed") else None
+    if code is not None:
+        reason, next_step = (code.french if lang == "fr" else code.english), _NEXT[lang][code.category]
+    else:
+        reason, next_step = clean(f.detail, 200), _NEXT[lang].get(key, "")
+    delivered = status == "delivered"
+    pages = f.job.pages_sent if delivered and f.job.pages_sent else int(f.job.doc_pages or 0)
+    heure = clean(f.receipt["heure"], 40) if f.receipt is not None else ""
+    return _Outcome(status, key, code, reason, next_step, pages, heure)
+
+
+def _body(lang: str, f: Facts, o: _Outcome) -> str:
+    label = _LABELS[lang]
+    colon = " : " if lang == "fr" else ": "  # French typography: a space before the colon
+    word = _STATUS[lang].get(o.key, o.key)
+    lines = [
+        f"{label['status']}{colon}{word}" + (f" ({o.reason})" if o.reason and not o.delivered else ""),
+        f"{label['number']}{colon}{pretty_number(f.job.number)}",
+        f"{label['pages']}{colon}{o.pages}{'' if o.delivered else label['in_document']}",
+    ]
+    if skipped := left_out(f.message):  # the sender must know a part of the mail was not faxed
+        lines.append(f"{label['left_out']}{colon}{skipped}")
+    if o.heure:
+        lines.append(f"{label['received' if o.delivered else 'attempt']}{colon}{o.heure}")
+    lines.append(f"{label['job']}{colon}{f.job.id}")
+    lines.append(f'{label["subject"]}{colon}"{clean(f.message["subject"], 200)}"')
+    if f.message["date_header"]:
+        lines.append(f"{label['date']}{colon}{clean(f.message['date_header'], 80)}")
+    if o.code is not None:
+        meaning = o.code.french if lang == "fr" else o.code.english
+        lines.append(f"{label['code']}{colon}{clean(o.code.code, 12)} ({meaning})")
+    lines += ["", f"{label['next']}{colon}{o.next_step}", ""] if o.next_step else [""]
+    return "\n".join(lines)
+
+
+def _set_fax_headers(msg: EmailMessage, f: Facts, o: _Outcome) -> None:
+    """The ``X-Fax-*`` headers (see the module docstring)."""
+    msg["X-Fax-Status"] = o.status
+    msg["X-Fax-Job"] = f.job.id
+    msg["X-Fax-Number"] = clean(f.job.number, 30)
+    msg["X-Fax-Pages"] = str(o.pages)
+    if o.code is not None:
+        msg["X-Fax-Pages-Sent"] = str(f.job.pages_sent)
+        msg["X-Fax-Code"] = clean(o.code.code, 12)
+        msg["X-Fax-Category"] = str(o.code.category)
+    if o.reason and o.status in ("failed", "delayed"):
+        msg["X-Fax-Reason"] = o.reason
+    if o.heure:
+        msg["X-Fax-Received"] = o.heure
 
 
 def compose(settings: Settings, f: Facts, recipient: str, *, document: bytes | None = None,
             source: bytes = b"", now: float = 0.0) -> EmailMessage:  # fmt: skip
     """The mail that tells ``recipient`` about ``f`` (a receipt, a notice, or an AR copy)."""
     lang = settings.notify.language
-    status, key = _status_of(f)
-    code = lookup(f.job.receipt_code) if f.job.receipt_code else None
-    from_receipt = code is not None and status in ("delivered", "failed")
-    category = code.category if code is not None and from_receipt else None
-    if from_receipt and code is not None:
-        reason = code.french if lang == "fr" else code.english
-        next_step = _NEXT[lang][category or Category.UNKNOWN]
-    else:
-        reason = clean(f.detail, 200)
-        next_step = _NEXT[lang].get(key, "")
-    delivered = status == "delivered"
-    pages = f.job.pages_sent if delivered and f.job.pages_sent else int(f.job.doc_pages or 0)
-    heure = clean(f.receipt["heure"], 40) if f.receipt is not None else ""
-    labels = _LABELS[lang]
-    colon = " : " if lang == "fr" else ": "  # French typography: a space before the colon
-    in_document = "" if delivered else (" dans le document" if lang == "fr" else " in the document")
-    lines = [
-        f"{labels[0]}{colon}{_STATUS[lang].get(key, key)}" + (f" ({reason})" if reason and not delivered else ""),
-        f"{labels[1]}{colon}{pretty_number(f.job.number)}",
-        f"{labels[2]}{colon}{pages}{in_document}",
-    ]
-    if heure:  # the recipient machine's clock, as the provider reports it
-        attempt = "Tentative à" if lang == "fr" else "Attempt at"
-        lines.append(f"{labels[3] if delivered else attempt}{colon}{heure}")
-    lines.append(f"{labels[4]}{colon}{f.job.id}")
-    lines.append(f'{labels[5]}{colon}"{clean(f.message["subject"], 200)}"')
-    if f.message["date_header"]:
-        lines.append(f"{labels[6]}{colon}{clean(f.message['date_header'], 80)}")
-    if code is not None and from_receipt:
-        meaning = code.french if lang == "fr" else code.english
-        lines.append(f"{labels[7]}{colon}{clean(code.code, 12)} ({meaning})")
-    lines += ["", f"{labels[9]}{colon}{next_step}", ""] if next_step else [""]
-
+    o = _outcome(lang, f)
     msg = EmailMessage()
     msg["From"] = settings.notify.from_address
     msg["To"] = recipient
-    msg["Subject"] = _subject(lang, f, key, reason, pages)
+    msg["Subject"] = _subject(lang, f, o.key, o.reason, o.pages)
     msg["Date"] = format_datetime(dt.datetime.fromtimestamp(now or f.job.updated_at, dt.UTC))
     msg["Message-ID"] = message_id_header(f.message_id, settings.notify.from_address)
     original = clean(f.message["message_id_header"], 250).strip()
-    if original.startswith("<") and original.endswith(">"):
+    if original.startswith("<") and original.endswith(">"):  # RFC 3834 3.3.1.2, RFC 5322 3.6.4
         msg["In-Reply-To"] = original
         msg["References"] = original
-    msg["Auto-Submitted"] = "auto-replied"
+    msg["Auto-Submitted"] = "auto-replied"  # RFC 3834 5
     msg["X-Auto-Response-Suppress"] = "All"  # no out-of-office answers to a receipt
-    msg["X-Fax-Status"] = status
-    msg["X-Fax-Job"] = f.job.id
-    msg["X-Fax-Number"] = clean(f.job.number, 30)
-    msg["X-Fax-Pages"] = str(pages)
-    if code is not None and from_receipt:
-        msg["X-Fax-Pages-Sent"] = str(f.job.pages_sent)
-        msg["X-Fax-Code"] = clean(code.code, 12)
-        msg["X-Fax-Category"] = str(code.category)
-    if reason and status in ("failed", "delayed"):
-        msg["X-Fax-Reason"] = reason
-    if heure:
-        msg["X-Fax-Received"] = heure
-    msg.set_content("\n".join(lines), charset="utf-8", cte="quoted-printable")
+    _set_fax_headers(msg, f, o)
+    msg.set_content(_body(lang, f, o), charset="utf-8", cte="quoted-printable")
     if source:
         # message/rfc822 is never base64 (RFC 2046 5.2.1): the mail goes in whole, 7bit or 8bit as it came.
         msg.add_attachment(email.message_from_bytes(source, policy=email.policy.default), filename="receipt.eml")

@@ -34,8 +34,10 @@ from .settings import NumberSettings
 _SPELLING = re.compile(r"\+?[0-9]+(?:[.\-][0-9]+)*")
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _RECEIPT_LOCAL = re.compile(r"ar-(?P<token>[0-9a-f]{32})")
-# A `%` or `!` next to a name is routing (percent hack, bang path), not a typo.
-_ROUTED = re.compile(r"[%!][^%!]*[A-Za-z]|[A-Za-z][^%!]*[%!]")
+# A `%` or `!` beside a host name or an IPv4 address is routing (percent hack,
+# bang path: `n%host`, `n%127.0.0.1`, `host!n`), not a typo in a number.
+_ROUTE_SEPARATOR = re.compile(r"[%!]")
+_HOST = re.compile(r".*[A-Za-z].*|[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 MAX_LOCAL_LENGTH = 64  # RFC 5321 4.5.3.1.1
 
 _PARSE_REASONS = {
@@ -114,7 +116,7 @@ def classify(address: str, domains: Domains, numbers: NumberSettings) -> Recipie
         return relay
     domain = domain.lower()
     if domain in (d.lower() for d in domains.fax):
-        if _ROUTED.search(local):
+        if _routed(local):
             return relay
         return parse_number(local, numbers)
     if domains.receipts and domain == domains.receipts.lower():
@@ -122,6 +124,11 @@ def classify(address: str, domains: Domains, numbers: NumberSettings) -> Recipie
             return ReceiptRecipient(m["token"])
         return str(replies.UNKNOWN_RECEIPT_ADDRESS)
     return relay
+
+
+def _routed(local: str) -> bool:
+    parts = _ROUTE_SEPARATOR.split(local)
+    return len(parts) > 1 and any(_HOST.fullmatch(part) for part in parts)
 
 
 def parse_number(local: str, settings: NumberSettings) -> FaxRecipient | str:

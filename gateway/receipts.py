@@ -37,7 +37,7 @@ from aiohttp import web
 from .arcodes import RETRYABLE, lookup
 from .armail import receipt_in_mail
 from .recipients import Row, recipient_of_message
-from .replies import clean
+from .replies import clean, has_control
 from .settings import DeliverySettings, Settings
 from .store import AsyncStore, Job, State, Store
 
@@ -275,14 +275,13 @@ _PARAM_RULES: dict[str, tuple[re.Pattern[str], bool, str]] = {
     "heure": (re.compile(r"[0-9A-Za-z :/.+\-]{0,40}"), False, "a time (digits, letters, : / . + -)"),
     "validated": (re.compile(r"[A-Za-z0-9_\-]{0,32}"), False, "a flag (letters, digits)"),
 }
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def parse_params(query: Sequence[tuple[str, str]]) -> ReceiptParams | str:
     """The receipt in a callback's query, or what is wrong with it (never echoing the value)."""
     seen: dict[str, str] = {}
     for name, value in query:
-        if _CONTROL.search(name) or _CONTROL.search(value):
+        if has_control(name) or has_control(value):
             return "control characters are not allowed in parameters"
         if name in _PARAM_RULES:
             if name in seen:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from email.utils import getaddresses
 from typing import Any, Protocol
 
+from .replies import has_control
 from .settings import Settings
 
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?$")
@@ -21,7 +22,7 @@ _NO_REPLY_LOCALS = frozenset({"mailer-daemon", "postmaster"})
 
 
 def _first_address(value: str) -> str:
-    if not value or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if not value or has_control(value):
         return ""
     pairs = getaddresses([value])
     return pairs[0][1].strip() if pairs else ""
@@ -29,7 +30,7 @@ def _first_address(value: str) -> str:
 
 def usable(address: str, blocked_domains: Iterable[str]) -> bool:
     """Whether a notice may be sent to ``address``."""
-    if not _ADDRESS.match(address):
+    if not _ADDRESS.match(address) or has_control(address):
         return False
     local, _, domain = address.rpartition("@")
     domain = domain.lower().rstrip(".")

@@ -12,7 +12,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL, C1 (NEL \x85 breaks lines too) and the Unicode line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_control(value: str) -> bool:
+    """Whether ``value`` holds a character that :func:`clean` would replace."""
+    return _CONTROL.search(value) is not None
 
 
 def clean(value: object, limit: int = 200) -> str:
@@ -28,14 +34,25 @@ class Reply:
     text: str
 
     def format(self, **values: object) -> str:
-        return f"{self.code} {self.enhanced} {self.text.format(**{k: clean(v) for k, v in values.items()})}"
+        return self._line(self.text.format(**{k: clean(v) for k, v in values.items()}))
 
     def __str__(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
+        return self._line(self.text)
+
+    def _line(self, text: str) -> str:
+        # RFC 2034: no enhanced code on the greeting and the 354 go-ahead.
+        return f"{self.code} {self.enhanced} {text}" if self.enhanced else f"{self.code} {text}"
 
 
 # -- success -------------------------------------------------------------------
+GREETING = Reply(220, "", "{hostname} fax-gateway ESMTP")
+START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 OK = Reply(250, "2.0.0", "OK")
+BYE = Reply(221, "2.0.0", "Bye")
+TLS_READY = Reply(220, "2.0.0", "Ready to start TLS")
+HELP = Reply(250, "2.0.0", "Supported commands: {commands}")
+HELP_SYNTAX = Reply(250, "2.0.0", "Syntax: {usage}")
+CANNOT_VRFY = Reply(252, "2.0.0", "Cannot verify the address; send the mail and the reply will tell")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK: fax to {number}")
 QUEUED = Reply(250, "2.0.0", "OK: queued as {jobs}")
@@ -79,6 +96,7 @@ BAD_SYNTAX = Reply(501, "5.5.4", "Syntax error in parameters: {detail}")
 BAD_SENDER_SYNTAX = Reply(553, "5.1.7", "Malformed sender address")
 COMMAND_SYNTAX = Reply(501, "5.5.4", "Syntax: {usage}")
 UNKNOWN_COMMAND = Reply(500, "5.5.1", "Command not recognized")
+HELP_UNKNOWN = Reply(501, "5.5.4", "No such command; supported commands: {commands}")
 BAD_COMMAND = Reply(500, "5.5.2", "Syntax error: command unrecognizable or too long")
 TOO_MANY_UNKNOWN = Reply(502, "5.5.1", "Too many unrecognized commands, closing connection")
 NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")

@@ -111,6 +111,7 @@ class ProviderSimulator:
         self.requests: list[SimRequest] = []
         self.callbacks: list[SimCallback] = []
         self.mails: list[EmailMessage] = []
+        self.open_requests = self.most_open = 0
         self._changed = asyncio.Condition()
         self._released = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -186,6 +187,15 @@ class ProviderSimulator:
     # --- the provider's endpoint -------------------------------------------------
 
     async def _http_php(self, request: web.Request) -> web.StreamResponse:
+        """Counts the requests open at once (``most_open``: a client's concurrency as seen from here)."""
+        self.open_requests += 1
+        self.most_open = max(self.most_open, self.open_requests)
+        try:
+            return await self._answer(request)
+        finally:
+            self.open_requests -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         params = {k: request.query.getone(k) for k in request.query}
         record = SimRequest({k: (MASK if k == "pass" and v else v) for k, v in params.items()})
         self.requests.append(record)
@@ -272,12 +282,15 @@ class ProviderSimulator:
                 return 105, 0
             async with self._session.get(target, allow_redirects=False) as resp:
                 if resp.status != 200:
+                    log.info("simulator: document download answered HTTP %s: 105", resp.status)
                     return 105, 0
                 async for chunk in resp.content.iter_chunked(65536):
                     data += chunk
                     if len(data) > MAX_DOCUMENT_BYTES:
                         return 110, 0
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            # The URL may carry a signature: the failure's type only, never its text.
+            log.info("simulator: document download failed (%s): 105", type(exc).__name__)
             return 105, 0
         if not data:
             return 111, 0

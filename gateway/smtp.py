@@ -37,6 +37,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 from . import replies
 from .access import AuthThrottle, check_user, client_network
 from .intake import Connection, FaxEnvelope, Handler, ReceiptCallback
+from .numbers import split_path
 from .replies import Reply
 from .settings import Settings
 from .spool import Spool
@@ -44,10 +45,20 @@ from .store import AsyncStore, new_id
 
 log = logging.getLogger("gateway.smtp")
 
-# aiosmtpd's own answers -> the reply table (the first match wins).
+# aiosmtpd's own answers -> the reply table (the first match wins). Only the
+# EHLO/HELO lines and the AUTH challenges pass as aiosmtpd writes them.
 _LIBRARY_REPLIES: tuple[tuple[re.Pattern[str], Reply], ...] = tuple(
     (re.compile(pattern), reply)
     for pattern, reply in [
+        (r"220 (?P<hostname>\S+) fax-gateway ESMTP", replies.GREETING),
+        (r"220 Ready to start TLS", replies.TLS_READY),
+        (r"250 OK", replies.OK),
+        (r"221 Bye", replies.BYE),
+        (r"354 End data with <CR><LF>\.<CR><LF>", replies.START_DATA),
+        (r"250 Syntax: (?P<usage>.*)", replies.HELP_SYNTAX),
+        (r"250 Supported commands: (?P<commands>.*)", replies.HELP),
+        (r"501 Supported commands: (?P<commands>.*)", replies.HELP_UNKNOWN),
+        (r"252 Cannot VRFY .*", replies.CANNOT_VRFY),
         (r"500 Error: command .* not recognized", replies.UNKNOWN_COMMAND),
         (r"500 Line too long .*", replies.LINE_TOO_LONG),
         (r"500 Error: \(.*|500 Error: Cannot describe error", replies.ERROR),
@@ -237,8 +248,6 @@ class GatewaySMTP(SMTP):
     async def smtp_RCPT(self, arg: str | None) -> None:
         # Replaces aiosmtpd's lenient address parsing: the handler judges the
         # address exactly as written (see gateway.numbers.split_path).
-        from .numbers import split_path
-
         if await self.check_helo_needed():
             return
         envelope = self.envelope

@@ -14,7 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 RAW_NAME = "message.eml"
@@ -47,8 +47,10 @@ class Spool:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
-            raise SpoolLockedError(f"{self.root}: another fax-gateway daemon is using this spool") from None
+            which = f" (pid {holder})" if holder.isdigit() else ""
+            raise SpoolLockedError(f"{self.root}: another fax-gateway daemon{which} is using this spool") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
@@ -69,6 +71,7 @@ class Spool:
         """Write ``files`` as ``messages/<message_id>/`` durably; blocking."""
         work = self.tmp / message_id
         final = self.messages / message_id
+        renamed = False
         try:
             work.mkdir(mode=0o750)
             for name, data in files.items():
@@ -82,10 +85,12 @@ class Spool:
                     os.close(fd)
             self._fsync_dir(work)
             os.rename(work, final)
+            renamed = True
             self._fsync_dir(self.messages)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
-            shutil.rmtree(final, ignore_errors=True)
+            if renamed:  # never another message's directory
+                shutil.rmtree(final, ignore_errors=True)
             raise
         return final
 
@@ -105,6 +110,18 @@ class Spool:
             shutil.rmtree(entry, ignore_errors=True)
             count += 1
         return count
+
+    def remove_unrecorded(self, recorded: Callable[[Collection[str]], set[str]]) -> list[str]:
+        """Remove message directories the store has no row for; blocking, only at start-up.
+
+        They are left by a crash between the rename and the commit: their
+        client never got a 250, so nothing was promised for them.
+        """
+        ids = self.message_ids()
+        stray = sorted(ids - recorded(ids))
+        for message_id in stray:
+            self.remove(message_id)
+        return stray
 
     def message_ids(self) -> set[str]:
         return {p.name for p in self.messages.iterdir() if p.is_dir()}

@@ -19,7 +19,7 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -223,7 +223,11 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
-        self.migrate()
+        try:
+            self.migrate()
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -235,8 +239,8 @@ class Store:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self.path}: schema version {version} is newer than this fax-gateway"
-                    f" ({SCHEMA_VERSION}); upgrade it"
+                    f"{self.path}: schema version {version} is newer than this fax-gateway knows"
+                    f" ({SCHEMA_VERSION}): run the fax-gateway version that wrote it, or a newer one"
                 )
             for n in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[n].split(";"):
@@ -296,6 +300,15 @@ class Store:
                     (job_id, msg.id, number, State.QUEUED, now, now, dedupe_key, secrets.token_hex(16)),
                 )
                 self.add_event(job_id, "accepted", detail, now=now)
+
+    def recorded_messages(self, message_ids: Collection[str]) -> set[str]:
+        """Which of ``message_ids`` have a ``messages`` row."""
+        ids, found = list(message_ids), set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            rows = self.db.execute(f"SELECT id FROM messages WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            found |= {str(r[0]) for r in rows}
+        return found
 
     def count_recent_jobs(self, since: float, envelope_from: str | None = None) -> int:
         if envelope_from is None:

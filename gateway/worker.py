@@ -8,8 +8,9 @@ reason (``Store.transition`` writes the timeline), and notices for the notifier
 The provider client and the storage raise outcome types; this module alone
 turns them into state, backoff and give-up (the tables below). ``submitting``
 is recorded before each request, so a job found in it at start-up may have
-been sent and becomes ``ambiguous``: no job is submitted twice without the
-ambiguity on record. At most ``provider.concurrency`` jobs are in flight.
+been sent and becomes ``ambiguous`` (:mod:`gateway.recovery`): no job is
+submitted twice without the ambiguity on record. At most
+``provider.concurrency`` jobs are in flight.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import random
 from collections.abc import Callable
 from typing import Protocol
@@ -25,7 +25,8 @@ from typing import Protocol
 from .outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailure, Retry, Submission
 from .receipts import accuse_email_for, apply_pending
 from .recipients import Row
-from .settings import DeliverySettings, Settings
+from .recovery import recover
+from .settings import Settings
 from .spool import FAX_NAME, Spool
 from .storage import Storage, content_type
 from .store import FINAL_STATES, AsyncStore, Job, State, Store
@@ -56,6 +57,7 @@ class Worker:
         *,
         clock: Callable[[], float],
         wake_event: asyncio.Event,
+        on_notice: Callable[[], None] = lambda: None,
         stop_timeout: float | None = None,
     ) -> None:
         self.settings = settings
@@ -66,6 +68,7 @@ class Worker:
         self.provider = provider
         self.clock = clock
         self._wake = wake_event
+        self._on_notice = on_notice  # wakes the notifier: a queued notice goes out now, not at its next poll
         # By default a stop waits out the provider's own timeout: an answer that
         # still comes spares an ambiguous job.
         self._stop_timeout = settings.provider.total_timeout + 5.0 if stop_timeout is None else stop_timeout
@@ -93,8 +96,15 @@ class Worker:
         A job cancelled while ``submitting`` stays so and is found ambiguous at the next start.
         """
         self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._stop_timeout
         if self._loop_task is not None:
-            self._loop_task.cancel()
+            # The pass under way ends by itself: cancelled between a claim's commit and the start
+            # of its task, it would leave a job marked uploading that nobody works on.
+            self.wake()
+            done, _ = await asyncio.wait({self._loop_task}, timeout=max(0.0, deadline - loop.time()))
+            if not done:
+                self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
         if self._sweep_task is not None:
@@ -102,7 +112,7 @@ class Worker:
             await asyncio.gather(self._sweep_task, return_exceptions=True)
             self._sweep_task = None
         if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self._stop_timeout)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -149,6 +159,8 @@ class Worker:
                 if paused or not jobs:
                     break
                 for due in jobs:
+                    if self._stopping:
+                        break
                     if (job := await self._claim(due)) is not None:
                         task = asyncio.create_task(self._process(job), name=f"job {job.id}")
                         self._tasks.add(task)
@@ -307,6 +319,7 @@ class Worker:
 
     async def _notice(self, job: Job, kind: str, detail: str) -> None:
         await asyncio.shield(self.store.run(lambda s: s.queue_notice(job.id, kind, detail)))
+        self._on_notice()
 
     async def _sweep(self) -> None:
         """Delete stored documents once every job of their message is final (after keep_days)."""
@@ -370,40 +383,3 @@ def finished_uploads(store: Store, final_before: float) -> list[tuple[str, str]]
         (*finals, final_before),
     )
     return [(str(r[0]), str(r[1])) for r in rows]
-
-
-def recover(store: Store, delivery: DeliverySettings) -> None:
-    """At start-up: resolve jobs a crash left mid-step, and release configuration holds.
-
-    ``submitting`` may have reached the provider: ambiguous. ``uploading``: queued
-    again. A job recovered more than ``max_recoveries`` times is quarantined.
-    A restart is how a configuration fix is applied, so config holds resume.
-    """
-    now, max_recoveries, grace = store.clock(), delivery.max_recoveries, delivery.ambiguous_grace_seconds
-    while stuck := store.due_jobs([State.SUBMITTING, State.UPLOADING], math.inf, limit=500):
-        for job in stuck:
-            count = job.recoveries + 1
-            sent = job.state == State.SUBMITTING
-            step = "during submission (the provider may have received it)" if sent else "while storing the document"
-            if count > max_recoveries:
-                reason = f"interrupted {step}; found mid-step at start-up {count} times"
-                store.transition(job.id, State.QUARANTINED, reason, expect=[State(job.state)], recoveries=count)
-                store.queue_notice(job.id, "alert:quarantined", reason)
-            elif sent:
-                store.transition(job.id, State.AMBIGUOUS, f"interrupted {step}; waiting for a matching receipt",
-                                 expect=[State.SUBMITTING], event="recovered", recoveries=count,
-                                 ambiguities=job.ambiguities + 1, next_attempt_at=now + grace)  # fmt: skip
-                kind = "alert:ambiguous" if job.ambiguities == 0 else "alert:ambiguous-again"
-                store.queue_notice(job.id, kind, f"interrupted {step}; waiting for a matching receipt")
-                apply_pending(store, job.id, delivery)  # a receipt recorded before the crash resolves it
-            else:
-                store.transition(job.id, State.QUEUED, f"interrupted {step}", expect=[State.UPLOADING],
-                                 event="recovered", recoveries=count)  # fmt: skip
-            log.warning("job %s: recovered at start-up: interrupted %s", job.id, step, extra={"job_id": job.id})
-    with store.transaction() as db:
-        held = [str(r[0]) for r in db.execute("SELECT id FROM jobs WHERE state = 'held' AND hold_kind = 'config'")]
-        for job_id in held:
-            store.transition(job_id, State.QUEUED, "released at start-up (configuration reloaded)",
-                             expect=[State.HELD], event="released", hold_kind="")  # fmt: skip
-    for job_id in held:
-        log.info("job %s: released at start-up", job_id, extra={"job_id": job_id})

@@ -38,13 +38,25 @@ class FakeClock:
         self.now += seconds
 
 
-class Delivery:
+class LoopbackRig:
+    """What every stage rig has: the settings, a fake clock, the spool, the store on it and the HTTP listener."""
+
     def __init__(self, settings: Settings, clock: FakeClock | None = None) -> None:
         self.settings = settings
         self.clock = clock or FakeClock()
         self.spool = Spool(settings.spool.directory)
         self.store = AsyncStore(self.spool.db_path, clock=self.clock)
         self.http = HttpServer(settings)
+
+    async def job(self, job_id: str) -> Job:
+        job = await self.store.run(lambda s: s.get_job(job_id))
+        assert job is not None
+        return job
+
+
+class Delivery(LoopbackRig):
+    def __init__(self, settings: Settings, clock: FakeClock | None = None) -> None:
+        super().__init__(settings, clock)
         self.storage = build_storage(settings, self.store, self.spool)
         if isinstance(self.storage, LocalStorage):
             self.http.add_routes(self.storage.routes())
@@ -87,11 +99,6 @@ class Delivery:
         await self.store.run(lambda s: s.add_message(msg, jobs, "accepted"))
         self.worker.wake()
         return [j for j, _, _ in jobs]
-
-    async def job(self, job_id: str) -> Job:
-        job = await self.store.run(lambda s: s.get_job(job_id))
-        assert job is not None
-        return job
 
     async def events(self, job_id: str) -> list[tuple[str, str]]:
         rows = await self.store.run(lambda s: s.timeline(job_id))

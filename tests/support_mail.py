@@ -1,99 +1,21 @@
-"""Realistic mails for the document tests: one builder per client quirk, and the documents in them.
+"""Realistic mails for the document tests: one builder per client quirk, and the cases they make.
 
-Documents are made on the spot (pikepdf, Pillow, a hand-written TNEF stream)
-so the tests need no fixture files. Every builder returns the raw bytes a
-client would send in DATA (CRLF line ends).
+The documents in them come from ``tests.support_docs``. Every builder returns
+the raw bytes a client would send in DATA (CRLF line ends).
 """
 
 from __future__ import annotations
 
 import base64
 import email.policy
-import io
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
 
-import pikepdf
-from PIL import Image
+from tests.support_docs import encrypted_pdf, exe, image, pdf, tiff_headers, tiff_pages, tnef
 
 SMTP = email.policy.SMTP
-A4 = (595.28, 841.89)
-
-# -- documents ----------------------------------------------------------------------------
-
-
-def pdf(pages: int = 1, size: tuple[float, float] = (595, 842)) -> bytes:
-    """A PDF with ``pages`` blank pages of ``size`` points (sizes tell documents apart after a merge)."""
-    with pikepdf.new() as doc:
-        for _ in range(pages):
-            doc.add_blank_page(page_size=size)
-        out = io.BytesIO()
-        doc.save(out, deterministic_id=True)
-        return out.getvalue()
-
-
-def pdf_of_size(total: int) -> bytes:
-    """A valid one-page PDF of exactly ``total`` bytes (an uncompressed padding stream)."""
-    pad = max(0, total - 1000)
-    for _ in range(5):
-        with pikepdf.new() as doc:
-            doc.add_blank_page()
-            doc.Root.Padding = doc.make_stream(b"0" * pad)
-            out = io.BytesIO()
-            doc.save(out, compress_streams=False, deterministic_id=True)
-        data = out.getvalue()
-        if len(data) == total:
-            return data
-        pad += total - len(data)
-    raise AssertionError(f"could not make a PDF of {total} bytes")
-
-
-def encrypted_pdf() -> bytes:
-    with pikepdf.new() as doc:
-        doc.add_blank_page()
-        out = io.BytesIO()
-        doc.save(out, encryption=pikepdf.Encryption(user="s3cret", owner="owner"))
-        return out.getvalue()
-
-
-def image(fmt: str, size: tuple[int, int] = (400, 300), dpi: int = 200, mode: str = "RGB") -> bytes:
-    im = Image.new(mode, size, "white" if mode != "1" else 1)
-    out = io.BytesIO()
-    im.save(out, fmt, dpi=(dpi, dpi)) if fmt in ("JPEG", "PNG", "TIFF") else im.save(out, fmt)
-    return out.getvalue()
-
-
-def tiff_pages(pages: int, size: tuple[int, int] = (1728, 2200)) -> bytes:
-    """A black-and-white multi-page TIFF (CCITT G4, 200 dpi) as a scanner makes it."""
-    frames = [Image.new("1", size, 1) for _ in range(pages)]
-    out = io.BytesIO()
-    frames[0].save(out, "TIFF", compression="group4", dpi=(200, 200), save_all=True, append_images=frames[1:])
-    return out.getvalue()
-
-
-def exe() -> bytes:
-    """The start of a Windows program (an MZ header)."""
-    return b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00" + bytes(240)
-
-
-def tnef(attachments: list[tuple[str, bytes]]) -> bytes:
-    """A TNEF stream (Outlook's winmail.dat, MS-OXTNEF) holding ``attachments``."""
-
-    def attr(level: int, ident: int, kind: int, data: bytes) -> bytes:
-        return struct.pack("<BHHI", level, ident, kind, len(data)) + data + struct.pack("<H", sum(data) & 0xFFFF)
-
-    out = struct.pack("<IH", 0x223E9F78, 1)
-    out += attr(1, 0x9006, 0x0008, struct.pack("<I", 0x10000))  # attTnefVersion
-    out += attr(1, 0x9007, 0x0006, struct.pack("<II", 1252, 0))  # attOemCodepage
-    for name, data in attachments:
-        out += attr(2, 0x9002, 0x0006, b"\x01\x00\xff\xff\xff\xff" + bytes(8))  # attAttachRendData
-        out += attr(2, 0x8010, 0x0001, name.encode("cp1252") + b"\x00")  # attAttachTitle
-        out += attr(2, 0x800F, 0x0006, data)  # attAttachData
-    return out
-
 
 # -- mails ----------------------------------------------------------------------------------
 
@@ -133,6 +55,15 @@ def outlook_signature_pdf() -> bytes:
     msg.add_attachment(pdf(2), maintype="application", subtype="pdf", filename="Facture 2026-113.pdf")
     return msg.as_bytes(policy=SMTP)
 
+
+def html_logo_outside_related() -> bytes:
+    """An HTML body whose logo is a plain attachment referenced by ``cid:``, not inside multipart/related."""
+    msg = _headers(EmailMessage(), "Zimbra 9.0")
+    msg.set_content('<html><body><p>Devis ci-joint.</p><img src="cid:logo@example.com"></body></html>', subtype="html")
+    msg.add_attachment(image("PNG", (200, 80)), maintype="image", subtype="png", filename="logo.png",
+                       cid="<logo@example.com>")  # fmt: skip
+    msg.add_attachment(pdf(1), maintype="application", subtype="pdf", filename="devis.pdf")
+    return msg.as_bytes(policy=SMTP)
 
 def apple_mail_inline_pdf() -> bytes:
     """Apple Mail: alternative > mixed, the PDF inline between two HTML pieces."""
@@ -289,6 +220,40 @@ def uuencoded_body() -> bytes:
     return b"From: alice@example.com\r\nTo: 0145678900@fax.local\r\nSubject: uu\r\nMIME-Version: 1.0\r\n\r\n" + body
 
 
+
+def external_body() -> bytes:
+    """A document given by URL (RFC 2046 5.2.3): never fetched, so nothing to fax."""
+    return (
+        b"From: alice@example.com\r\nTo: 0145678900@fax.local\r\nSubject: link\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: message/external-body; access-type=URL; URL="http://127.0.0.1:9/doc.pdf"\r\n\r\n'
+        b"Content-Type: application/pdf\r\n\r\n"
+    )
+
+def with_parts_never_documents() -> bytes:
+    """A PDF among parts that are never documents: invitation, vCard, keys, signature, report, tracking pixel."""
+    return _mixed_raw(
+        "Microsoft Outlook 16.0",
+        "multipart/mixed",
+        [
+            b"Content-Type: text/plain; charset=utf-8\r\n\r\nHere is the contract, and my card.\r\n",
+            b"Content-Type: image/gif; name=t.gif\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + _b64_lines(image("GIF", (1, 1))),
+            b"Content-Type: text/calendar; method=REQUEST; name=invite.ics\r\n"
+            b"Content-Disposition: attachment; filename=invite.ics\r\n\r\n"
+            b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nMETHOD:REQUEST\r\nEND:VCALENDAR\r\n",
+            b"Content-Type: text/vcard; name=alice.vcf\r\nContent-Disposition: attachment; filename=alice.vcf\r\n\r\n"
+            b"BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Alice Martin\r\nEND:VCARD\r\n",
+            b"Content-Type: application/pdf; name=contrat.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + _b64_lines(pdf(2)),
+            b"Content-Type: application/pgp-keys; name=key.asc\r\n\r\n-----BEGIN PGP PUBLIC KEY BLOCK-----\r\n",
+            b"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n\r\n"
+            b"Final-Recipient: rfc822; bob@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n",
+            b"Content-Type: application/pgp-signature; name=signature.asc\r\n\r\n"
+            b"-----BEGIN PGP SIGNATURE-----\r\niQEzBAEBCAAdFiEE\r\n-----END PGP SIGNATURE-----\r\n",
+        ],
+    )
+
+
 # -- raw MIME helpers ---------------------------------------------------------------------
 
 
@@ -339,6 +304,7 @@ class MailCase:
 
 CASES = [
     MailCase("outlook-signature-logo", outlook_signature_pdf, "fax:2:pdf", names=("Facture 2026-113.pdf",)),
+    MailCase("html-logo-by-cid", html_logo_outside_related, "fax:1:pdf", names=("devis.pdf",)),
     MailCase("apple-mail-inline-pdf", apple_mail_inline_pdf, "fax:3:pdf"),
     MailCase("gmail", gmail_pdf, "fax:1:pdf"),
     MailCase("mfp-scan-tiff", mfp_scan_tiff, "fax:2:tiff"),
@@ -350,12 +316,24 @@ CASES = [
     MailCase("forwarded", lambda: forwarded(gmail_pdf()), "fax:1:pdf"),
     MailCase("tnef-pdf", lambda: outlook_tnef([("Facture.pdf", pdf(2))]), "fax:2:pdf", names=("Facture.pdf",)),
     MailCase("signed-outlook", outlook_signed_pdf, "fax:1:pdf"),
+    MailCase("parts-never-documents", with_parts_never_documents, "fax:2:pdf", names=("contrat.pdf",)),
+    MailCase("hostile-name",
+             lambda: named('filename="../../etc/\u202etxt.exe\x07 facture.pdf"'.encode(), pdf(1)), "fax:1:pdf",
+             names=("txt.exe facture.pdf",)),
+    MailCase("tiff-frame-too-large", lambda: plain_with([("scan.tif", "image/tiff", tiff_headers(1, 9000, 9000))]),
+             "refuse:limits", "554 5.6.0", ("9000x9000 pixels is too large",)),
+    MailCase("tiff-frames-too-many-pixels",
+             lambda: plain_with([("scan.tif", "image/tiff", tiff_headers(32, 8000, 8000))]), "refuse:limits",
+             "554 5.6.0", ("more than 2000000000 pixels in all its frames",)),
+    MailCase("pages-201", lambda: plain_with([("long.pdf", "application/pdf", pdf(201))]), "refuse:limits",
+             "554 5.6.0", ("more than 200 pages",)),
     MailCase("two-pdfs-and-photo",
              lambda: plain_with([("a.pdf", "application/pdf", pdf(2, (612, 792))),
                                  ("b.pdf", "application/pdf", pdf(1, (500, 500))),
                                  ("photo.jpg", "image/jpeg", image("JPEG", (1200, 900), 72))]),
              "fax:4:pdf,pdf,jpeg", names=("a.pdf", "b.pdf", "photo.jpg")),
-    MailCase("tnef-nothing-faxable", lambda: outlook_tnef([]), "refuse:no-document", "554 5.6.1", ("winmail.dat",)),
+    MailCase("tnef-nothing-faxable", lambda: outlook_tnef([]), "refuse:no-document", "554 5.6.1",
+             ("winmail.dat", "send the file in plain format", "instead of Rich Text")),
     MailCase("exe-renamed-pdf", lambda: plain_with([("invoice.pdf", "application/pdf", exe())]), "refuse:type",
              "554 5.6.1", ("invoice.pdf", "application/x-dosexec", "PDF, TIFF, JPEG, PNG, GIF")),
     MailCase("html-page-not-pdf",
@@ -371,9 +349,11 @@ CASES = [
     MailCase("text-attachment", lambda: plain_with([("a.pdf", "application/pdf", pdf(1)),
                                                    ("notes.txt", "text/plain", b"call me\n")]),
              "refuse:type", "554 5.6.1", ("notes.txt", "text/plain")),
-    MailCase("no-attachment", lambda: plain_with([]), "refuse:no-document", "554 5.6.0", ("No document",)),
+    MailCase("no-attachment", lambda: plain_with([]), "refuse:no-document", "554 5.6.0",
+             ("No document to fax", "PDF, TIFF, JPEG, PNG, GIF", "the mail text is not faxed")),
     MailCase("message-partial", message_partial, "refuse:no-document", "554 5.6.0"),
     MailCase("uuencode-in-body", uuencoded_body, "refuse:no-document", "554 5.6.0"),
+    MailCase("external-body", external_body, "refuse:no-document", "554 5.6.0"),
     MailCase("word-document",
              lambda: plain_with([("Lettre.docx", "application/vnd.openxmlformats-officedocument.wordprocessingml"
                                   ".document", b"PK\x03\x04" + bytes(60))]),

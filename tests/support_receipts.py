@@ -6,23 +6,43 @@ a :class:`~tests.support_sink.Sink` relay. Jobs are put in the store through
 the same ``Store`` API intake and the worker use; ``rig.get(...)`` calls the
 callback with a real aiohttp client; ``await rig.notifier.drain()`` sends what
 is due, with a clock that moves only when told.
+
+Fixtures (import the function, ask for the name, and import ``sink`` too):
+``make_rig`` (``rig_factory``) starts rigs with settings overrides; ``running``
+(``running_gateway``) starts the whole daemon (:class:`~gateway.app.Gateway`)
+for the end-to-end tests: mail in over SMTP, the provider simulator calling
+the receipt callback for real, receipts out through the sink. Its simulator
+holds every receipt while ``sim.gate`` is clear (it is set by default), so a
+test can change the world before the provider calls back.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import email.policy
+import smtplib
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from email.message import EmailMessage
+from email.utils import make_msgid
 from typing import Any
 
 import aiohttp
+import pytest
 
-from gateway.http import HttpServer
+from gateway.app import Gateway
+from gateway.daemon import callback_url
 from gateway.notify import Notifier
 from gateway.receipts import Receipts
 from gateway.settings import Settings
-from gateway.spool import FAX_NAME, RAW_NAME, Spool
-from gateway.store import AsyncStore, Job, NewMessage, State, Store, new_id
-from tests.support_delivery import FakeClock
+from gateway.simulator import ProviderSimulator
+from gateway.spool import FAX_NAME, RAW_NAME
+from gateway.store import FINAL_STATES, Job, NewMessage, State, Store, new_id
+from tests.conftest import SettingsFactory, deep_merge
+from tests.support_delivery import FakeClock, LoopbackRig
+from tests.support_mail import pdf
+from tests.support_s3 import free_port
+from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, provider_env, provider_table
+from tests.support_sink import Sink
 
 SECRET = "cb-Secret-4f9a1c"
 NUMBER = "+33145678900"
@@ -37,13 +57,9 @@ def rig_env() -> dict[str, str]:
     return {"FAX_GATEWAY_CALLBACK_SECRET": SECRET}
 
 
-class ReceiptRig:
+class ReceiptRig(LoopbackRig):
     def __init__(self, settings: Settings, clock: FakeClock | None = None) -> None:
-        self.settings = settings
-        self.clock = clock or FakeClock()
-        self.spool = Spool(settings.spool.directory)
-        self.store = AsyncStore(self.spool.db_path, clock=self.clock)
-        self.http = HttpServer(settings)
+        super().__init__(settings, clock)
         self.notifier = Notifier(settings, self.store, self.spool, clock=self.clock)
         self.receipts = Receipts(settings, self.store, wake=self.notifier.wake)
         self.http.add_routes(self.receipts.routes())
@@ -106,13 +122,134 @@ class ReceiptRig:
 
         return await self.store.run(put)
 
-    async def job(self, job_id: str) -> Job:
-        job = await self.store.run(lambda s: s.get_job(job_id))
-        assert job is not None
-        return job
-
     async def rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         return await self.store.run(lambda s: [dict(r) for r in s.db.execute(sql, args)])
 
     async def events(self, job_id: str) -> list[str]:
         return [r["kind"] for r in await self.store.run(lambda s: s.timeline(job_id))]
+
+
+RigFactory = Callable[..., Coroutine[Any, Any, ReceiptRig]]
+
+
+@pytest.fixture(name="make_rig")
+async def rig_factory(make_settings: SettingsFactory, sink: Sink) -> AsyncIterator[RigFactory]:
+    """``await make_rig(table, env=..., **notify)``: a started rig whose relay is the sink (stopped at the end)."""
+    rigs: list[ReceiptRig] = []
+
+    async def factory(table: dict[str, Any] | None = None, *, env: dict[str, str] | None = None,
+                      **notify: Any) -> ReceiptRig:  # fmt: skip
+        table = deep_merge(rig_table(sink.port, **notify), table or {})
+        rig = ReceiptRig(make_settings(table, rig_env() if env is None else env))
+        await rig.start()
+        rigs.append(rig)
+        return rig
+
+    try:
+        yield factory
+    finally:
+        for rig in rigs:
+            await rig.stop()
+
+
+
+# -- the whole daemon, end to end ----------------------------------------------------
+
+E2E_TIMEOUT = 20.0
+
+
+def send_mail(port: int, sender: str, to: str, pages: int, *, header_from: str = "", reply_to: str = "",
+              subject: str = "Invoice 42") -> None:  # fmt: skip
+    """Mail a PDF of ``pages`` pages to the gateway over SMTP (blocking: run it in a thread)."""
+    msg = EmailMessage()
+    msg["From"] = header_from or sender
+    if reply_to:
+        msg["Reply-To"] = reply_to
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = "Mon, 30 Nov 2026 09:00:00 +0100"
+    msg["Message-ID"] = make_msgid(domain="example.com")
+    msg.set_content("Please fax the attached document.\n")
+    msg.add_attachment(pdf(pages), maintype="application", subtype="pdf", filename="invoice.pdf")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail(sender, [to], msg.as_bytes(policy=email.policy.SMTP))
+
+
+class GatedSimulator(ProviderSimulator):
+    """The provider simulator, whose receipts (callback and mail) wait while ``gate`` is clear."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("127.0.0.1", 0, **kwargs)
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    # Wraps the simulator's one path to a receipt (callback and mail); fail loudly if it is renamed.
+    assert callable(getattr(ProviderSimulator, "_receipt", None))
+
+    async def _receipt(self, fax: Any, *, copies: int, delay: float) -> None:
+        await self.gate.wait()
+        await super()._receipt(fax, copies=copies, delay=delay)
+
+
+class Running:
+    """A started daemon, its simulator and the relay sink."""
+
+    def __init__(self, gw: Gateway, sim: GatedSimulator, relay: Sink) -> None:
+        self.gw, self.sim, self.sink = gw, sim, relay
+
+    async def send(self, to: str = "0145678900@fax.local", *, pages: int = 2, sender: str = "scanner@example.com",
+                   header_from: str = "", reply_to: str = "", subject: str = "Invoice 42") -> None:  # fmt: skip
+        await asyncio.to_thread(send_mail, self.gw.smtp.port, sender, to, pages, header_from=header_from,
+                                reply_to=reply_to, subject=subject)  # fmt: skip
+
+    async def jobs(self) -> list[Job]:
+        return await self.gw.store.run(lambda s: s.list_jobs())
+
+    async def rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        return await self.gw.store.run(lambda s: [dict(r) for r in s.db.execute(sql, args)])
+
+    async def settle(self, jobs: int = 1) -> list[Job]:
+        """Drive the worker and the notifier until ``jobs`` jobs are final and their notices are out."""
+
+        async def loop() -> list[Job]:
+            while True:
+                seen = len(self.sim.callbacks)
+                await self.gw.worker.drain()
+                found = await self.jobs()
+                if len(found) >= jobs and all(j.state in FINAL_STATES for j in found):
+                    await self.gw.notifier.drain()
+                    return found
+                await self.sim.wait_callbacks(seen + 1)  # the next receipt
+
+        return await asyncio.wait_for(loop(), E2E_TIMEOUT)
+
+
+StartGateway = Callable[..., Coroutine[Any, Any, Running]]
+
+
+@pytest.fixture(name="running")
+async def running_gateway(make_settings: SettingsFactory, sink: Sink) -> AsyncIterator[StartGateway]:
+    """``await running(table, clock=..., **simulator_keywords)``: the daemon against a simulator and the sink."""
+    started: list[Gateway | ProviderSimulator] = []
+
+    async def start(table: dict[str, Any] | None = None, *, clock: FakeClock | None = None,
+                    **sim_kwargs: Any) -> Running:  # fmt: skip
+        sim = GatedSimulator(**{"email": SIM_EMAIL, "password": SIM_PASSWORD, "callback_delay": 0.0, **sim_kwargs})
+        await sim.start()
+        started.append(sim)
+        port = free_port()
+        base = {"http": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"},
+                "notify": {"relay": f"127.0.0.1:{sink.port}"}}  # fmt: skip
+        settings = make_settings(deep_merge(deep_merge(base, provider_table(sim)), table or {}),
+                                 provider_env() | rig_env())  # fmt: skip
+        gw = Gateway(settings) if clock is None else Gateway(settings, clock=clock)
+        await gw.start()
+        started.append(gw)
+        sim.callback_url = callback_url(settings, gw.http.port)
+        return Running(gw, sim, sink)
+
+    try:
+        yield start
+    finally:
+        for part in reversed(started):
+            await part.stop()

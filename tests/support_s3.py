@@ -3,8 +3,10 @@
 Use: ``from tests.support_s3 import s3, S3_ENV  # noqa: F401`` and ask for the
 ``s3`` fixture. boto3 talks to ``s3.endpoint`` (the relay); the relay forwards
 to moto, or plays a broken S3: ``s3.relay.mode = "refuse"`` (every connection
-closed at once: S3 down) or ``"hang"`` (connections accepted and never answered:
-a black hole that freezes an upload). Fake credentials are set for the test only.
+closed at once: S3 down), ``"hang"`` (connections accepted and never answered:
+a black hole that freezes an upload) or ``"error"`` (every request answered with
+the S3 error in ``s3.relay.error``, e.g. ``(503, "SlowDown")`` or ``(403,
+"RequestTimeTooSkewed")``). Fake credentials are set for the test only.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ S3_ENV = {
     "AWS_DEFAULT_REGION": "eu-west-3",
 }
 
-Mode = Literal["forward", "refuse", "hang"]
+Mode = Literal["forward", "refuse", "hang", "error"]
 
 
 class Relay:
@@ -38,6 +40,7 @@ class Relay:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.mode: Mode = "forward"
+        self.error = (500, "InternalError")  # status and S3 error code answered in "error" mode
         self.port = 0
         self.connections = 0
         self._loop = asyncio.new_event_loop()
@@ -45,6 +48,7 @@ class Relay:
         self._thread = threading.Thread(target=self._main, name="s3-relay", daemon=True)
         self._server: asyncio.Server | None = None
         self._hung: list[asyncio.StreamWriter] = []
+        self._seen = threading.Condition()
 
     def start(self) -> None:
         self._thread.start()
@@ -54,6 +58,21 @@ class Relay:
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    def wait_connections(self, n: int, timeout: float = 20.0) -> None:
+        """Block until ``n`` connections have come in (run it in a thread); AssertionError after ``timeout``."""
+        with self._seen:
+            assert self._seen.wait_for(lambda: self.connections >= n, timeout), f"{self.connections} connections"
+
+    def drop_hung(self) -> None:
+        """Close the connections held in "hang" mode: the client sees the connection closed."""
+
+        def close() -> None:
+            for writer in self._hung:
+                writer.close()
+            self._hung.clear()
+
+        self._loop.call_soon_threadsafe(close)
 
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -73,7 +92,9 @@ class Relay:
             self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
+        with self._seen:
+            self.connections += 1
+            self._seen.notify_all()
         mode = self.mode
         if mode == "refuse":
             writer.close()
@@ -81,12 +102,28 @@ class Relay:
         if mode == "hang":
             self._hung.append(writer)
             return
+        if mode == "error":
+            await _answer_error(reader, writer, *self.error)
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
             writer.close()
             return
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
+
+
+async def _answer_error(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, code: str) -> None:
+    """Read one request's head and answer it with an S3 error document; then close."""
+    with contextlib.suppress(Exception):
+        await reader.readuntil(b"\r\n\r\n")
+        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                f"<Message>{code}</Message></Error>").encode()  # fmt: skip
+        head = (f"HTTP/1.1 {status} {code}\r\nContent-Type: application/xml\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()  # fmt: skip
+        writer.write(head + body)
+        await writer.drain()
+    writer.close()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

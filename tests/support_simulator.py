@@ -6,23 +6,84 @@ helpers (``from support_simulator import SIM_PASSWORD, provider_table``).
 ``provider_table(sim)`` and ``provider_env()`` give the settings that point
 the gateway at the simulator; the password is a canary
 with ``+&=%`` in it, so encoding mistakes and leaks both show.
+
+The canary is checked once more after the whole run (``canary_sweep``): no log
+record emitted during the run, and no file left under the run's temporary
+directory (every test spool and store, every daemon log file), holds it in any
+encoding, nor a presigned URL's signature.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 from aiohttp import web
 
 from gateway.simulator import ProviderSimulator
+from tests.support_docs import pdf
 
 SIM_EMAIL = "account@gateway.test"
 # A canary: it must never appear in a log, a record, a spool file or a mail.
 SIM_PASSWORD = "Canary-Pw+7&x=1%zQ"
 
 SimFactory = Callable[..., Coroutine[Any, Any, ProviderSimulator]]
+
+# The canary as it would leak: plain, URL-encoded in a path or a query.
+CANARY_FORMS = (SIM_PASSWORD, quote(SIM_PASSWORD, safe=""), quote_plus(SIM_PASSWORD))
+# A presigned URL's signature (SigV4: 64 hex digits); redacted, it reads ``X-Amz-Signature=********``.
+SIGNATURE = re.compile(r"X-Amz-Signature(=|%3D)[0-9a-f]{64}", re.IGNORECASE)
+
+
+class _CanaryLog(logging.Handler):
+    """Keeps every log record of the run (with its traceback) that carries the canary,
+    and every gateway record that carries a presigned signature."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record)
+        signed = record.name.startswith("gateway") and SIGNATURE.search(text)
+        if signed or any(form in text for form in CANARY_FORMS):
+            self.leaks.append(text)
+
+
+def files_holding_secrets(root: Path) -> list[Path]:
+    """Files under ``root`` holding the canary password or a presigned signature."""
+    forms = [form.encode() for form in CANARY_FORMS]
+    signature = re.compile(SIGNATURE.pattern.encode(), re.IGNORECASE)
+    found = []
+    for path in root.rglob("*"):
+        try:
+            data = path.read_bytes() if path.is_file() else b""
+        except OSError:
+            continue  # gone meanwhile (a test's own clean-up)
+        if signature.search(data) or any(form in data for form in forms):
+            found.append(path)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def canary_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole run: the canary password (and any presigned signature) is in no log record,
+    no spool, no store, no log file."""
+    handler = _CanaryLog()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+    leaked_files = files_holding_secrets(tmp_path_factory.getbasetemp())
+    assert not handler.leaks and not leaked_files, f"secrets leaked: {handler.leaks[:5]} {leaked_files[:5]}"
 
 
 def provider_table(sim: ProviderSimulator, **extra: Any) -> dict[str, Any]:
@@ -111,13 +172,4 @@ async def documents() -> AsyncIterator[DocumentServer]:
 
 def minimal_pdf(pages: int = 1) -> bytes:
     """A valid PDF with ``pages`` blank A4 pages."""
-    import io
-
-    import pikepdf
-
-    pdf = pikepdf.new()
-    for _ in range(pages):
-        pdf.add_blank_page(page_size=(595, 842))
-    out = io.BytesIO()
-    pdf.save(out)
-    return out.getvalue()
+    return pdf(pages)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import io
 import ipaddress
 import os
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,23 +21,19 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
-import pikepdf
 import pytest
 
+from gateway.replies import Reply, all_replies
 from gateway.smtp import SmtpServer
 from gateway.spool import Spool
 from gateway.store import AsyncStore, Job, Store
+from tests.support_docs import pdf
 
 TIMEOUT = 10.0
 
 
 def make_pdf(pages: int = 1) -> bytes:
-    pdf = pikepdf.new()
-    for _ in range(pages):
-        pdf.add_blank_page()
-    buf = io.BytesIO()
-    pdf.save(buf)
-    return buf.getvalue()
+    return pdf(pages)
 
 
 def fax_mail(
@@ -74,6 +70,7 @@ class Harness:
     spool: Spool
     spooled: list[int] = field(default_factory=list)
     receipts: list[tuple[str, bytes]] = field(default_factory=list)
+    said: list[str] = field(default_factory=list)  # every reply line the server sent
 
     @property
     def port(self) -> int:
@@ -120,6 +117,7 @@ async def smtp_gateway(make_settings: Callable[..., Any], tmp_path: Path) -> Asy
             on_receipt_mail=on_receipt_mail if receipts else None,
         )  # fmt: skip
         harness = Harness(server, store, spool)
+        server.on_reply = harness.said.append
         try:
             await server.start()
         except BaseException:
@@ -134,6 +132,23 @@ async def smtp_gateway(make_settings: Callable[..., Any], tmp_path: Path) -> Asy
         for h in started:
             await h.server.stop()
             await h.store.close()
+    for h in started:
+        stray = [line for line in h.said if not from_the_table(line, h.server.settings.smtp.hostname)]
+        assert not stray, f"replies that are not in gateway.replies: {stray}"
+
+
+def _pattern(reply: Reply) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\\\{\w+\\\}", ".*", re.escape(str(reply))), re.S)
+
+
+_TABLE = [_pattern(reply) for reply in all_replies().values()]
+
+
+def from_the_table(line: str, hostname: str) -> bool:
+    """Whether a reply line is an entry of the reply table (or a line of the EHLO/HELO answer)."""
+    if line.startswith("250-") or line in ("250 HELP", f"250 {hostname}"):
+        return True
+    return any(p.fullmatch(line) for p in _TABLE)
 
 
 class Raw:

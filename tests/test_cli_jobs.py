@@ -116,6 +116,7 @@ def test_show_tells_the_whole_story(capsys: pytest.CaptureFixture[str], spool: F
     for expected in (
         f"Job {job}: delivered", "+33145678900", "Invoice 42", "invoice.pdf", "Timeline", "accepted",
         "250 2.0.0 OK: queued as", "code 0 via callback, 2 pages", "delivered    to delivered@example.com",
+        "upload        not uploaded yet",
     ):  # fmt: skip
         assert expected in out, expected
     code, out, _ = run(capsys, "show", "--spool", str(spool_dir), "--json", job)

@@ -1,24 +1,30 @@
-"""check-config against real parts (simulator, relay sink), and send through a running gateway's SMTP intake."""
+"""check-config against real parts (simulator, relay sink, moto S3); send and release on the daemon's own store."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 
 from gateway.app import Gateway
 from gateway.demo import free_port, sample_pdf
+from gateway.simulator import ProviderSimulator
+from gateway.spool import Spool
+from gateway.store import Store
 from tests.conftest import SettingsFactory
+from tests.support_mail import pdf, plain_with
+from tests.support_s3 import BUCKET, S3, S3_ENV, s3  # noqa: F401
 from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, SimFactory, provider_env, provider_table
 from tests.support_sink import Sink, sink  # noqa: F401
 
 
 async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    import os
 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("FAX_GATEWAY_")} | (env or {})
     proc = await asyncio.create_subprocess_exec(
@@ -30,12 +36,12 @@ async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str,
     return proc.returncode, out.decode(), err.decode()
 
 
-def _config(tmp_path: Path, sim_url: str, relay_port: int) -> Path:
+def _config(tmp_path: Path, sim_url: str, relay_port: int, extra: str = "", spool: Path | None = None) -> Path:
     path = tmp_path / "gateway.toml"
     path.write_text(
         f"""
 [spool]
-directory = "{tmp_path / "spool"}"
+directory = "{spool or tmp_path / "spool"}"
 min_free_bytes = 0
 [provider]
 url = "{sim_url}"
@@ -44,8 +50,13 @@ email = "{SIM_EMAIL}"
 relay = "127.0.0.1:{relay_port}"
 from_address = "fax-gateway@gateway.test"
 """
+        + extra
     )
     return path
+
+
+def _checks(out: str) -> dict[str, dict[str, object]]:
+    return {c["name"]: c for c in json.loads(out)["checks"]}
 
 
 async def test_check_config_all_good(tmp_path: Path, sim_factory: SimFactory, sink: Sink) -> None:  # noqa: F811
@@ -77,6 +88,66 @@ async def test_check_config_reports_each_failure(tmp_path: Path, sim_factory: Si
     assert "Wrong+Pw&1" not in out + err and "Wrong%2BPw" not in out + err
 
 
+async def test_check_config_tries_the_s3_bucket(
+    tmp_path: Path,
+    sim_factory: SimFactory,
+    sink: Sink,  # noqa: F811
+    s3: S3,  # noqa: F811
+) -> None:
+    sim = await sim_factory()
+    storage = "".join(f"{k} = {json.dumps(v)}\n" for k, v in s3.table()["storage"].items())
+    config = _config(tmp_path, sim.url, sink.port, "[storage]\n" + storage)
+    code, out, err = await _cli("check-config", "--config", str(config), "--json", env=provider_env())
+    assert code == 0, out + err
+    assert _checks(out)["storage"] == {"name": "storage", "ok": True,
+                                       "detail": f"s3: bucket '{BUCKET}' reachable at {s3.endpoint}"}  # fmt: skip
+    assert S3_ENV["AWS_SECRET_ACCESS_KEY"] not in out + err
+
+    s3.client.delete_bucket(Bucket=BUCKET)
+    code, out, _ = await _cli("check-config", "--config", str(config), "--json", env=provider_env())
+    storage_check = _checks(out)["storage"]
+    assert code == 1 and not storage_check["ok"] and "S3 check failed" in str(storage_check["detail"])
+    assert "404" in str(storage_check["detail"])
+
+    s3.relay.mode = "refuse"  # S3 down
+    code, out, _ = await _cli("check-config", "--config", str(config), "--json", env=provider_env())
+    storage_check = _checks(out)["storage"]
+    assert code == 1 and not storage_check["ok"] and "S3 check failed" in str(storage_check["detail"])
+    assert {name: c["ok"] for name, c in _checks(out).items() if name != "storage"} == {
+        "spool": True, "provider": True, "relay": True}  # fmt: skip
+
+
+async def test_check_config_names_an_unwritable_spool_and_a_dead_relay(tmp_path: Path, sim_factory: SimFactory) -> None:
+    sim = await sim_factory()
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    relay_port = free_port()
+    config = _config(tmp_path, sim.url, relay_port, spool=blocker / "spool")
+    code, out, _ = await _cli("check-config", "--config", str(config), "--json", env=provider_env())
+    checks = _checks(out)
+    assert code == 1 and checks["provider"]["ok"]
+    assert not checks["spool"]["ok"] and f"cannot write in {blocker / 'spool'}" in str(checks["spool"]["detail"])
+    assert not checks["relay"]["ok"] and f"relay 127.0.0.1:{relay_port}" in str(checks["relay"]["detail"])
+    code, out, _ = await _cli("check-config", "--config", str(config), env=provider_env())
+    assert code == 1 and "FAIL  spool" in out and "FAIL  relay" in out
+
+
+async def test_check_config_logs_in_to_the_relay(tmp_path: Path, sim_factory: SimFactory, sink: Sink) -> None:  # noqa: F811
+    sim = await sim_factory()
+    sink.users = {"fax-gateway": "Relay-Pw-right-1"}
+    config = _config(tmp_path, sim.url, sink.port, 'relay_username = "fax-gateway"\n')  # in [notify]
+    wrong = provider_env() | {"FAX_GATEWAY_RELAY_PASSWORD": "Relay-Pw-wrong-2"}
+    code, out, err = await _cli("check-config", "--config", str(config), "--json", env=wrong)
+    relay = _checks(out)["relay"]
+    assert code == 1 and not relay["ok"], out + err
+    assert f"relay 127.0.0.1:{sink.port} refused after EHLO" in str(relay["detail"]) and "535" in str(relay["detail"])
+    assert "Relay-Pw-wrong-2" not in out + err
+    right = provider_env() | {"FAX_GATEWAY_RELAY_PASSWORD": "Relay-Pw-right-1"}
+    code, out, err = await _cli("check-config", "--config", str(config), "--json", env=right)
+    assert code == 0 and "EHLO, AUTH as fax-gateway" in str(_checks(out)["relay"]["detail"]), out + err
+    assert "Relay-Pw-right-1" not in out + err
+
+
 async def test_check_config_refuses_a_bad_file(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('[smtp]\nlisten = "nowhere"\n')
@@ -84,10 +155,20 @@ async def test_check_config_refuses_a_bad_file(tmp_path: Path) -> None:
     assert code == 2 and "smtp.listen: 'nowhere' is not host:port" in err
 
 
+def _http() -> dict[str, str]:
+    """Local storage: the simulator fetches the document at http.public_url."""
+    port = free_port()
+    return {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}
+
+
 @pytest.fixture
-async def running(make_settings: SettingsFactory, sim_factory: SimFactory) -> AsyncIterator[Gateway]:
-    sim = await sim_factory()
-    gw = Gateway(make_settings(provider_table(sim), env=provider_env()))
+async def sim(sim_factory: SimFactory) -> ProviderSimulator:
+    return await sim_factory()
+
+
+@pytest.fixture
+async def running(make_settings: SettingsFactory, sim: ProviderSimulator) -> AsyncIterator[Gateway]:
+    gw = Gateway(make_settings({**provider_table(sim), "http": _http()}, env=provider_env()))
     await gw.start()
     try:
         yield gw
@@ -95,23 +176,94 @@ async def running(make_settings: SettingsFactory, sim_factory: SimFactory) -> As
         await gw.stop()
 
 
-async def test_send_goes_through_smtp_intake(tmp_path: Path, running: Gateway) -> None:
+async def test_commands_act_on_the_running_daemons_store(running: Gateway, sim: ProviderSimulator) -> None:
+    sim.set_fault("code:103")  # the provider refuses the account: the job is held, submissions paused
+    raw = plain_with([("invoice.pdf", "application/pdf", pdf(1))])
+    await aiosmtplib.send(raw, sender="alice@example.com", recipients=["0145678900@fax.local"], hostname="127.0.0.1",
+                          port=running.smtp.port, timeout=30)  # fmt: skip
+    await asyncio.wait_for(running.worker.drain(), 30)
+    spool = running.settings.spool.directory
+    code, out, err = await _cli("jobs", "--spool", spool, "--state", "held", "--json")
+    assert code == 0, err
+    (held,) = json.loads(out)
+
+    sim.set_fault(None)  # the account is fixed
+    code, out, err = await _cli("release", "--spool", spool, "--json")  # while the daemon holds the store
+    assert code == 0 and [j["id"] for j in json.loads(out)] == [held["id"]], err
+    await asyncio.wait_for(running.worker.drain(), 30)
+    job = await running.store.run(lambda s: s.get_job(held["id"]))
+    assert job is not None and job.state in ("submitted", "delivered") and job.attempts == 2
+    code, out, _ = await _cli("show", "--spool", spool, held["id"])
+    assert code == 0 and "operator: release" in out and "code 113" in out
+
+
+async def test_send_spools_for_the_running_daemon(tmp_path: Path, running: Gateway, sim: ProviderSimulator) -> None:
     document = tmp_path / "letter.pdf"
     document.write_bytes(sample_pdf())
     config = tmp_path / "gateway.toml"
-    config.write_text(f'[smtp]\nlisten = "127.0.0.1:{running.smtp.port}"\n')
+    config.write_text(f'[spool]\ndirectory = "{running.settings.spool.directory}"\n')
     code, out, err = await _cli("send", "--config", str(config), "--to", "01 45 67 89 00", "--from", "ops@example.com",
                                 "--json", str(document))  # fmt: skip
     assert code == 0, err
     sent = json.loads(out)
-    assert sent["reply"].startswith("250 2.0.0") and len(sent["jobs"]) == 1
+    assert sent["reply"] == f"250 2.0.0 OK: queued as {sent['jobs'][0]}" and len(sent["jobs"]) == 1
+    await asyncio.wait_for(running.worker.drain(), 30)  # the daemon's worker takes it from the store
     job = await running.store.run(lambda s: s.get_job(sent["jobs"][0]))
     assert job is not None and job.number == "+33145678900" and job.envelope_from == "ops@example.com"
+    assert job.state == "submitted" and [r.answer[:3] for r in sim.requests] == ["113"]
 
+    # The daemon's own checks refuse what they refuse over SMTP, with the same replies.
     code, out, err = await _cli("send", "--config", str(config), "--to", "12ab", "--from", "ops@example.com",
                                 str(document))  # fmt: skip
     assert code == 1 and "553 5.1.3" in out + err
+    code, out, err = await _cli("send", "--config", str(config), "--to", "0899123456", "--from", "ops@example.com",
+                                str(document))  # fmt: skip
+    assert code == 1 and "550 5.7.1 Destination not permitted" in out + err
+    empty = tmp_path / "empty.pdf"
+    empty.write_bytes(b"")
+    code, out, err = await _cli("send", "--config", str(config), "--to", "0145678900", "--from", "ops@example.com",
+                                str(empty))  # fmt: skip
+    assert code == 1 and "554 5.6.0" in out + err
+    assert len(await running.store.run(lambda s: s.list_jobs())) == 1
 
-    code, _, err = await _cli("send", "--smtp", f"127.0.0.1:{free_port()}", "--to", "0145678900", "--from",
-                              "ops@example.com", str(document))  # fmt: skip
-    assert code == 1 and "is fax-gateway running?" in err
+
+async def test_send_without_a_running_daemon(tmp_path: Path, make_settings: SettingsFactory,
+                                             sim: ProviderSimulator) -> None:  # fmt: skip
+    document = tmp_path / "letter.pdf"
+    document.write_bytes(sample_pdf())
+    spool = tmp_path / "spool"
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[spool]\ndirectory = "{spool}"\n')
+    code, _, err = await _cli("send", "--config", str(config), "--to", "0145678900", "--from", "ops@example.com",
+                              str(document))  # fmt: skip
+    assert code == 2 and "no job store" in err  # never a store the daemon did not make
+
+    Spool(spool).create()
+    Store(Spool(spool).db_path).close()  # the store as the daemon's first start leaves it
+    if os.geteuid() == 0:  # root acts as the spool's owner (under systemd, the daemon's dynamic user)
+        for path in (spool, spool / "messages", spool / "tmp", spool / "jobs.sqlite3"):
+            os.chown(path, 4242, 4242)
+    code, out, err = await _cli("send", "--config", str(config), "--to", "0145678900", "--from", "ops@example.com",
+                                "--json", str(document))  # fmt: skip
+    assert code == 0, err
+    (job_id,) = json.loads(out)["jobs"]
+    store = Store(Spool(spool).db_path)
+    try:
+        job = store.get_job(job_id)
+        assert job is not None and job.state == "queued"
+        message_dir = Spool(spool).messages / job.message_id
+    finally:
+        store.close()
+    if os.geteuid() == 0:
+        assert {message_dir.stat().st_uid, (message_dir / "fax.pdf").stat().st_uid} == {4242}
+
+    for path in (spool, *spool.rglob("*")):  # the daemon starts and takes it up
+        os.chown(path, os.getuid(), os.getgid())
+    gw = Gateway(make_settings({**provider_table(sim), "http": _http()}, env=provider_env()))
+    await gw.start()
+    try:
+        await asyncio.wait_for(gw.worker.drain(), 30)
+        job = await gw.store.run(lambda s: s.get_job(job_id))
+        assert job is not None and job.state == "submitted"
+    finally:
+        await gw.stop()

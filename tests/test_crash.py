@@ -16,8 +16,10 @@ import os
 import re
 import signal
 import smtplib
+import sqlite3
 import sys
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,17 @@ async def send(port: int) -> str:
     return await asyncio.to_thread(_send, port)
 
 
+def check_after_restart(spool: Path, sim: ProviderSimulator, sent: list[str]) -> None:
+    """Every mail that got 250 so far is a job in a state a person can read; none was accepted twice."""
+    with closing(sqlite3.connect(f"file:{spool / 'jobs.sqlite3'}?mode=ro", uri=True)) as db:
+        states = dict(db.execute("SELECT id, state FROM jobs").fetchall())
+    assert set(sent) <= set(states), f"lost: {set(sent) - set(states)}"
+    unreadable = {j: states[j] for j in sent if states[j] not in {str(s) for s in State}}
+    assert not unreadable, unreadable
+    accepted = Counter(r.params["ref"] for r in sim.requests if r.answer.startswith("113"))
+    assert all(n == 1 for n in accepted.values()), accepted
+
+
 def _config(tmp_path: Path, s3: S3, sim: ProviderSimulator) -> tuple[Path, int]:  # noqa: F811
     smtp_port, http_port = free_port(), free_port()
     text = f"""
@@ -153,6 +166,7 @@ async def test_kill_9_at_every_step_loses_nothing_and_never_submits_twice(
     env = {**os.environ, **S3_ENV, "FAX_GATEWAY_PROVIDER_PASSWORD": SIM_PASSWORD, "PYTHONUNBUFFERED": "1"}
     log_file = tmp_path / "daemon.log"
     daemon = Daemon(config, env, log_file)
+    spool = tmp_path / "spool"
 
     # 1. Frozen while storing the document (S3 is a black hole), then killed.
     s3.relay.mode = "hang"
@@ -166,6 +180,7 @@ async def test_kill_9_at_every_step_loses_nothing_and_never_submits_twice(
     await daemon.start()
     await daemon.wait_for(rf"job {a}: recovered at start-up: interrupted while storing")
     await daemon.wait_for(rf"job {a}: submitted")
+    check_after_restart(spool, sim, [a])
     sim.set_fault("hang")
     b = await send(smtp)
     await sim.wait_requests(2, timeout=WAIT)
@@ -175,6 +190,7 @@ async def test_kill_9_at_every_step_loses_nothing_and_never_submits_twice(
     sim.set_fault(None)
     await daemon.start()
     await daemon.wait_for(rf"job {b}: recovered at start-up: interrupted during submission")
+    check_after_restart(spool, sim, [a, b])
     c = await send(smtp)
     await daemon.wait_for(rf"job {c}: submitted")
     await daemon.kill()
@@ -182,6 +198,7 @@ async def test_kill_9_at_every_step_loses_nothing_and_never_submits_twice(
     # 4. A configuration answer (103) holds D; killed while held.
     sim.set_fault("code:103")
     await daemon.start()
+    check_after_restart(spool, sim, [a, b, c])
     d = await send(smtp)
     await daemon.wait_for(rf"job {d}: held")
     await daemon.kill()
@@ -190,12 +207,14 @@ async def test_kill_9_at_every_step_loses_nothing_and_never_submits_twice(
     sim.set_fault(None)
     await daemon.start()
     await daemon.wait_for(rf"job {d}: submitted")
+    check_after_restart(spool, sim, [a, b, c, d])
     e = await send(smtp)
     await daemon.kill()
 
     # 6. E goes out after the restart; an orderly stop ends the run.
     await daemon.start()
     await daemon.wait_for(rf"job {e}: submitted")
+    check_after_restart(spool, sim, [a, b, c, d, e])
     assert await daemon.terminate() == 0
 
     store = Store(tmp_path / "spool" / "jobs.sqlite3")

@@ -75,8 +75,20 @@ async def test_demo_end_to_end(tmp_path: Path) -> None:
         assert [j["state"] for j in jobs] == ["delivered"]
         shown = subprocess.run([sys.executable, "-m", "gateway", "show", "--spool", spool, jobs[0]["id"]],
                                capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
-        for step in ("accepted", "submitted", "delivered", "code 0 via callback"):
-            assert step in shown, shown
+        job = jobs[0]["id"]
+        story = [  # the whole story, in order: reply, upload, provider answer, receipt, notice
+            f"reply: 250 2.0.0 OK: queued as {job}",
+            "upload        ",
+            "submitted                accepted by the provider (code 113",
+            "delivered                delivered, 1 page(s)",
+            "notice sent              delivered to you@example.com",
+            "code 0 via callback, 1 pages",
+            "delivered    to you@example.com: sent",
+        ]
+        at = [shown.find(step) for step in story]
+        assert -1 not in at, shown
+        assert at[2:5] == sorted(at[2:5]), shown
+        assert re.search(r"upload        [0-9a-f]{32}\.pdf stored ", shown), shown
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0

@@ -8,31 +8,17 @@ import dataclasses
 import io
 import re
 import time
-from email.message import EmailMessage
 from typing import Any
 
 import pikepdf
 import pytest
 from PIL import Image
-from support_mail import (
-    A4,
-    CASES,
-    MailCase,
-    forwarded,
-    image,
-    many_parts,
-    named,
-    nested,
-    outlook_tnef,
-    pdf,
-    pdf_of_size,
-    plain_with,
-    tnef,
-)
 
 from gateway import faxdoc, mime, replies
 from gateway.documents import DocumentRefused, Extraction, extract
 from gateway.settings import DocumentSettings, SettingsError, from_mapping
+from tests.support_docs import A4, image, pdf, pdf_of_size, tnef
+from tests.support_mail import CASES, MailCase, forwarded, many_parts, named, nested, outlook_tnef, plain_with
 
 DEFAULT = DocumentSettings()
 
@@ -133,17 +119,6 @@ def test_pdf_behind_an_application_warning_is_faxed_clean() -> None:
     assert result.documents[0]["type"] == "pdf"
     assert result.document.startswith(b"%PDF-")
     assert len(page_sizes(result.document)) == 2
-
-
-def test_tracking_pixel_and_calendar_and_vcard_are_ignored() -> None:
-    raw = plain_with([
-        ("pixel.gif", "image/gif", image("GIF", (1, 1))),
-        ("invite.ics", "text/calendar", b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nEND:VCALENDAR\r\n"),
-        ("alice.vcf", "text/vcard", b"BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Alice\r\nEND:VCARD\r\n"),
-        ("doc.pdf", "application/pdf", pdf(1)),
-        ("key.asc", "application/pgp-keys", b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n"),
-    ])
-    assert outcome(raw)[0] == "fax:1:pdf"
 
 
 def test_an_image_of_exactly_16_pixels_is_a_document() -> None:
@@ -295,30 +270,11 @@ def test_animated_gif_is_one_page_and_rgba_tiff_frames_are_pages() -> None:
     assert page_sizes(result.document) == [A4, A4, A4]
 
 
-def test_image_referenced_by_cid_outside_related_is_a_resource() -> None:
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = "alice@example.com", "0145678900@fax.local", "logo"
-    msg.set_content('<html><body><img src="cid:logo@example.com"></body></html>', subtype="html")
-    msg.add_attachment(image("PNG", (200, 80)), maintype="image", subtype="png", filename="logo.png",
-                       cid="<logo@example.com>")  # fmt: skip
-    msg.add_attachment(pdf(1), maintype="application", subtype="pdf", filename="doc.pdf")
-    assert outcome(msg.as_bytes())[0] == "fax:1:pdf"
-
-
 def test_forward_of_a_forward_is_walked() -> None:
     raw = forwarded(forwarded(plain_with([("deep.pdf", "application/pdf", pdf(2))])))
     got, _, result = outcome(raw)
     assert got == "fax:2:pdf"
     assert result is not None and result.documents[0]["name"] == "deep.pdf"
-
-
-def test_external_body_is_never_fetched() -> None:
-    raw = (
-        b"From: alice@example.com\r\nTo: 0145678900@fax.local\r\nSubject: link\r\nMIME-Version: 1.0\r\n"
-        b'Content-Type: message/external-body; access-type=URL; URL="http://127.0.0.1:9/doc.pdf"\r\n\r\n'
-        b"Content-Type: application/pdf\r\n\r\n"
-    )
-    assert outcome(raw)[0] == "refuse:no-document"
 
 
 def test_accepted_types_cannot_be_empty() -> None:

@@ -11,12 +11,13 @@ from typing import Any
 
 import pikepdf
 import pytest
-from support_mail import CASES, MailCase, image, pdf, pdf_of_size, plain_with
-from support_simulator import SimFactory, provider_env, provider_table
-from support_smtp import Harness, Starter, smtp_gateway  # noqa: F401  (the fixture)
 
 from gateway.app import Gateway
 from gateway.spool import FAX_NAME, RAW_NAME
+from tests.support_docs import image, pdf, pdf_of_size
+from tests.support_mail import CASES, MailCase, plain_with
+from tests.support_simulator import SimFactory, provider_env, provider_table
+from tests.support_smtp import Harness, Starter, smtp_gateway  # noqa: F401  (the fixture)
 
 NUMBER = "0145678900@fax.local"
 
@@ -38,10 +39,12 @@ async def send_async(port: int, raw: bytes) -> tuple[int, str]:
 
 
 async def spooled_fax(harness: Harness) -> tuple[bytes, Any]:
-    """The fax document and the message row of the one spooled job."""
+    """The fax document and the message row of the one spooled job (whose folder holds nothing else)."""
     jobs = await harness.jobs()
     assert len(jobs) == 1
     message_id = jobs[0].message_id
+    folder = harness.spool.path(message_id, FAX_NAME).parent
+    assert sorted(p.name for p in folder.iterdir()) == sorted([FAX_NAME, RAW_NAME])  # names never become paths
     document = await asyncio.to_thread(harness.spool.read, message_id, FAX_NAME)
     row = await harness.run(lambda s: s.message(message_id))
     return document, row
@@ -111,12 +114,41 @@ async def test_exact_size_boundary_over_smtp(smtp_gateway: Starter) -> None:  # 
     assert (code, text) == (552, "5.3.4 Fax document is 1048577 bytes, over the limit of 1048576 bytes")
 
 
+
+async def test_size_refusal_of_several_documents_says_it_is_their_sum(smtp_gateway: Starter) -> None:  # noqa: F811
+    one = pdf(1)
+    limit = len(one) + 50  # each document fits alone, not both together
+    harness = await smtp_gateway({"documents": {"max_fax_bytes": limit}})
+    code, text = await send_async(harness.port, plain_with([("a.pdf", "application/pdf", one)]))
+    assert code == 250
+    code, text = await send_async(harness.port, plain_with([("a.pdf", "application/pdf", one),
+                                                            ("b.pdf", "application/pdf", one)]))  # fmt: skip
+    assert code == 552 and text.startswith("5.3.4 Fax document is ")
+    assert text.endswith(f" bytes (2 documents together), over the limit of {limit} bytes")
+    assert len(await harness.jobs()) == 1
+
+
+async def test_decoded_bytes_bound_is_a_setting(smtp_gateway: Starter) -> None:  # noqa: F811
+    document = pdf(2)
+    harness = await smtp_gateway({"documents": {"max_decoded_bytes": 2 * len(document) - 1}})
+    assert (await send_async(harness.port, plain_with([("a.pdf", "application/pdf", document)])))[0] == 250
+    code, text = await send_async(harness.port, plain_with([("a.pdf", "application/pdf", document),
+                                                            ("b.pdf", "application/pdf", document)]))  # fmt: skip
+    limit = 2 * len(document) - 1
+    assert (code, text) == (554, f"5.6.0 Message too complex to process: attachments larger than {limit} bytes in all")
+    assert len(await harness.jobs()) == 1
+
 async def test_skipped_parts_are_recorded_with_the_message(smtp_gateway: Starter) -> None:  # noqa: F811
     harness = await smtp_gateway({"documents": {"unsupported": "skip"}})
     raw = plain_with([("notes.txt", "text/plain", b"call me\n"), ("doc.pdf", "application/pdf", pdf(1))])
     assert (await send_async(harness.port, raw))[0] == 250
     _, row = await spooled_fax(harness)
     assert json.loads(row["skipped"]) == [{"name": "notes.txt", "type": "text/plain", "reason": "type"}]
+    # Nothing left once the skipped parts are out: the reply names what to convert.
+    code, text = await send_async(harness.port, plain_with([("notes.txt", "text/plain", b"call me\n")]))
+    assert (code, text) == (554, "5.6.1 notes.txt: type plain text (text/plain) cannot be faxed "
+                                 "(accepted: PDF, TIFF, JPEG, PNG, GIF); convert it to PDF")  # fmt: skip
+    assert len(await harness.jobs()) == 1
 
 
 async def test_pdf_behind_an_application_warning_over_smtp(smtp_gateway: Starter) -> None:  # noqa: F811

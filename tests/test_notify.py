@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,30 +15,8 @@ from gateway.receipts import record_ar_mail
 from gateway.settings import Secret
 from gateway.store import State
 from tests.conftest import SettingsFactory
-from tests.support_receipts import ReceiptRig, rig_env, rig_table
+from tests.support_receipts import ReceiptRig, RigFactory, rig_env, rig_factory, rig_table  # noqa: F401
 from tests.support_sink import Sink, sink  # noqa: F401
-
-RigFactory = Any
-
-
-@pytest.fixture
-async def make_rig(make_settings: SettingsFactory, sink: Sink) -> AsyncIterator[RigFactory]:  # noqa: F811
-    rigs: list[ReceiptRig] = []
-
-    async def factory(table: dict[str, Any] | None = None, **notify: Any) -> ReceiptRig:
-        base = rig_table(sink.port, **notify)
-        for key, value in (table or {}).items():
-            base[key] = {**base.get(key, {}), **value}
-        rig = ReceiptRig(make_settings(base, rig_env()))
-        await rig.start()
-        rigs.append(rig)
-        return rig
-
-    try:
-        yield factory
-    finally:
-        for rig in rigs:
-            await rig.stop()
 
 
 async def notice_rows(rig: ReceiptRig) -> list[dict[str, Any]]:
@@ -60,8 +38,9 @@ async def test_a_delivered_receipt_mail_says_it_all(make_rig: RigFactory, sink: 
     assert (msg["X-Fax-Status"], msg["X-Fax-Job"], msg["X-Fax-Number"]) == ("delivered", job.id, "+33145678900")
     assert (msg["X-Fax-Pages"], msg["X-Fax-Code"], msg["X-Fax-Received"]) == ("3", "0", "14:32")
     body = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    for words in ("Status: delivered", "Pages: 3", "Received at: 14:32", f"Job: {job.id}", '"Invoice 42"',
-                  "Mon, 30 Nov 2026 09:00:00 +0100", "Provider code: 0 (received)", "What to do: Nothing"):  # fmt: skip
+    for words in ("Status: delivered", "Fax number: +33 1 45 67 89 00", "Pages: 3", "Received at: 14:32",
+                  f"Job: {job.id}", 'Your mail: "Invoice 42"', "Sent on: Mon, 30 Nov 2026 09:00:00 +0100",
+                  "Provider code: 0 (received)", "What to do: Nothing"):  # fmt: skip
         assert words in body
     assert not msg.is_multipart()  # the document is not attached by default
     assert (await notice_rows(rig))[0]["state"] == "sent"
@@ -79,8 +58,12 @@ async def test_a_failure_in_french_with_the_document_attached(make_rig: RigFacto
     body = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     for words in (
         "État : non remis (occupé)",
+        "Numéro de fax : +33 1 45 67 89 00",
         "Pages : 3 dans le document",
         "Tentative à : 14:32",
+        f"Tâche : {job.id}",
+        'Votre message : "Invoice 42"',
+        "Envoyé le : Mon, 30 Nov 2026 09:00:00 +0100",
         "Code fournisseur : 31064 (occupé)",
         "Que faire : La ligne était occupée. Renvoyez le message",
     ):
@@ -102,6 +85,24 @@ async def test_a_worker_failure_and_a_no_credit_delay_are_told(make_rig: RigFact
     assert subjects[late.id] == "Fax to +33 2 98 76 54 32 delayed: the fax account has no credit"
     reasons = {m.message["X-Fax-Status"]: m.message["X-Fax-Reason"] for m in sink.messages}
     assert reasons == {"failed": "the provider refused the number (107)", "delayed": "the fax account has no credit"}
+
+
+async def test_no_control_character_reaches_a_header_of_the_mail(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+    rig = await make_rig()
+    job = await rig.add_job(subject="Invoice\x85 42\u2028Bcc: evil@example.com",
+                            message_id_header="<orig-2@example.com>\r\nBcc: evil@example.com")  # fmt: skip
+    detail = "the provider refused it\r\nBcc: evil@example.com\x85\x1b[31m"
+    await rig.store.run(lambda s: s.queue_notice(job.id, "failed", detail))
+    assert await rig.notifier.drain() == 1
+    (got,) = await sink.wait_for(1)
+    assert got.rcpt_tos == ["alice@example.com"]
+    head = got.data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    assert "\nBcc:" not in head and "In-Reply-To" not in head
+    for name, value in got.message.items():
+        assert not re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", str(value)), name
+    assert got.message["X-Fax-Reason"] == "the provider refused it??Bcc: evil@example.com??[31m"
+    body = got.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert 'Your mail: "Invoice? 42?Bcc: evil@example.com"' in body
 
 
 async def test_relay_down_then_up_the_notice_arrives_once(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811

@@ -35,7 +35,8 @@ def test_troubleshooting_is_generated_from_the_tables() -> None:
 
 def test_every_reply_and_code_is_listed() -> None:
     for name, reply in replies.all_replies().items():
-        assert re.search(rf"^\| `{reply.code} {re.escape(reply.enhanced)}` \| {name} \|", README, re.M), name
+        code = f"{reply.code} {reply.enhanced}".strip()
+        assert re.search(rf"^\| `{re.escape(code)}` \| {name} \|", README, re.M), name
     for code in provider.ANSWERS:
         assert re.search(rf"^\| {code} \|", README, re.M), code
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,9 @@ from gateway.simulator import ProviderSimulator
 from gateway.store import FINAL_STATES
 from tests.conftest import SettingsFactory
 from tests.support_mail import pdf, plain_with
+from tests.support_s3 import S3, S3_ENV, s3  # noqa: F401
 from tests.support_simulator import SimFactory, provider_env, provider_table
+from tests.support_sink import Sink, sink  # noqa: F401
 
 SECRET = "cb-secret-ops-1234"
 
@@ -37,9 +40,13 @@ async def _gateway(make_settings: SettingsFactory, sim: ProviderSimulator, **tab
 
 
 @pytest.fixture
-async def running(make_settings: SettingsFactory, sim_factory: SimFactory) -> AsyncIterator[tuple[Gateway, Any]]:
+async def running(
+    make_settings: SettingsFactory,
+    sim_factory: SimFactory,
+    sink: Sink,  # noqa: F811
+) -> AsyncIterator[tuple[Gateway, Any]]:
     sim = await sim_factory(callback_delay=0.0)
-    gw = await _gateway(make_settings, sim)
+    gw = await _gateway(make_settings, sim, notify={"relay": f"127.0.0.1:{sink.port}"})
     try:
         yield gw, sim
     finally:
@@ -77,7 +84,7 @@ async def _until_final(gw: Gateway, timeout: float = 20.0) -> None:
     await asyncio.wait_for(loop(), timeout)
 
 
-async def test_metrics_count_what_happened(running: tuple[Gateway, ProviderSimulator]) -> None:
+async def test_metrics_count_what_happened(running: tuple[Gateway, ProviderSimulator], sink: Sink) -> None:  # noqa: F811
     gw, sim = running
     status, text = await _get(gw, "/metrics")
     before = _samples(text)
@@ -90,6 +97,8 @@ async def test_metrics_count_what_happened(running: tuple[Gateway, ProviderSimul
         await _send(gw, "someone@example.com")
     await sim.wait_callbacks(1)
     await _until_final(gw)
+    await asyncio.wait_for(gw.notifier.drain(), 30)  # the receipt mail, its state recorded
+    await sink.wait_for(1, timeout=30)
 
     status, text = await _get(gw, "/metrics")
     after = _samples(text)
@@ -101,6 +110,8 @@ async def test_metrics_count_what_happened(running: tuple[Gateway, ProviderSimul
     assert after[("faxgw_jobs", (("state", "delivered"),))] == 1
     assert after[("faxgw_submit_latency_seconds_count", ())] == 1
     assert after[("faxgw_receipt_latency_seconds_count", ())] == 1
+    assert after[("faxgw_notifications", (("kind", "delivered"), ("state", "sent")))] == 1
+    assert ("faxgw_notifications", (("kind", "delivered"), ("state", "sent"))) not in before
     # A second scrape does not count the same jobs' latencies again.
     _, text = await _get(gw, "/metrics")
     assert _samples(text)[("faxgw_submit_latency_seconds_count", ())] == 1
@@ -109,12 +120,11 @@ async def test_metrics_count_what_happened(running: tuple[Gateway, ProviderSimul
 async def test_healthz_reports_parts(running: tuple[Gateway, ProviderSimulator]) -> None:
     gw, sim = running
     status, text = await _get(gw, "/healthz")
-    import json
-
     body = json.loads(text)
     assert status == 200 and body["status"] == "ok"
     assert body["smtp"] == {"ok": True} and body["store"]["ok"] is True
-    assert body["provider"] is None and body["waiting"] == {"held": 0, "ambiguous": 0, "quarantined": 0}
+    assert body["provider"] is None and body["storage"] is None
+    assert body["waiting"] == {"held": 0, "ambiguous": 0, "quarantined": 0}
 
     sim.set_fault("code:103")  # wrong credentials: the job is held, the provider result is a failure
     await _send(gw, "0145678900@fax.local")
@@ -123,6 +133,7 @@ async def test_healthz_reports_parts(running: tuple[Gateway, ProviderSimulator])
     body = json.loads(text)
     assert status == 200 and body["status"] == "degraded"
     assert body["provider"]["ok"] is False and body["waiting"]["held"] == 1
+    assert body["storage"]["ok"] is True  # the upload itself went through
     assert SECRET not in text
 
     await gw.smtp.stop()
@@ -136,5 +147,23 @@ async def test_status_routes_only_for_status_networks(make_settings: SettingsFac
     try:
         assert (await _get(gw, "/metrics"))[0] == 404
         assert (await _get(gw, "/healthz"))[0] == 404
+    finally:
+        await gw.stop()
+
+
+async def test_healthz_reports_a_failing_s3(make_settings: SettingsFactory, sim_factory: SimFactory,
+                                            s3: S3) -> None:  # noqa: F811  # fmt: skip
+    sim = await sim_factory()
+    gw = await _gateway(make_settings, sim, **s3.table())
+    try:
+        s3.relay.mode = "refuse"  # S3 down: the upload fails, the job waits for its next try
+        await _send(gw, "0145678900@fax.local")
+        await asyncio.wait_for(gw.worker.drain(), 30)
+        status, text = await _get(gw, "/healthz")
+        body = json.loads(text)
+        assert status == 200 and body["status"] == "degraded"
+        assert body["storage"]["ok"] is False and "S3" in body["storage"]["detail"]
+        assert body["provider"] is None  # nothing was submitted
+        assert S3_ENV["AWS_SECRET_ACCESS_KEY"] not in text
     finally:
         await gw.stop()

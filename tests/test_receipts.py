@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,15 @@ from gateway.recipients import choose_recipient
 from gateway.settings import SettingsError
 from gateway.store import State
 from tests.conftest import SettingsFactory
-from tests.support_receipts import SECRET, ReceiptRig, rig_env, rig_table
+from tests.support_receipts import SECRET, ReceiptRig, RigFactory, rig_factory  # noqa: F401
 from tests.support_sink import Sink, sink  # noqa: F401
 
 PROVIDER_DOC = Path("/work/shared/provider/123-fax-http-api.fr.txt")
 
 
 @pytest.fixture
-async def rig(make_settings: SettingsFactory, sink: Sink) -> AsyncIterator[ReceiptRig]:  # noqa: F811
-    r = ReceiptRig(make_settings(rig_table(sink.port), rig_env()))
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.stop()
+async def rig(make_rig: RigFactory) -> ReceiptRig:
+    return await make_rig()
 
 
 async def notices(rig: ReceiptRig, job_id: str) -> list[str]:
@@ -160,25 +154,33 @@ async def test_a_receipt_on_file_resolves_a_job_recorded_ambiguous_later(rig: Re
     assert (after.state, after.provider_ref) == (State.DELIVERED, "R710")
 
 
-async def test_busy_is_resubmitted_when_set_then_reported(make_settings: SettingsFactory, sink: Sink) -> None:  # noqa: F811
-    table = rig_table(sink.port) | {"delivery": {"busy_retries": 1, "busy_retry_delay_seconds": 300}}
-    rig = ReceiptRig(make_settings(table, rig_env()))
-    await rig.start()
-    try:
-        job = await rig.add_job(ref="R800")
-        await rig.receipt("R800", "31064", 0)
-        after = await rig.job(job.id)
-        assert after.state == State.DEFERRED and after.provider_ref == ""
-        assert after.next_attempt_at == rig.clock.now + 300
-        assert await notices(rig, job.id) == []
-        # The worker resubmits: a new reference, busy again: now it is final.
-        await rig.store.run(lambda s: s.transition(job.id, State.SUBMITTED, "accepted", provider_ref="R801"))
-        await rig.receipt("R801", "30129", 0)
-        final = await rig.job(job.id)
-        assert final.state == State.FAILED and "after 1 resubmissions" in final.reason
-        assert await notices(rig, job.id) == ["failed"]
-    finally:
-        await rig.stop()
+_RESUBMIT = {"delivery": {"busy_retries": 1, "busy_retry_delay_seconds": 300}}
+
+
+async def test_busy_is_resubmitted_when_set_then_reported(make_rig: RigFactory) -> None:
+    rig = await make_rig(_RESUBMIT)
+    job = await rig.add_job(ref="R800")
+    await rig.receipt("R800", "31064", 0)
+    after = await rig.job(job.id)
+    assert after.state == State.DEFERRED and after.provider_ref == ""
+    assert after.next_attempt_at == rig.clock.now + 300
+    assert await notices(rig, job.id) == []
+    # The worker resubmits: a new reference, busy again: now it is final.
+    await rig.store.run(lambda s: s.transition(job.id, State.SUBMITTED, "accepted", provider_ref="R801"))
+    await rig.receipt("R801", "30129", 0)
+    final = await rig.job(job.id)
+    assert final.state == State.FAILED and "after 1 resubmissions" in final.reason
+    assert await notices(rig, job.id) == ["failed"]
+
+
+@pytest.mark.parametrize("code", ["31083", "25012", "33126", "70003", "424242"])
+async def test_other_failures_are_final_even_with_resubmission_on(make_rig: RigFactory, code: str) -> None:
+    rig = await make_rig(_RESUBMIT)
+    job = await rig.add_job(ref="R810")
+    await rig.receipt("R810", code, 0)
+    after = await rig.job(job.id)
+    assert after.state == State.FAILED and "resubmission" not in after.reason
+    assert await notices(rig, job.id) == ["failed"]
 
 
 # -- refusals ---------------------------------------------------------------------------
@@ -195,25 +197,18 @@ async def test_a_wrong_secret_or_another_path_is_404_and_stores_nothing(rig: Rec
 
 
 @pytest.mark.parametrize("networks", [["10.0.0.0/8"], ["127.0.0.0/8"]])
-async def test_the_source_network_allow_list(make_settings: SettingsFactory, sink: Sink, networks: list[str]) -> None:  # noqa: F811
-    rig = ReceiptRig(make_settings(rig_table(sink.port) | {"http": {"callback_networks": networks}}, rig_env()))
-    await rig.start()
-    try:
-        await rig.add_job(ref="R950")
-        status, _ = await rig.receipt("R950")
-        assert status == (200 if networks == ["127.0.0.0/8"] else 404)
-    finally:
-        await rig.stop()
+async def test_the_source_network_allow_list(make_rig: RigFactory, networks: list[str]) -> None:
+    rig = await make_rig({"http": {"callback_networks": networks}})
+    job = await rig.add_job(ref="R950")
+    status, _ = await rig.receipt("R950")
+    assert status == (200 if networks == ["127.0.0.0/8"] else 404)
+    assert (await rig.job(job.id)).state == (State.DELIVERED if status == 200 else State.SUBMITTED)
 
 
-async def test_without_a_callback_secret_the_path_is_404(make_settings: SettingsFactory, sink: Sink) -> None:  # noqa: F811
-    rig = ReceiptRig(make_settings(rig_table(sink.port)))
-    await rig.start()
-    try:
-        assert (await rig.get({"etat_e": "0", "ref_accuse": "R1"}, path="/receipt/"))[0] == 404
-        assert (await rig.get({"etat_e": "0", "ref_accuse": "R1"}, secret="x"))[0] == 404
-    finally:
-        await rig.stop()
+async def test_without_a_callback_secret_the_path_is_404(make_rig: RigFactory) -> None:
+    rig = await make_rig(env={})
+    assert (await rig.get({"etat_e": "0", "ref_accuse": "R1"}, path="/receipt/"))[0] == 404
+    assert (await rig.get({"etat_e": "0", "ref_accuse": "R1"}, secret="x"))[0] == 404
 
 
 @pytest.mark.parametrize(
@@ -316,6 +311,8 @@ async def test_the_accuse_email_the_worker_sends(make_settings: SettingsFactory,
         ("", "ar-123@ar.fax.local", "bob@example.com", "bob@example.com"),
         ("not an address", "", "", ""),
         ("evil@example.com\r\nBcc: x@example.com", "", "", ""),
+        ("Team <team@example.com>\u2028Bcc: x@example.com", "bob\x85@example.com", "carl@example.com",
+         "carl@example.com"),
     ],
 )
 def test_unusable_senders_are_passed_over(make_settings: SettingsFactory, reply_to: str, header_from: str,

@@ -4,92 +4,19 @@
 from __future__ import annotations
 
 import asyncio
-import email.policy
 import smtplib
-from collections.abc import AsyncIterator
-from email.message import EmailMessage
-from email.utils import make_msgid
 from typing import Any
 
 import pytest
 
-from gateway.app import Gateway
-from gateway.daemon import callback_url
 from gateway.settings import HostPort
-from gateway.simulator import ProviderSimulator
-from gateway.store import FINAL_STATES, Job, State
-from tests.conftest import SettingsFactory, deep_merge
-from tests.support_mail import pdf
-from tests.support_receipts import SECRET
-from tests.support_s3 import S3, free_port, s3  # noqa: F401
-from tests.support_simulator import SimFactory, provider_env, provider_table, sim_factory  # noqa: F401
-from tests.support_sink import Received, Sink, sink  # noqa: F401
+from gateway.store import State
+from tests.support_mail import pdf, plain_with
+from tests.support_receipts import Running, running_gateway  # noqa: F401
+from tests.support_s3 import S3, s3  # noqa: F401
+from tests.support_sink import Received, sink  # noqa: F401
 
 TIMEOUT = 20.0
-
-
-def _send(port: int, sender: str, to: str, pages: int, reply_to: str = "") -> None:
-    msg = EmailMessage()
-    msg["From"] = sender
-    if reply_to:
-        msg["Reply-To"] = reply_to
-    msg["To"] = to
-    msg["Subject"] = "Invoice 42"
-    msg["Date"] = "Mon, 30 Nov 2026 09:00:00 +0100"
-    msg["Message-ID"] = make_msgid(domain="example.com")
-    msg.set_content("Please fax the attached document.\n")
-    msg.add_attachment(pdf(pages), maintype="application", subtype="pdf", filename="invoice.pdf")
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-        client.sendmail(sender, [to], msg.as_bytes(policy=email.policy.SMTP))
-
-
-class Running:
-    def __init__(self, gw: Gateway, sim: ProviderSimulator, relay: Sink) -> None:
-        self.gw, self.sim, self.sink = gw, sim, relay
-
-    async def send(self, to: str = "0145678900@fax.local", *, pages: int = 2, sender: str = "scanner@example.com",
-                   reply_to: str = "") -> None:  # fmt: skip
-        await asyncio.to_thread(_send, self.gw.smtp.port, sender, to, pages, reply_to)
-
-    async def settle(self, jobs: int = 1) -> list[Job]:
-        """Drive the worker and the notifier until ``jobs`` jobs are final and their notices are out."""
-
-        async def loop() -> list[Job]:
-            while True:
-                seen = len(self.sim.callbacks)
-                await self.gw.worker.drain()
-                found = await self.gw.store.run(lambda s: s.list_jobs())
-                if len(found) >= jobs and all(j.state in FINAL_STATES for j in found):
-                    await self.gw.notifier.drain()
-                    return found
-                await self.sim.wait_callbacks(seen + 1)  # the next receipt
-
-        return await asyncio.wait_for(loop(), TIMEOUT)
-
-
-@pytest.fixture
-async def running(make_settings: SettingsFactory, sim_factory: SimFactory, sink: Sink  # noqa: F811
-                  ) -> AsyncIterator[Any]:  # fmt: skip
-    gateways: list[Gateway] = []
-
-    async def start(table: dict[str, Any] | None = None, **sim_kwargs: Any) -> Running:
-        sim = await sim_factory(callback_delay=0.0, **sim_kwargs)
-        port = free_port()
-        base = {"http": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"},
-                "notify": {"relay": f"127.0.0.1:{sink.port}"}}  # fmt: skip
-        settings = make_settings(deep_merge(deep_merge(base, provider_table(sim)), table or {}),
-                                 provider_env() | {"FAX_GATEWAY_CALLBACK_SECRET": SECRET})  # fmt: skip
-        gw = Gateway(settings)
-        await gw.start()
-        gateways.append(gw)
-        sim.callback_url = callback_url(settings, gw.http.port)
-        return Running(gw, sim, sink)
-
-    try:
-        yield start
-    finally:
-        for gw in gateways:
-            await gw.stop()
 
 
 def _subject(got: Received) -> str:
@@ -140,11 +67,20 @@ async def test_early_and_duplicate_callbacks_make_one_receipt(running: Any, faul
     await r.gw.notifier.drain()
     (got,) = await r.sink.wait_for(1)
     assert _subject(got) == "Fax vers +33 1 45 67 89 00 remis, 1 page"
+    body = got.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    heure = r.sim.callbacks[0].params["heure"]
+    for line in ("État : remis", "Pages : 1\r\n", f"Reçu à : {heure}", f"Tâche : {job.id}",
+                 "Code fournisseur : 0 (OK reçu)", "Que faire : Rien à faire"):  # fmt: skip
+        assert line in body
     assert len(await r.gw.store.run(lambda s: list(s.db.execute("SELECT id FROM receipts")))) == 1
 
 
+# Loopback may send faxes only from example.com: the provider's AR mail comes from anyone.
+_ONLY_EXAMPLE_COM = {"trusted_networks": [{"cidr": "127.0.0.0/8", "senders": ["*@example.com"]}]}
+
+
 async def test_gateway_ar_mail_mode_without_a_callback(running: Any) -> None:
-    r: Running = await running({"provider": {"accuse_email": "gateway"}})
+    r: Running = await running({"provider": {"accuse_email": "gateway"}, "smtp": _ONLY_EXAMPLE_COM})
     r.sim.callback_url = None  # an account without a callback URL: receipts come by mail only
     r.sim.mail_relay = HostPort("127.0.0.1", r.gw.smtp.port)  # the provider mails the gateway itself
     await r.send(pages=2, sender="carol@example.com")
@@ -162,6 +98,14 @@ async def test_gateway_ar_mail_mode_without_a_callback(running: Any) -> None:
     (attached,) = list(got.message.iter_attachments())
     assert attached.get_content_type() == "message/rfc822"
     assert "Accusé de réception" in str(attached.get_content()["Subject"])
+
+    def fax_from_the_provider_address() -> None:  # everything else stays relay-denied
+        with smtplib.SMTP("127.0.0.1", r.gw.smtp.port, timeout=10) as client:
+            with pytest.raises(smtplib.SMTPRecipientsRefused):
+                client.sendmail("accuse@123-fax.net", ["0145678900@fax.local"], b"Subject: x\r\n\r\nx")
+
+    await asyncio.to_thread(fax_from_the_provider_address)
+    assert len(await r.jobs()) == 1
 
 
 async def test_a_forged_receipt_address_is_refused(running: Any) -> None:
@@ -186,3 +130,21 @@ async def test_busy_is_resubmitted_once_then_reported(running: Any) -> None:
     assert len(r.sim.requests) == 2
     (got,) = await r.sink.wait_for(1)
     assert _subject(got) == "Fax to +33 1 45 67 89 00 not delivered: line busy"
+
+
+def _send_raw(port: int, raw: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail("alice@example.com", ["0145678900@fax.local"], raw)
+
+
+async def test_the_receipt_lists_the_attachments_left_out(running: Any) -> None:
+    r: Running = await running({"documents": {"unsupported": "skip"}})
+    raw = plain_with([("notes.txt", "text/plain", b"call me\n"), ("contrat.pdf", "application/pdf", pdf(2)),
+                      ("photos.zip", "application/zip", b"PK\x05\x06" + bytes(18))])  # fmt: skip
+    await asyncio.to_thread(_send_raw, r.gw.smtp.port, raw)
+    (job,) = await r.settle()
+    assert (job.state, job.pages_sent) == (State.DELIVERED, 2)
+    (got,) = await r.sink.wait_for(1)
+    assert _subject(got) == "Fax to +33 1 45 67 89 00 delivered, 2 pages"
+    body = got.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Left out (cannot be faxed): notes.txt (text/plain), photos.zip (application/zip)" in body

@@ -160,7 +160,7 @@ async def test_a_command_injected_with_starttls_is_discarded(smtp_gateway: Start
     raw = await Raw.open(h.port)
     await raw.cmd("EHLO mfp")
     await raw.send(b"STARTTLS\r\nEHLO injected\r\nMAIL FROM:<mallory@example.com>\r\n")
-    assert await raw.reply() == "220 Ready to start TLS"
+    assert await raw.reply() == "220 2.0.0 Ready to start TLS"
     await asyncio.wait_for(
         raw.writer.start_tls(client_tls(table["smtp"]["tls_cert"]), server_hostname="localhost"), 10
     )  # fmt: skip

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
+import os
 import shutil
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import aiosmtplib
 import pytest
 
+from gateway import documents
 from gateway.app import Gateway
 from gateway.spool import FAX_NAME, RAW_NAME
-from tests.support_smtp import FakeClock, Harness, Raw, Starter, fax_mail, smtp_gateway, transaction
+from tests.support_smtp import TIMEOUT, FakeClock, Harness, Raw, Starter, fax_mail, smtp_gateway, transaction
 
 __all__ = ["smtp_gateway"]  # the fixture, imported for pytest
 
@@ -215,14 +221,86 @@ async def test_an_untrusted_client_without_auth_is_refused(smtp_gateway: Starter
     await raw.close()
 
 
-async def test_parsing_does_not_block_other_sessions(smtp_gateway: Starter) -> None:
-    h = await smtp_gateway()
-    big = fax_mail(body="y" * 2_000_000)
-    first = asyncio.ensure_future(send(h, ["0145678900@fax.local"], big))
-    raw = await Raw.open(h.port)
-    assert (await raw.cmd("NOOP")).startswith("250")
-    await raw.close()
-    assert (await first)[-1].startswith("250 2.0.0")
+class Gate:
+    """Wraps a blocking part: its first call waits (in its thread) until released."""
+
+    def __init__(self, real: Callable[..., Any]) -> None:
+        self.real = real
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.threads: list[int] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: Any) -> Any:
+        with self._lock:
+            first = not self.threads
+            self.threads.append(threading.get_ident())
+        if first:
+            self.entered.set()
+            self.released.wait(TIMEOUT)
+        return self.real(*args)
+
+
+@pytest.mark.parametrize("held", ["parsing", "fsync"])
+async def test_a_message_held_in_parsing_or_disk_work_does_not_stop_other_sessions(
+    smtp_gateway: Starter, monkeypatch: pytest.MonkeyPatch, held: str
+) -> None:
+    gate = Gate(documents.extract if held == "parsing" else os.fsync)
+    if held == "parsing":
+        monkeypatch.setattr(documents, "extract", gate)
+    h = await smtp_gateway(fsync=gate if held == "fsync" else os.fsync)
+    first = asyncio.ensure_future(send(h, ["0145678900@fax.local"], fax_mail()))
+    try:
+        assert await asyncio.to_thread(gate.entered.wait, TIMEOUT)
+        # The first message is now stuck inside its processing; a second client is served in full.
+        second = await send(h, ["0612345678@fax.local"], fax_mail(sender="bob@example.com"), sender="bob@example.com")
+        assert second[-1].startswith("250 2.0.0 OK: queued as ")
+        assert not first.done()
+    finally:
+        gate.released.set()
+    assert (await asyncio.wait_for(first, TIMEOUT))[-1].startswith("250 2.0.0 OK: queued as ")
+    assert threading.get_ident() not in gate.threads  # never on the event loop's thread
+    assert sorted(j.number for j in await h.jobs()) == ["+33145678900", "+33612345678"]
+
+
+class _Seen(logging.Handler):
+    """Sets ``event`` when a log line holding ``text`` is written."""
+
+    def __init__(self, text: str, event: asyncio.Event) -> None:
+        super().__init__()
+        self.text, self.event = text, event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+async def test_a_resend_while_the_first_copy_is_being_spooled_gets_its_job(
+    smtp_gateway: Starter, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = Gate(os.fsync)
+    h = await smtp_gateway(fsync=gate)
+    message = fax_mail(message_id="<slow-1@example.com>")
+    first = asyncio.ensure_future(send(h, ["0145678900@fax.local"], message))
+    assert await asyncio.to_thread(gate.entered.wait, TIMEOUT)
+    # The client gave up on the first copy (held on disk) and sends it again, with one more number.
+    waiting = asyncio.Event()
+    seen = _Seen("waiting for it", waiting)
+    logger = logging.getLogger("gateway.smtp")
+    logger.addHandler(seen)
+    try:
+        with caplog.at_level(logging.INFO, logger="gateway.smtp"):
+            second = asyncio.ensure_future(send(h, ["0145678900@fax.local", "0612345678@fax.local"], message))
+            await asyncio.wait_for(waiting.wait(), TIMEOUT)
+        assert not second.done()
+    finally:
+        gate.released.set()
+        logger.removeHandler(seen)
+    first_replies, second_replies = await asyncio.wait_for(asyncio.gather(first, second), TIMEOUT)
+    by_number = {j.number: j.id for j in await h.jobs()}
+    assert len(by_number) == 2
+    assert first_replies[-1] == f"250 2.0.0 OK: queued as {by_number['+33145678900']}"
+    assert second_replies[-1] == f"250 2.0.0 OK: queued as {by_number['+33145678900']} {by_number['+33612345678']}"
 
 
 async def test_a_vanished_spool_answers_451_without_details(smtp_gateway: Starter) -> None:

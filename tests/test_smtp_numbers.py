@@ -81,6 +81,11 @@ def test_the_policy_can_be_opened() -> None:
 RELAY_TRICKS = [
     "0145678900@evil.example",
     "0145678900%evil.example@fax.local",
+    "0145678900%localhost@fax.local",
+    "0145678900%127.0.0.1@fax.local",
+    "0145678900%[127.0.0.1]@fax.local",
+    "0145678900%01.45.67.89@fax.local",
+    "127.0.0.1!0145678900@fax.local",
     "evil.example!0145678900@fax.local",
     "0145678900!evil.example@fax.local",
     '"0145678900@evil.example"@fax.local',

@@ -39,12 +39,21 @@ CONTRACT = {
 }
 
 
+# RFC 2034: the greeting and the 354 go-ahead carry no enhanced code.
+WITHOUT_ENHANCED = {"GREETING": 220, "START_DATA": 354}
+
+
 @pytest.mark.parametrize(("name", "reply"), sorted(replies.all_replies().items()))
 def test_every_reply_is_well_formed(name: str, reply: replies.Reply) -> None:
     assert 200 <= reply.code < 600
+    assert reply.text and reply.text.isascii() and "\n" not in reply.text and "\r" not in reply.text
+    if name in WITHOUT_ENHANCED:
+        assert (reply.code, reply.enhanced) == (WITHOUT_ENHANCED[name], "")
+        assert str(reply) == f"{reply.code} {reply.text}"
+        return
     assert re.fullmatch(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}", reply.enhanced), name
     assert reply.enhanced[0] == str(reply.code)[0], f"{name}: class of {reply.enhanced} differs from {reply.code}"
-    assert reply.text and reply.text.isascii() and "\n" not in reply.text and "\r" not in reply.text
+    assert str(reply) == f"{reply.code} {reply.enhanced} {reply.text}"
 
 
 def test_the_contract_is_in_the_table() -> None:

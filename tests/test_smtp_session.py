@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import shutil
 
 import pytest
@@ -64,7 +65,7 @@ async def test_smuggled_endings_do_not_end_data(smtp_gateway: Starter, ending: b
     assert (await raw.cmd("DATA")).startswith("354")
     await raw.send(payload + b".\r\n")
     assert (await raw.reply()).startswith("250 2.0.0 OK: queued as ")
-    assert await raw.cmd("NOOP") == "250 OK"  # nothing else was answered in between
+    assert await raw.cmd("NOOP") == "250 2.0.0 OK"  # nothing else was answered in between
     await raw.close()
     jobs = await h.jobs()
     assert [(j.number, j.envelope_from) for j in jobs] == [("+33145678900", "alice@example.com")]
@@ -99,7 +100,7 @@ async def test_a_line_over_the_limit_is_refused_after_the_data(smtp_gateway: Sta
     message = fax_mail().replace(b"Subject: Invoice", b"Subject: " + b"z" * 8000)
     replies = await transaction(raw, "alice@example.com", ["0145678900@fax.local"], message)
     assert replies[-1] == "500 5.5.2 Line too long (at most 5000 octets)"
-    assert await raw.cmd("NOOP") == "250 OK"
+    assert await raw.cmd("NOOP") == "250 2.0.0 OK"
     await raw.close()
     assert await h.jobs() == []
 
@@ -137,7 +138,7 @@ async def test_a_command_sent_too_often_closes_the_session(smtp_gateway: Starter
     h = await smtp_gateway({"smtp": {"max_commands": 3}})
     raw = await Raw.open(h.port)
     for _ in range(3):
-        assert await raw.cmd("NOOP") == "250 OK"
+        assert await raw.cmd("NOOP") == "250 2.0.0 OK"
     assert await raw.cmd("NOOP") == "421 4.7.0 NOOP sent too many times, closing connection"
     assert await raw.closed()
     await raw.close()
@@ -161,7 +162,7 @@ async def test_unknown_commands_and_sequence_errors_use_the_reply_table(smtp_gat
     assert await raw.cmd("DATA") == "503 5.5.1 Send RCPT TO first"
     assert await raw.cmd("MAIL FROM:<alice@example.com>") == "250 2.1.0 Sender OK"
     assert await raw.cmd("MAIL FROM:<alice@example.com>") == "503 5.5.1 Sender already given (send RSET to start over)"
-    assert await raw.cmd("RSET") == "250 OK"
+    assert await raw.cmd("RSET") == "250 2.0.0 OK"
     assert await raw.cmd("MAIL FROM:<alice@example.com> SMTPUTF8") == (
         "555 5.5.4 SMTPUTF8 is not supported: write addresses in ASCII"
     )
@@ -170,14 +171,22 @@ async def test_unknown_commands_and_sequence_errors_use_the_reply_table(smtp_gat
     await raw.close()
 
 
-async def test_an_unexpected_error_is_451_and_never_shows_the_exception(smtp_gateway: Starter) -> None:
+async def test_an_unexpected_error_is_451_and_never_shows_the_exception(
+    smtp_gateway: Starter, caplog: pytest.LogCaptureFixture
+) -> None:
     h = await smtp_gateway({"spool": {"min_free_bytes": 1}})
     shutil.rmtree(h.spool.root)  # statvfs at MAIL now fails
-    raw = await Raw.open(h.port)
-    await raw.cmd("EHLO mfp")
-    assert await raw.cmd("MAIL FROM:<alice@example.com>") == "451 4.3.0 Internal error, please try again later"
-    assert (await raw.cmd("NOOP")).startswith("250")  # the session goes on
-    await raw.close()
+    with caplog.at_level(logging.INFO, logger="gateway.smtp"):
+        raw = await Raw.open(h.port)
+        await raw.cmd("EHLO mfp")
+        assert await raw.cmd("MAIL FROM:<alice@example.com>") == "451 4.3.0 Internal error, please try again later"
+        assert (await raw.cmd("NOOP")).startswith("250")  # the session goes on
+        await raw.close()
+    # The details are in the log, under the session's id.
+    (connected,) = [r.getMessage() for r in caplog.records if "connection from 127.0.0.1" in r.getMessage()]
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert error.getMessage() == connected.replace("connection from 127.0.0.1", "unexpected error: 451")
+    assert error.exc_info is not None and isinstance(error.exc_info[1], FileNotFoundError)
 
 
 async def test_stop_lets_a_message_in_data_finish_and_closes_idle_sessions(smtp_gateway: Starter) -> None:
@@ -217,5 +226,5 @@ async def test_help_lists_the_commands(smtp_gateway: Starter) -> None:
     await raw.cmd("EHLO mfp")
     commands = (await raw.cmd("HELP")).split(": ", 1)[1].split()
     assert {"MAIL", "RCPT", "DATA", "EHLO", "QUIT"} <= set(commands)
-    assert await raw.cmd("HELP RCPT") == "250 Syntax: RCPT TO: <address> [SP <mail-parameters>]"
+    assert await raw.cmd("HELP RCPT") == "250 2.0.0 Syntax: RCPT TO: <address> [SP <mail-parameters>]"
     await raw.close()

@@ -102,6 +102,24 @@ async def test_s3_down_raises_retry_without_secrets_then_works_when_back(
         await storage.stop()
 
 
+@pytest.mark.parametrize(("status", "code"), [(500, "InternalError"), (503, "SlowDown"), (403, "RequestTimeTooSkewed")])
+async def test_s3_errors_and_clock_skew_raise_retry_then_the_upload_works(
+    make_settings: SettingsFactory, s3: S3, status: int, code: str  # noqa: F811
+) -> None:
+    storage = S3Storage(_s3_settings(make_settings, s3))
+    await storage.start()
+    try:
+        s3.relay.mode, s3.relay.error = "error", (status, code)
+        key = storage.new_key()
+        with pytest.raises(Retry, match=rf"^S3 upload failed: {code} \(HTTP {status}\)$"):
+            await storage.put(key, minimal_pdf(), "application/pdf")
+        s3.relay.mode = "forward"
+        await storage.put(key, minimal_pdf(), "application/pdf")
+        assert s3.keys() == [key]
+    finally:
+        await storage.stop()
+
+
 async def test_s3_missing_bucket_is_a_retry_naming_the_error(make_settings: SettingsFactory, s3: S3) -> None:  # noqa: F811
     settings = make_settings(s3.table(bucket="no-such-bucket"))
     storage = S3Storage(settings)

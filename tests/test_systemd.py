@@ -50,6 +50,16 @@ def test_unit_runs_the_daemon_with_the_config_in_etc() -> None:
     assert set(families) == {"AF_INET", "AF_INET6", "AF_UNIX"}
 
 
+def test_stop_timeout_outlasts_an_orderly_stop() -> None:
+    """systemd must not kill a stop that is still within the daemon's own bounds (SIGKILL loses the clean state)."""
+    from gateway.settings import Settings
+
+    settings = Settings()
+    (timeout,) = _directives()["TimeoutStopSec"]
+    assert timeout.endswith("s")
+    assert float(timeout[:-1]) > settings.smtp.shutdown_grace_seconds + settings.provider.total_timeout + 5 + 30
+
+
 def test_state_directory_is_the_default_spool() -> None:
     from gateway.settings import SpoolSettings
 

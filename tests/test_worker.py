@@ -333,6 +333,9 @@ async def test_operator_mode_never_resubmits(make_delivery: DeliveryFactory) -> 
 # -- concurrency and recovery ---------------------------------------------------------------
 
 
+PENDING = 500  # jobs waiting at start-up
+
+
 class CountingProvider(ProviderClient):
     """The real client, counting how many submissions are in flight at once."""
 
@@ -348,19 +351,24 @@ class CountingProvider(ProviderClient):
             self.in_flight -= 1
 
 
-async def test_many_pending_jobs_never_burst_past_the_concurrency_limit(make_delivery: DeliveryFactory) -> None:
+async def test_many_pending_jobs_at_start_up_never_burst_past_the_concurrency_limit(
+    make_delivery: DeliveryFactory,
+) -> None:
     d, sim = await make_delivery({"provider": {"concurrency": 3}}, start_worker=False)
     counting = CountingProvider(d.settings)
     await counting.start()
     d.worker.provider = counting
     try:
         jobs = []
-        for i in range(8):
-            jobs += await d.spool_message(*(f"+3314567{i:02d}{k:02d}" for k in range(3)))
+        for i in range(PENDING // 10):
+            jobs += await d.spool_message(*(f"+331456{i:03d}{k:02d}" for k in range(10)))
+        # What a crash leaves behind: jobs queued, mid-upload and deferred (now due), all found at start-up.
+        await d.store.run(lambda s: [s.update_job(j, state="uploading") for j in jobs[::3]])
+        await d.store.run(lambda s: [s.update_job(j, state="deferred", next_attempt_at=1.0) for j in jobs[1::3]])
         await d.start_worker()
-        await d.drain(timeout=60)
-        assert counting.peak == 3
-        assert len(sim.requests) == 24
+        await d.drain(timeout=240)
+        assert counting.peak == 3 and sim.most_open <= 3
+        assert sorted(r.params["ref"] for r in sim.requests) == sorted(jobs)
         assert {(await d.job(j)).state for j in jobs} == {State.SUBMITTED}
     finally:
         await counting.stop()

@@ -20,6 +20,7 @@ from tests.conftest import SettingsFactory, deep_merge
 from tests.support_delivery import FakeClock
 from tests.support_s3 import S3, free_port, s3  # noqa: F401
 from tests.support_simulator import SimFactory, provider_env, provider_table, sim_factory  # noqa: F401
+from tests.support_sink import Sink, sink  # noqa: F401
 from tests.support_smtp import fax_mail
 
 
@@ -119,6 +120,49 @@ async def test_intake_keeps_accepting_while_s3_is_down_and_the_jobs_go_out_when_
     await asyncio.wait_for(gw.worker.drain(), 20)
     assert [(await _job(gw, j)).state for j in (first, second)] == [State.SUBMITTED, State.SUBMITTED]
     assert len(sim.requests) == 2
+
+
+async def test_intake_answers_while_an_upload_hangs_on_s3(
+    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, s3: S3  # noqa: F811
+) -> None:
+    """boto3 blocks; it runs in a thread, so a black-holed S3 call never freezes the daemon's event loop."""
+    sim = await sim_factory()
+    clock = FakeClock()
+    # A minute per S3 call: on the event loop, a hung call would hold the SMTP reply below far past its bound.
+    table = deep_merge(provider_table(sim), s3.table(timeout_seconds=60.0))
+    gw = Gateway(make_settings(table, provider_env()), clock=clock)
+    await gw.start()
+    started.append(gw)
+    s3.relay.mode = "hang"
+    loop = asyncio.get_running_loop()
+    begun = loop.time()
+    first = await asyncio.to_thread(_send, gw.smtp.port, "0145678900@fax.local")
+    await asyncio.to_thread(s3.relay.wait_connections, 1)  # the upload is under way, into the black hole
+    second = await asyncio.to_thread(_send, gw.smtp.port, "0145678901@fax.local")
+    assert loop.time() - begun < 30, "the event loop stood still while S3 hung"
+    assert (await _job(gw, first)).state == State.UPLOADING
+    s3.relay.mode = "forward"
+    s3.relay.drop_hung()
+    await asyncio.wait_for(gw.worker.drain(), 60)
+    clock.advance(3600)  # in case the dropped call was deferred rather than retried at once
+    await asyncio.wait_for(gw.worker.drain(), 60)
+    assert [(await _job(gw, j)).state for j in (first, second)] == [State.SUBMITTED, State.SUBMITTED]
+    assert sorted(r.params["ref"] for r in sim.requests) == sorted([first, second])
+
+
+async def test_a_spooled_job_and_the_notice_it_ends_in_go_out_at_once_not_at_the_next_poll(
+    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, sink: Sink  # noqa: F811
+) -> None:
+    sim = await sim_factory()
+    sim.set_fault("code:107")
+    # An hour between polls: within the wait below, only intake waking the worker (the job is
+    # submitted and fails with 107) and the worker waking the notifier (the sender's mail) get it out.
+    table = {"delivery": {"poll_seconds": 3600.0}, "notify": {"relay": f"127.0.0.1:{sink.port}"}}
+    gw = await _gateway(started, make_settings, sim, table)
+    job_id = await asyncio.to_thread(_send, gw.smtp.port, "0145678900@fax.local")
+    (got,) = await sink.wait_for(1, timeout=30)
+    assert got.message["X-Fax-Job"] == job_id and got.message["X-Fax-Status"] == "failed"
+    assert (await _job(gw, job_id)).state == State.FAILED
 
 
 async def _job(gw: Gateway, job_id: str) -> Job:

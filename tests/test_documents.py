@@ -7,7 +7,6 @@ import concurrent.futures
 import dataclasses
 import io
 import re
-import time
 from typing import Any
 
 import pikepdf
@@ -203,12 +202,14 @@ def test_depth_and_part_limits_are_exact() -> None:
 
 
 @pytest.mark.parametrize("raw", [nested(2000), many_parts(20000)], ids=["nested-2000", "parts-20000"])
-def test_hostile_structure_is_refused_fast(raw: bytes) -> None:
-    started = time.monotonic()
+def test_hostile_structure_is_refused_before_the_parser_runs(raw: bytes) -> None:
+    # The bound is found by the pre-scan of the raw bytes: the stdlib parser
+    # (which recurses, and dies near 1,000 levels) never sees such a message.
+    with pytest.raises(mime.LimitExceeded):
+        mime.prescan(raw, 50, 500)
     got, reply, _ = outcome(raw)
     assert got == "refuse:limits"
     assert reply.startswith("554 5.6.0 ")
-    assert time.monotonic() - started < 1.0
 
 
 @pytest.mark.parametrize("form", [b"boundary*=us-ascii''b%d", b'boundary*0="b"; boundary*1="%d"', b"BOUNDARY = b%d"])
@@ -216,10 +217,8 @@ def test_prescan_reads_every_boundary_form_the_parser_reads(form: bytes) -> None
     raw = nested(2000)
     for i in range(2000):
         raw = raw.replace(b'boundary="b%d"\r\n' % i, form.replace(b"%d", b"%d" % i) + b"\r\n", 1)
-    started = time.monotonic()
     with pytest.raises(mime.LimitExceeded, match="nested more than 50 deep"):
-        mime.parse(raw, 50, 500)
-    assert time.monotonic() - started < 1.0
+        mime.prescan(raw, 50, 500)
 
 
 def test_page_and_decoded_byte_limits() -> None:

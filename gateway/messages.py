@@ -49,7 +49,7 @@ _STATUS = {
 }  # fmt: skip
 _NEXT = {
     "en": {
-        Category.DELIVERED: "Nothing to do: the recipient's machine confirmed the fax.",
+        Category.DELIVERED: "Nothing. The recipient's machine confirmed the fax.",
         Category.BUSY: "The line was busy. Send the mail again later.",
         Category.NO_ANSWER: "No fax machine answered. Check with the recipient that the machine is on and that "
         "the number is a fax line, then send the mail again.",
@@ -63,13 +63,13 @@ _NEXT = {
         Category.UNKNOWN: "The provider gave a code the gateway does not know. Ask the fax administrator, "
         "quoting the job id.",
         "failed": "Correct what the reason says, then send the mail again.",
-        "delayed": "Nothing to do: the fax goes out as soon as the fax account is credited again, and you "
+        "delayed": "Nothing for now. The fax goes out as soon as the fax account is credited again, and you "
         "will get its receipt.",
-        "accepted": "Nothing to do: you will get another mail when the recipient's machine answers.",
+        "accepted": "Nothing for now. You will get another mail when the recipient's machine answers.",
         "receipt": "The provider's own mail is attached as it came.",
     },
     "fr": {
-        Category.DELIVERED: "Rien à faire : le fax distant a confirmé la réception.",
+        Category.DELIVERED: "Rien. Le fax distant a confirmé la réception.",
         Category.BUSY: "La ligne était occupée. Renvoyez le message plus tard.",
         Category.NO_ANSWER: "Aucun fax n'a répondu. Vérifiez avec le destinataire que son fax est allumé et que "
         "le numéro est bien une ligne de fax, puis renvoyez le message.",
@@ -83,9 +83,9 @@ _NEXT = {
         Category.UNKNOWN: "Le fournisseur a donné un code inconnu de la passerelle. Contactez l'administrateur "
         "fax en citant le numéro de tâche.",
         "failed": "Corrigez ce qu'indique le motif, puis renvoyez le message.",
-        "delayed": "Rien à faire : le fax partira dès que le compte fax sera recrédité, et vous recevrez son "
+        "delayed": "Rien pour l'instant. Le fax partira dès que le compte fax sera recrédité, et vous recevrez son "
         "accusé de réception.",
-        "accepted": "Rien à faire : vous recevrez un autre message quand le fax distant aura répondu.",
+        "accepted": "Rien pour l'instant. Vous recevrez un autre message quand le fax distant aura répondu.",
         "receipt": "Le message du fournisseur est joint tel quel.",
     },
 }

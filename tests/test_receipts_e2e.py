@@ -70,7 +70,8 @@ async def test_early_and_duplicate_callbacks_make_one_receipt(running: Any, faul
     body = got.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     heure = r.sim.callbacks[0].params["heure"]
     for line in ("État : remis", "Pages : 1\r\n", f"Reçu à : {heure}", f"Tâche : {job.id}",
-                 "Code fournisseur : 0 (OK reçu)", "Que faire : Rien à faire"):  # fmt: skip
+                 "Code fournisseur : 0 (OK reçu)",
+                 "Que faire : Rien. Le fax distant a confirmé la réception."):  # fmt: skip
         assert line in body
     assert len(await r.gw.store.run(lambda s: list(s.db.execute("SELECT id FROM receipts")))) == 1
 

@@ -20,6 +20,23 @@ from gateway.store import Job, Store
 WAIT = 60.0
 
 
+async def poll_until(
+    predicate: Callable[[], Any], what: str, timeout: float = WAIT, *, context: Callable[[], str] = str
+) -> Any:
+    """Wait for a condition only another process can make true (its files, its store).
+
+    No event crosses the process boundary, so this looks again every 0.1 s, off the
+    event loop, and gives up after ``timeout`` naming what it waited for.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await asyncio.to_thread(predicate)
+        if result:
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}:\n{context()[-4000:]}")
+
+
 class Daemon:
     """``fax-gateway serve`` in a subprocess, with a systemd-style notification socket."""
 
@@ -98,14 +115,8 @@ format = "{log_format}"
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
     async def until(self, predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-        """Wait for a condition only the other process can make true (bounded; it reports what it waited for)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = await asyncio.to_thread(predicate)
-            if result:
-                return result
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.stderr()[-4000:]}")
+        """Wait for a condition only the daemon can make true; a timeout shows its log."""
+        return await poll_until(predicate, what, timeout, context=self.stderr)
 
     def jobs(self) -> list[Job]:
         store = Store(Spool(self.spool).db_path)

@@ -10,10 +10,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from gateway.demo import sample_pdf
+from tests.support_proc import poll_until
 
 
 async def _line(stream: asyncio.StreamReader, pattern: str, seen: list[str]) -> re.Match[str]:
@@ -25,16 +25,6 @@ async def _line(stream: asyncio.StreamReader, pattern: str, seen: list[str]) -> 
         seen.append(line)
         if m := re.search(pattern, line):
             return m
-
-
-async def _until(predicate: object, what: str, timeout: float = 60.0) -> object:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        await asyncio.sleep(0.1)  # the demo process makes this true; nothing here to wait on
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_demo_end_to_end(tmp_path: Path) -> None:
@@ -63,7 +53,7 @@ async def test_demo_end_to_end(tmp_path: Path) -> None:
         assert sent.returncode == 0, sent.stderr
         assert (directory / "test-fax.pdf").read_bytes()[:5] == b"%PDF-"
 
-        receipt_file = await _until(lambda: sorted(mailbox.glob("*.eml")), "a receipt in the mailbox")
+        receipt_file = await poll_until(lambda: sorted(mailbox.glob("*.eml")), "a receipt in the mailbox")
         assert isinstance(receipt_file, list)
         receipt = email.message_from_bytes(receipt_file[0].read_bytes(), policy=email.policy.default)
         assert receipt["To"] and "you@example.com" in str(receipt["To"])

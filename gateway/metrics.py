@@ -18,6 +18,7 @@ worker's clients); the last provider and storage results also feed /healthz.
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -63,6 +64,16 @@ class Snapshot:
     final_mark: float = 0.0
 
 
+def _latencies(db: sqlite3.Connection, column: str, condition: str, mark: float) -> tuple[list[float], float]:
+    """Seconds from receipt of the mail to ``jobs.<column>``, for jobs past ``mark``; and the new mark."""
+    rows = db.execute(
+        f"SELECT j.{column}, m.received_at FROM jobs j JOIN messages m ON m.id = j.message_id"
+        f" WHERE j.{column} > ?{condition} ORDER BY j.{column}",
+        (mark,),
+    ).fetchall()
+    return [max(0.0, at - received) for at, received in rows], max([mark, *(at for at, _ in rows)])
+
+
 def snapshot(store: Store, submitted_mark: float, final_mark: float) -> Snapshot:
     """Counts, and the latencies of jobs submitted / finished by a receipt after the marks."""
     db = store.db
@@ -73,20 +84,8 @@ def snapshot(store: Store, submitted_mark: float, final_mark: float) -> Snapshot
     for kind, state, n in db.execute("SELECT kind, state, COUNT(*) FROM notifications GROUP BY kind, state"):
         key = (str(kind).split(":", 1)[0], str(state))
         snap.notifications[key] = snap.notifications.get(key, 0) + int(n)
-    for submitted_at, received_at in db.execute(
-        "SELECT j.submitted_at, m.received_at FROM jobs j JOIN messages m ON m.id = j.message_id"
-        " WHERE j.submitted_at > ? ORDER BY j.submitted_at",
-        (submitted_mark,),
-    ):
-        snap.submit_latencies.append(max(0.0, submitted_at - received_at))
-        snap.submitted_mark = max(snap.submitted_mark, submitted_at)
-    for final_at, received_at in db.execute(
-        "SELECT j.final_at, m.received_at FROM jobs j JOIN messages m ON m.id = j.message_id"
-        " WHERE j.final_at > ? AND j.receipt_code != '' ORDER BY j.final_at",
-        (final_mark,),
-    ):
-        snap.receipt_latencies.append(max(0.0, final_at - received_at))
-        snap.final_mark = max(snap.final_mark, final_at)
+    snap.submit_latencies, snap.submitted_mark = _latencies(db, "submitted_at", "", submitted_mark)
+    snap.receipt_latencies, snap.final_mark = _latencies(db, "final_at", " AND j.receipt_code != ''", final_mark)
     return snap
 
 

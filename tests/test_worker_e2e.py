@@ -47,10 +47,11 @@ async def started(make_settings: SettingsFactory) -> AsyncIterator[list[Gateway]
 
 
 async def _gateway(started: list[Gateway], make_settings: SettingsFactory, sim: ProviderSimulator,
-                   table: dict[str, Any]) -> Gateway:  # fmt: skip
+                   table: dict[str, Any], clock: FakeClock | None = None) -> Gateway:  # fmt: skip
     port = free_port()
     base = {"http": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}}
-    gw = Gateway(make_settings(deep_merge(deep_merge(base, provider_table(sim)), table), provider_env()))
+    settings = make_settings(deep_merge(deep_merge(base, provider_table(sim)), table), provider_env())
+    gw = Gateway(settings) if clock is None else Gateway(settings, clock=clock)
     await gw.start()
     started.append(gw)
     return gw
@@ -104,10 +105,7 @@ async def test_intake_keeps_accepting_while_s3_is_down_and_the_jobs_go_out_when_
 ) -> None:
     sim = await sim_factory()
     clock = FakeClock()
-    table = deep_merge(provider_table(sim), s3.table(timeout_seconds=0.5))
-    gw = Gateway(make_settings(table, provider_env()), clock=clock)
-    await gw.start()
-    started.append(gw)
+    gw = await _gateway(started, make_settings, sim, s3.table(timeout_seconds=0.5), clock)
     s3.relay.mode = "refuse"
     first = await asyncio.to_thread(_send, gw.smtp.port, "0145678900@fax.local")
     await asyncio.wait_for(gw.worker.drain(), 20)
@@ -129,10 +127,7 @@ async def test_intake_answers_while_an_upload_hangs_on_s3(
     sim = await sim_factory()
     clock = FakeClock()
     # A minute per S3 call: on the event loop, a hung call would hold the SMTP reply below far past its bound.
-    table = deep_merge(provider_table(sim), s3.table(timeout_seconds=60.0))
-    gw = Gateway(make_settings(table, provider_env()), clock=clock)
-    await gw.start()
-    started.append(gw)
+    gw = await _gateway(started, make_settings, sim, s3.table(timeout_seconds=60.0), clock)
     s3.relay.mode = "hang"
     loop = asyncio.get_running_loop()
     begun = loop.time()

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import mailgen  # noqa: E402
 
 from gateway import documents, settings  # noqa: E402
-from gateway.intake import read_headers  # noqa: E402
+from gateway.examiner import read_headers  # noqa: E402
 from gateway.spool import FAX_NAME, RAW_NAME, Spool  # noqa: E402
 from gateway.store import NewMessage, State, Store, new_id  # noqa: E402
 
@@ -76,7 +76,7 @@ def main() -> None:
 
         steps: list[tuple[str, Callable[[], object]]] = [
             ("documents.extract (MIME parse, type and PDF checks)", lambda: documents.extract(raw, docs)),
-            ("intake.read_headers", lambda: read_headers(raw)),
+            ("examiner.read_headers", lambda: read_headers(raw)),
             ("spool.write (2 files, 4 fsyncs, rename)", spool_write),
             ("store.add_message (1 commit, fsync)", commit),
             ("store.transition (worker state change, fsync)", transition),

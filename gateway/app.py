@@ -46,8 +46,11 @@ class Gateway:
         """Create the components in start order (imports kept local: stages stay apart).
 
         The HTTP listener comes first (stages register routes on it), then the
-        back-end stages, and SMTP intake last: it opens last and closes first.
+        back-end stages, then the document examiner (its worker processes are up
+        before the first mail, and stop only once intake has closed and finished
+        spooling), and SMTP intake last: it opens last and closes first.
         """
+        from .examiner import Examiner
         from .health import Health
         from .http import HttpServer
         from .metrics import MeteredProvider, MeteredStorage
@@ -71,10 +74,12 @@ class Gateway:
                              wake_event=self.spooled, on_notice=self.notifier.wake)  # fmt: skip
         self.receipts = Receipts(self.settings, self.store, wake=self.notifier.wake)
         self.http.add_routes(self.receipts.routes())
+        self.examiner = Examiner(self.settings.documents)
         self.smtp = SmtpServer(self.settings, self.store, self.spool, on_spooled=self._on_spooled, clock=self.clock,
-                               on_receipt_mail=self.receipts.on_receipt_mail)  # fmt: skip
+                               on_receipt_mail=self.receipts.on_receipt_mail, examiner=self.examiner)  # fmt: skip
         self.smtp.on_reply = self.metrics.smtp_reply
-        self.components = [self.http, self.storage, self.provider, self.worker, self.receipts, self.notifier, self.smtp]
+        self.components = [self.http, self.storage, self.provider, self.worker, self.receipts, self.notifier,
+                           self.examiner, self.smtp]  # fmt: skip
 
     def _smtp_listening(self) -> bool:
         smtp = getattr(self, "smtp", None)

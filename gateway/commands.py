@@ -266,14 +266,17 @@ class OwnedSpool(Spool):
 async def spool_local(settings: settings_mod.Settings, sender: str, rcpt: str, raw: bytes) -> str:
     """Hand one message to the daemon's own intake code on this machine; the reply it gives."""
     from .access import AuthThrottle
+    from .examiner import Examiner
     from .intake import Handler
 
     spool = OwnedSpool(settings.spool.directory)
     store = AsyncStore(spool.db_path)
     await store.open()
     try:
+        # One message: examined in a thread of this command, no worker processes.
         handler = Handler(settings, store, spool, on_spooled=lambda: None, clock=time.time,
-                          throttle=AuthThrottle(0, 0.0, time.time))  # fmt: skip
+                          throttle=AuthThrottle(0, 0.0, time.time),
+                          examiner=Examiner(settings.documents, processes=0))  # fmt: skip
         return await handler.take_local(sender, rcpt, raw)
     finally:
         await store.close()

@@ -53,6 +53,10 @@ class DocumentRefused(Exception):
         self.reply = reply
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[DocumentRefused], tuple[str, str]]:
+        # Raised in a worker process and pickled back: rebuilt from both arguments (``args`` has one).
+        return DocumentRefused, (self.reply, self.reason)
+
 
 # Policy reason -> the reply that explains it.
 REASON_REPLIES = {

@@ -9,23 +9,24 @@ that says what to change. Nothing here talks to S3 or the provider.
   spool space; 555 5.5.4 SMTPUTF8.
 - RCPT: see :mod:`gateway.numbers`; 452 4.5.3 too many recipients or fax and
   receipt addresses mixed; 450 4.7.1 hourly quotas (counted in faxes).
-- DATA: 552 5.3.4 too big; the documents stage's refusal; 451 4.3.0 when
-  anything fails before the job rows are committed (the spool directory is
-  removed); else ``250 2.0.0 OK: queued as <job ids>``, also for a resent
-  message (same sender, Message-ID and number within the dedupe window; a
-  resend that arrives while the first copy is still being spooled waits for it).
+- DATA: 552 5.3.4 too big; the documents stage's refusal (examined by
+  :mod:`gateway.examiner`); 451 4.3.0 when anything fails before the job rows
+  are committed (the spool directory is removed), also when the process
+  examining the message dies; else ``250 2.0.0 OK: queued as <job ids>``, also
+  for a resent message (same sender, Message-ID and number within the dedupe
+  window; a resend that arrives while the first copy is still being spooled
+  waits for it).
 - AUTH: 454 4.7.0 while an address is backing off after failed attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from aiosmtpd.smtp import MISSING, Envelope
 
 from . import documents, replies
 from .access import AuthThrottle, sender_allowed
+from .examiner import Examiner, Headers
 from .numbers import Domains, FaxRecipient, ReceiptRecipient, classify
 from .replies import clean
 from .settings import Network, Settings, User
@@ -71,27 +73,8 @@ class FaxEnvelope(Envelope):
         self.receipt_jobs: list[str] = []
 
 
-@dataclass(frozen=True)
-class Headers:
-    message_id: str
-    header_from: str
-    reply_to: str
-    subject: str
-    date: str
-
-
 def dedupe_key(sender: str, message_id: str, number: str) -> str:
     return hashlib.sha256(f"{sender.lower()}\0{message_id}\0{number}".encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def read_headers(raw: bytes) -> Headers:
-    msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
-
-    def get(name: str) -> str:
-        value = msg.get(name, "")
-        return clean(" ".join(str(value).split()), 998)
-
-    return Headers(get("Message-ID"), get("From"), get("Reply-To"), get("Subject"), get("Date"))
 
 
 class Handler:
@@ -105,8 +88,12 @@ class Handler:
         clock: Callable[[], float],
         throttle: AuthThrottle,
         on_receipt_mail: ReceiptCallback | None = None,
+        examiner: Examiner | None = None,
     ) -> None:
         self.settings = settings
+        # Where messages are examined (documents.processes); whoever runs the
+        # handler starts and stops it (the daemon: gateway.app).
+        self.examiner = examiner if examiner is not None else Examiner(settings.documents)
         self.store = store
         self.spool = spool
         self.on_spooled = on_spooled
@@ -263,16 +250,15 @@ class Handler:
         log.info("session %s: receipt mail for %s stored", conn.id, " ".join(job_ids))
         return str(replies.RECEIPT_ACCEPTED)
 
-    def _examine(self, raw: bytes) -> tuple[documents.Extraction, Headers]:
-        """Blocking: runs in a worker thread."""
-        return documents.extract(raw, self.settings.documents), read_headers(raw)
-
     async def _accept(self, conn: Connection, sender: str, numbers: list[str], raw: bytes) -> str:
         try:
-            extraction, headers = await asyncio.to_thread(self._examine, raw)
+            extraction, headers = await self.examiner.examine(raw)
         except documents.DocumentRefused as exc:
             log.info("session %s: message from %s refused: %s", conn.id, clean(sender), exc.reason)
             return exc.reply
+        except BrokenProcessPool:
+            log.error("session %s: the process examining the message died (a crash, or out of memory): 451", conn.id)
+            return str(replies.ERROR)
         except Exception:
             log.exception("session %s: unexpected error while reading the message", conn.id)
             return str(replies.ERROR)

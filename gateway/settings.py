@@ -162,6 +162,8 @@ class DocumentSettings:
     # Images smaller than this in both directions are tracking pixels.
     min_image_pixels: int = 16
     page_size: Literal["A4", "Letter"] = "A4"
+    # Worker processes that examine messages (0: a thread of the daemon, sharing its GIL).
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -392,6 +394,9 @@ def _validate_documents(d: DocumentSettings) -> None:
     if d.max_mime_depth > 200:
         raise SettingsError(f"documents.max_mime_depth: {d.max_mime_depth} is over 200")
     _positive("documents.min_image_pixels", d.min_image_pixels, zero_ok=True)
+    _positive("documents.processes", d.processes, zero_ok=True)
+    if d.processes > 64:
+        raise SettingsError(f"documents.processes: {d.processes} is over 64")
 
 
 def _check_cidr(key: str, cidr: str) -> None:

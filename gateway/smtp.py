@@ -36,6 +36,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
 from . import replies
 from .access import AuthThrottle, check_user, client_network
+from .examiner import Examiner
 from .intake import Connection, FaxEnvelope, Handler, ReceiptCallback
 from .numbers import split_path
 from .replies import Reply
@@ -319,13 +320,14 @@ class SmtpServer:
         on_spooled: Callable[[], None],
         clock: Callable[[], float] = time.time,
         on_receipt_mail: ReceiptCallback | None = None,
+        examiner: Examiner | None = None,
     ) -> None:
         self.settings = settings
         smtp = settings.smtp
         self.throttle = AuthThrottle(smtp.auth_failures_before_backoff, smtp.auth_backoff_seconds, clock)
         self.handler = Handler(
             settings, store, spool, on_spooled=on_spooled, clock=clock, throttle=self.throttle,
-            on_receipt_mail=on_receipt_mail,
+            on_receipt_mail=on_receipt_mail, examiner=examiner,
         )  # fmt: skip
         self.tls_context: ssl.SSLContext | None = None
         self.sessions: set[GatewaySMTP] = set()

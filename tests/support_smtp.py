@@ -1,8 +1,9 @@
 """SMTP test support: a real SmtpServer on loopback, real mails with a real PDF, a raw client.
 
 ``smtp_gateway`` starts :class:`gateway.smtp.SmtpServer` on 127.0.0.1 port 0
-over a real spool and job store (the fsync, the clock and the receipt
-callback can be swapped); :class:`Raw` speaks SMTP over a plain socket for
+over a real spool and job store, with its document examiner (worker processes
+unless the settings say ``documents.processes = 0``; the fsync, the clock and
+the receipt callback can be swapped); :class:`Raw` speaks SMTP over a plain socket for
 input a client library refuses to send.
 """
 
@@ -119,8 +120,10 @@ async def smtp_gateway(make_settings: Callable[..., Any], tmp_path: Path) -> Asy
         harness = Harness(server, store, spool)
         server.on_reply = harness.said.append
         try:
+            await server.handler.examiner.start()  # the daemon's order: examiner, then SMTP
             await server.start()
         except BaseException:
+            await server.handler.examiner.stop()
             await store.close()
             raise
         started.append(harness)
@@ -131,6 +134,7 @@ async def smtp_gateway(make_settings: Callable[..., Any], tmp_path: Path) -> Asy
     finally:
         for h in started:
             await h.server.stop()
+            await h.server.handler.examiner.stop()
             await h.store.close()
     for h in started:
         stray = [line for line in h.said if not from_the_table(line, h.server.settings.smtp.hostname)]

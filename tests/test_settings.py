@@ -43,6 +43,8 @@ def test_embedded_defaults_are_valid() -> None:
         ({"numbers": {"default_region": "XX"}}, "numbers.default_region"),
         ({"numbers": {"wire_format": "international"}}, "numbers.wire_format"),
         ({"documents": {"accepted_types": ["docx"]}}, "documents.accepted_types[0]"),
+        ({"documents": {"processes": -1}}, "documents.processes"),
+        ({"documents": {"processes": 65}}, "documents.processes"),
         ({"storage": {"presign_seconds": 8 * 86400}}, "storage.presign_seconds"),
         ({"storage": {"backend": "s3"}}, "storage.bucket"),
         ({"provider": {"url": "ftp://example"}}, "provider.url"),

@@ -248,7 +248,9 @@ async def test_a_message_held_in_parsing_or_disk_work_does_not_stop_other_sessio
     gate = Gate(documents.extract if held == "parsing" else os.fsync)
     if held == "parsing":
         monkeypatch.setattr(documents, "extract", gate)
-    h = await smtp_gateway(fsync=gate if held == "fsync" else os.fsync)
+    # Examined in a thread of this process (documents.processes = 0), where the gate is.
+    table = {"documents": {"processes": 0}} if held == "parsing" else None
+    h = await smtp_gateway(table, fsync=gate if held == "fsync" else os.fsync)
     first = asyncio.ensure_future(send(h, ["0145678900@fax.local"], fax_mail()))
     try:
         assert await asyncio.to_thread(gate.entered.wait, TIMEOUT)

@@ -41,6 +41,7 @@ from .intake import Connection, FaxEnvelope, Handler, ReceiptCallback
 from .numbers import split_path
 from .replies import Reply
 from .settings import Settings
+from .smtpdata import read_data
 from .spool import Spool
 from .store import AsyncStore, new_id
 
@@ -272,11 +273,41 @@ class GatewaySMTP(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
+        # aiosmtpd's checks and replies, with the data read in chunks (gateway.smtpdata).
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert isinstance(envelope, FaxEnvelope)
+        if not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
         self.in_data = True
         try:
-            await super().smtp_DATA(arg)
+            data = await read_data(
+                self._reader, max_size=self.server.settings.smtp.max_message_size, max_line=self.line_length_limit
+            )
+        except asyncio.CancelledError:
+            log.info("session %s: connection lost during DATA", self.conn.id)
+            self._writer.close()
+            raise
         finally:
             self.in_data = False
+        smtp = self.server.settings.smtp
+        if data.problem:
+            self.envelope = self._create_envelope()  # a new transaction may start
+            if data.problem == "line":
+                await self.push(replies.LINE_TOO_LONG.format(limit=smtp.max_line_length))
+            else:
+                await self.push(replies.MESSAGE_TOO_BIG.format(limit=smtp.max_message_size))
+        else:
+            envelope.content = envelope.original_content = data.content
+            status = await self._call_handler_hook("DATA")
+            self.envelope = self._create_envelope()  # a new transaction may start
+            await self.push(status)
         if self.server.stopping:
             await self.push(str(replies.SHUTTING_DOWN))
 

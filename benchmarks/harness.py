@@ -36,17 +36,57 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def peak_rss_kb(pid: int) -> int:
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (the gateway's document workers, forked by its forkserver)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += parents.get(p, [])
+    return tree
+
+
+def _peak_rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise BenchError(f"no VmHWM for pid {pid}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (all its threads)."""
+def peak_rss_kb(pid: int) -> int:
+    """Peak RSS (VmHWM) of the process plus each live descendant's: an upper bound for the whole tree."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            total += _peak_rss_kb(p)
+        except (OSError, BenchError):
+            if p == pid:
+                raise
+    return total
+
+
+def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by the process (all its threads) and its live descendants."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            total += _cpu_seconds(p)
+        except OSError:
+            if p == pid:
+                raise
+    return total
 
 
 def _die_with_parent() -> None:

@@ -112,18 +112,16 @@ async def run_gateway(config: str) -> None:
 
 
 def _limit_examine(slots: int) -> None:
-    import threading
+    from gateway.examiner import Examiner
 
-    from gateway.intake import Handler
+    gate = asyncio.Semaphore(slots)  # bound to the daemon's loop at its first use
+    examine = Examiner.examine
 
-    gate = threading.BoundedSemaphore(slots)
-    examine = Handler._examine
+    async def limited(self: Examiner, raw: bytes) -> Any:
+        async with gate:
+            return await examine(self, raw)
 
-    def limited(self: Handler, raw: bytes) -> Any:
-        with gate:
-            return examine(self, raw)
-
-    Handler._examine = limited  # type: ignore[method-assign]
+    Examiner.examine = limited  # type: ignore[method-assign]
 
 
 def _limit_reads(size: int) -> None:
@@ -153,13 +151,42 @@ class Answer250:
         return "250 2.0.0 Ok"
 
 
-async def run_sink(port: int) -> None:
+def _chunked_smtp() -> type[Any]:
+    """aiosmtpd with the gateway's DATA reader (gateway.smtpdata) in place of its line-by-line one."""
+    from aiosmtpd.smtp import SMTP, syntax
+
+    from gateway.smtpdata import read_data
+
+    class ChunkedSMTP(SMTP):
+        @syntax("DATA")
+        async def smtp_DATA(self, arg: str) -> None:
+            assert self.envelope is not None
+            if not self.envelope.rcpt_tos:
+                await self.push("503 Error: need RCPT command")
+                return
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            limit = self.data_size_limit or 0
+            data = await read_data(self._reader, max_size=limit, max_line=self.line_length_limit)
+            self.envelope.content = self.envelope.original_content = data.content
+            status = await self._call_handler_hook("DATA") if not data.problem else "552 5.3.4 Too big"
+            self.envelope = self._create_envelope()
+            await self.push(status)
+
+    return ChunkedSMTP
+
+
+async def run_sink(arg: str) -> None:
+    """``PORT`` (aiosmtpd as it is) or ``PORT:chunked`` (with the gateway's DATA reader)."""
     from aiosmtpd.smtp import SMTP
 
+    port, _, variant = arg.partition(":")
+    smtp_class = _chunked_smtp() if variant == "chunked" else SMTP
     handler = Answer250()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname="sink.localdomain", data_size_limit=20 * 1024 * 1024), "127.0.0.1", port
+        lambda: smtp_class(handler, hostname="sink.localdomain", data_size_limit=20 * 1024 * 1024),
+        "127.0.0.1",
+        int(port),
     )
     probe = LagProbe()
     probe.start()
@@ -219,7 +246,7 @@ def main(argv: list[str]) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         run_moto(int(arg))
         return
-    runners = {"gateway": lambda: run_gateway(arg), "sink": lambda: run_sink(int(arg)),
+    runners = {"gateway": lambda: run_gateway(arg), "sink": lambda: run_sink(arg),
                "simulator": lambda: run_simulator(arg)}  # fmt: skip
     asyncio.run(runners[role]())
 

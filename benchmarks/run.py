@@ -90,13 +90,12 @@ async def measure(args: argparse.Namespace, bench: scenarios.Bench, r: dict[str,
     if "intake" in args.only:
         for rep in range(args.runs):
             for sessions in (1, 20):
-                row = r["intake"].setdefault(str(sessions), {"gateway": [], "aiosmtpd": [], "postfix": []})
-                cpu = r["intake_cpu"].setdefault(str(sessions), {"gateway": [], "aiosmtpd": [], "postfix": []})
                 for name, fn in (("gateway", scenarios.intake_gateway), ("aiosmtpd", scenarios.intake_sink),
+                                 ("chunked", scenarios.intake_sink_chunked),
                                  ("postfix", scenarios.intake_postfix)):  # fmt: skip
                     got = await fn(bench, sessions, args.mails)
-                    row[name].append(got.rate)
-                    cpu[name].append(got.cpu_ms)
+                    r["intake"].setdefault(str(sessions), {}).setdefault(name, []).append(got.rate)
+                    r["intake_cpu"].setdefault(str(sessions), {}).setdefault(name, []).append(got.cpu_ms)
                     print(f"  intake run {rep + 1}, {sessions:>2} sessions, {name:<8}: {got.rate:8.1f} mails/s, "
                           f"{got.cpu_ms:6.1f} ms CPU per mail", flush=True)  # fmt: skip
                     save(args, bench, r)
@@ -157,9 +156,9 @@ def merge(files: list[Path]) -> tuple[argparse.Namespace, dict[str, Any]]:
         r = saved["results"]
         for section in ("intake", "intake_cpu"):
             for sessions, row in r.get(section, {}).items():
-                into = merged[section].setdefault(sessions, {"gateway": [], "aiosmtpd": [], "postfix": []})
+                into = merged[section].setdefault(sessions, {})
                 for k, values in row.items():
-                    into[k].extend(values)
+                    into.setdefault(k, []).extend(values)
         for key in ("e2e", "drain", "memory"):
             merged[key].extend(r.get(key, []))
         for k, v in r.get("lags_ms", {}).items():
@@ -189,15 +188,23 @@ def table(args: argparse.Namespace, r: dict[str, Any]) -> str:
         a, b, c = (median(row[k]) for k in ("gateway", "aiosmtpd", "postfix"))
         target = f"a/b ≥ {TARGETS['ratio20']}: {verdict(a / b >= TARGETS['ratio20'])}" if sessions == "20" else ""
         s = "session" if sessions == "1" else "sessions"
+        # b2: the same bare server with the gateway's DATA reader (older saved runs have no b2).
+        b2 = (
+            f"; b2 = bare aiosmtpd with the gateway's DATA reader {spread(row['chunked'])}"
+            if row.get("chunked")
+            else ""
+        )
+        b2_ratio = f"; a/b2 {a / median(row['chunked']):.2f}" if row.get("chunked") else ""
         rows.append(f"| Intake, {sessions} {s} (mails/s) | a = {spread(row['gateway'])} | b = bare aiosmtpd "
-                    f"{spread(row['aiosmtpd'])}; c = Postfix {spread(row['postfix'])} | a/b {a / b:.2f}; "
+                    f"{spread(row['aiosmtpd'])}{b2}; c = Postfix {spread(row['postfix'])} | a/b {a / b:.2f}{b2_ratio}; "
                     f"a/c {a / c:.2f} | {target} |")  # fmt: skip
         cpu = r.get("intake_cpu", {}).get(sessions)
         if cpu:
             ca, cb, cc = (median(cpu[k]) for k in ("gateway", "aiosmtpd", "postfix"))
-            rows.append(f"| CPU per mail, {sessions} {s} (ms, all threads) | {spread(cpu['gateway'])} | bare aiosmtpd "
-                        f"{spread(cpu['aiosmtpd'])}; Postfix (all its processes) {spread(cpu['postfix'])} | "
-                        f"b/a {cb / ca:.2f}; c/a {cc / ca:.2f} | |")  # fmt: skip
+            cb2 = f"; b2 {spread(cpu['chunked'])}" if cpu.get("chunked") else ""
+            rows.append(f"| CPU per mail, {sessions} {s} (ms, all threads and processes) | {spread(cpu['gateway'])} | "
+                        f"bare aiosmtpd {spread(cpu['aiosmtpd'])}{cb2}; Postfix (all its processes) "
+                        f"{spread(cpu['postfix'])} | b/a {cb / ca:.2f}; c/a {cc / ca:.2f} | |")  # fmt: skip
     concurrency = int(getattr(args, "concurrency", 0) or 0)
     conc = f", provider.concurrency = {concurrency}" if concurrency else ""
     for rate in sorted({e["rate"] for e in r["e2e"]}, reverse=True):

@@ -153,10 +153,11 @@ async def intake_gateway(bench: Bench, sessions: int, count: int) -> Intake:
     return Intake(count / seconds, cpu * 1000 / count)
 
 
-async def intake_sink(bench: Bench, sessions: int, count: int) -> Intake:
-    where = bench.fresh(f"intake-sink-{sessions}")
+async def intake_sink(bench: Bench, sessions: int, count: int, variant: str = "") -> Intake:
+    """Bare aiosmtpd answering 250; ``variant="chunked"``: with the gateway's DATA reader."""
+    where = bench.fresh(f"intake-sink{variant}-{sessions}")
     port = free_port()
-    child = Child("sink", str(port), log=where / "sink.log")
+    child = Child("sink", f"{port}:{variant}", log=where / "sink.log")
     async with running(child):
         cpu = child.cpu()
         seconds = await smtp_source(port, bench.mail, sessions=sessions, count=count)
@@ -165,6 +166,10 @@ async def intake_sink(bench: Bench, sessions: int, count: int) -> Intake:
     if child.done.get("accepted") != count:
         raise BenchError(f"bare aiosmtpd: {child.done.get('accepted')} mails taken for {count} sent")
     return Intake(count / seconds, cpu * 1000 / count)
+
+
+async def intake_sink_chunked(bench: Bench, sessions: int, count: int) -> Intake:
+    return await intake_sink(bench, sessions, count, "chunked")
 
 
 async def intake_postfix(bench: Bench, sessions: int, count: int) -> Intake:

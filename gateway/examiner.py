@@ -31,6 +31,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import signal
 import threading
 import traceback
@@ -58,8 +59,15 @@ class Headers:
     date: str
 
 
+# The empty line that ends the header block, whatever the line ends (as the email parser splits lines).
+_END_OF_HEADERS = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r(?!\n))")
+
+
 def read_headers(raw: bytes) -> Headers:
-    msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    # Only the header block is parsed: the body can be megabytes.
+    end = _END_OF_HEADERS.search(raw)
+    block = b"" if raw[:1] in (b"\r", b"\n") else raw[: end.end()] if end else raw
+    msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
 
     def get(name: str) -> str:
         value = msg.get(name, "")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import email.parser
+import email.policy
 import logging
 import multiprocessing
 import os
@@ -20,7 +23,7 @@ from gateway import replies
 from gateway.app import Gateway
 from gateway.commands import spool_local
 from gateway.documents import DocumentRefused
-from gateway.examiner import ExaminationError, Examiner, examine_in_worker
+from gateway.examiner import ExaminationError, Examiner, examine_in_worker, read_headers
 from gateway.settings import DocumentSettings
 from gateway.spool import Spool
 from tests.support_docs import encrypted_pdf, exe, image, pdf
@@ -171,3 +174,25 @@ async def test_fax_gateway_send_examines_in_its_own_process(make_settings: Calla
     reply = await spool_local(settings, "ops@example.com", NUMBER, fax_mail(sender="ops@example.com"))
     assert reply.startswith("250 2.0.0 OK: queued as "), reply
     assert workers() == []
+
+
+HEADER_CASES = [
+    b"",
+    b"\r\n",
+    b"\n\nSubject: in the body\n",
+    b"Subject: a\r\n\r\nSubject: in the body\r\n",
+    b"Subject: a\nFrom: b <b@example.com>\n",  # no body at all
+    b"Subject: a\rFrom: b\r\rSubject: body\r",  # CR alone ends lines
+    b"Subject: a\r\n folded\r\nFrom: x@example.com\r\n\r\nbody\r\n",
+    b"X-A: 1\nnot a header line\nSubject: after it\n\n",
+    b"Subject: a\r\n\nFrom: body@example.com\n\n",
+]
+
+
+@pytest.mark.parametrize("raw", [*HEADER_CASES, fax_mail()], ids=range(len(HEADER_CASES) + 1))
+def test_headers_are_read_from_the_header_block_as_from_the_whole_message(raw: bytes) -> None:
+    whole = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    headers = read_headers(raw)
+    names = ("Message-ID", "From", "Reply-To", "Subject", "Date")
+    for name, got in zip(names, dataclasses.astuple(headers), strict=True):
+        assert got == " ".join(str(whole.get(name, "")).split()), name

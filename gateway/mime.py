@@ -21,6 +21,7 @@ import base64
 import binascii
 import email
 import email.header
+import email.headerregistry
 import email.policy
 import quopri
 import re
@@ -28,6 +29,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
+from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
 
@@ -156,11 +158,35 @@ def _check(depth: int, parts: int, max_depth: int, max_parts: int) -> None:
         raise LimitExceeded(f"more than {max_parts} MIME parts")
 
 
+class _ParsedOnce:
+    """A header factory that parses each distinct header once per message.
+
+    With ``policy.default`` every ``get()`` parses the header again (the
+    walk asks each part for its type several times); header objects are
+    immutable, so one per (name, value) serves every later ask.
+    """
+
+    def __init__(self) -> None:
+        self._registry = email.headerregistry.HeaderRegistry()
+        self._parsed: dict[tuple[str, str], Any] = {}
+
+    def __call__(self, name: str, value: str) -> Any:
+        key = (name.lower(), value)
+        header = self._parsed.get(key)
+        if header is None:
+            header = self._parsed[key] = self._registry(name, value)
+        return header
+
+    def __getattr__(self, name: str) -> Any:  # map_to_type() and the rest of the registry's interface
+        return getattr(self._registry, name)
+
+
 def parse(raw: bytes, max_depth: int, max_parts: int) -> EmailMessage:
     """Parse after the pre-scan, then check the bounds again on the tree itself."""
     prescan(raw, max_depth, max_parts)
+    policy = email.policy.default.clone(header_factory=_ParsedOnce())
     try:
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        msg = email.message_from_bytes(raw, policy=policy)
     except RecursionError:
         # Reachable only where the pre-scan and the parser read a structure differently.
         raise LimitExceeded("MIME parts nested too deep to read") from None

@@ -81,6 +81,10 @@ def _lines(
     """
     # One byte back: a CR at the end of the last chunk may end a line now.
     scan_from = max(line_start, old - 1)
+    if data_end - line_start <= max_line - 2:  # no line here can be too long: only find where the last starts
+        last = buf.rfind(b"\r\n", scan_from, data_end)
+        last_start = last + 2 if last >= 0 else line_start
+        return ("size" if last_start - len(_START) > max_size else ""), last_start
     lengths = list(map(len, buf[scan_from:data_end].split(b"\r\n")))
     lengths[0] += scan_from - line_start
     last_start = data_end - lengths[-1] if len(lengths) > 1 else line_start

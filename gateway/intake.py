@@ -207,6 +207,8 @@ class Handler:
 
     async def _quota(self, sender: str, pending: int) -> str | None:
         quotas = self.settings.quotas
+        if not quotas.per_sender_hourly and not quotas.global_hourly:
+            return None
         since = self.clock() - QUOTA_WINDOW_SECONDS
 
         def counts(s: Store) -> tuple[int, int]:

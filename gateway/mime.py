@@ -119,6 +119,8 @@ def prescan(raw: bytes, max_depth: int, max_parts: int) -> None:
     if lines[0].startswith(b"From "):  # an mbox separator line, as the parser allows
         lines[0] = b"X-Unix-From: -"
     for raw_line in lines:
+        if headers is None and (not stack or not raw_line.startswith(b"--")):
+            continue  # a body line (the most of them): only a delimiter matters there
         line = raw_line.rstrip(b"\r")
         if headers is not None:
             if line and (line[:1] in (b" ", b"\t") or b":" in line):

@@ -16,6 +16,7 @@ largest lag seen and the process's peak RSS.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -45,27 +46,49 @@ def peak_rss_kb() -> int:
 
 
 class LagProbe:
-    """Sleeps PROBE_INTERVAL again and again; how late each wake-up is, is the loop's lag."""
+    """Sleeps PROBE_INTERVAL again and again; how late each wake-up is, is the loop's lag.
+
+    Also kept: the loop thread's own CPU time in the interval of the largest
+    lag (near the lag: the loop was busy; far below it: the thread was not
+    running, as when the machine has more busy processes than cores or another
+    thread holds the GIL), and the longest garbage collection.
+    """
 
     def __init__(self) -> None:
         self.max_lag = 0.0
+        self.cpu_at_max = 0.0
+        self.max_gc = 0.0
         self.samples = 0
         self._task: asyncio.Task[None] | None = None
+        self._gc_start = 0.0
 
     def start(self) -> None:
+        gc.callbacks.append(self._gc)
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.max_gc = max(self.max_gc, time.perf_counter() - self._gc_start)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            before = loop.time()
+            before, cpu = loop.time(), time.thread_time()
             await asyncio.sleep(PROBE_INTERVAL)
             lag = loop.time() - before - PROBE_INTERVAL
             self.samples += 1
             if lag > self.max_lag:
-                self.max_lag = lag
+                self.max_lag, self.cpu_at_max = lag, time.thread_time() - cpu
+
+    def figures(self) -> dict[str, float]:
+        seconds = {"max_lag_ms": self.max_lag, "lag_cpu_ms": self.cpu_at_max, "max_gc_ms": self.max_gc}
+        return {k: v * 1000 for k, v in seconds.items()}
 
     async def stop(self) -> None:
+        if self._gc in gc.callbacks:
+            gc.callbacks.remove(self._gc)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -108,7 +131,7 @@ async def run_gateway(config: str) -> None:
         await daemon.run(settings, config=config, handler=handler, on_ready=on_ready)
     finally:
         await probe.stop()
-        emit("done", max_lag_ms=probe.max_lag * 1000, probes=probe.samples, peak_rss_kb=peak_rss_kb())
+        emit("done", **probe.figures(), probes=probe.samples, peak_rss_kb=peak_rss_kb())
 
 
 def _limit_examine(slots: int) -> None:
@@ -196,7 +219,7 @@ async def run_sink(arg: str) -> None:
     finally:
         server.close()
         await probe.stop()
-        emit("done", accepted=handler.count, max_lag_ms=probe.max_lag * 1000, peak_rss_kb=peak_rss_kb())
+        emit("done", accepted=handler.count, **probe.figures(), peak_rss_kb=peak_rss_kb())
 
 
 # -- the provider simulator ---------------------------------------------------

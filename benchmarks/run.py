@@ -137,6 +137,8 @@ async def guarded(work: Coroutine[Any, Any, None]) -> None:
 
 def save(args: argparse.Namespace, bench: scenarios.Bench, r: dict[str, Any]) -> None:
     r["lags_ms"] = dict(bench.lags_ms)
+    r["lag_cpu_ms"] = dict(bench.lag_cpu_ms)
+    r["gc_ms"] = dict(bench.gc_ms)
     if args.out:
         settings = {
             k: v
@@ -162,7 +164,11 @@ def merge(files: list[Path]) -> tuple[argparse.Namespace, dict[str, Any]]:
         for key in ("e2e", "drain", "memory"):
             merged[key].extend(r.get(key, []))
         for k, v in r.get("lags_ms", {}).items():
-            merged["lags_ms"][k] = max(v, merged["lags_ms"].get(k, 0.0))
+            if v >= merged["lags_ms"].get(k, 0.0):
+                merged["lags_ms"][k] = v
+                merged.setdefault("lag_cpu_ms", {})[k] = r.get("lag_cpu_ms", {}).get(k, float("nan"))
+        for k, v in r.get("gc_ms", {}).items():
+            merged.setdefault("gc_ms", {})[k] = max(v, merged.get("gc_ms", {}).get(k, 0.0))
     return argparse.Namespace(**settings), merged
 
 
@@ -234,6 +240,13 @@ def table(args: argparse.Namespace, r: dict[str, Any]) -> str:
         ref = r["lags_ms"].get("reference", float("nan"))
         rows.append(f"| Largest event-loop lag (ms) | {worst:.1f} ({where}) | bare aiosmtpd {fmt(ref)} | | "
                     f"< {TARGETS['lag_ms']:g}: {verdict(worst < TARGETS['lag_ms'])} |")  # fmt: skip
+        cpu, gcs = r.get("lag_cpu_ms", {}), r.get("gc_ms", {})
+        if cpu:
+            at = ", ".join(f"{k} {cpu.get(k, float('nan')):.0f}" for k in lags)
+            longest = ", ".join(f"{k} {gcs.get(k, float('nan')):.0f}" for k in lags)
+            rows.append(f"| Loop thread's own CPU time in that late interval (ms); longest GC pause (ms) | {at}; "
+                        f"GC: {longest} | bare aiosmtpd {fmt(cpu.get('reference', float('nan')))}; "
+                        f"GC: {fmt(gcs.get('reference', float('nan')))} | | |")  # fmt: skip
     return "\n".join(rows)
 
 

@@ -39,6 +39,8 @@ class Bench:
     mail: Path  # ~140 KB mail (LF line ends, for smtp-source -F)
     big_mail: Path  # mail with a ~1 MiB document
     lags_ms: dict[str, float] = field(default_factory=dict)  # scenario -> largest gateway loop lag
+    lag_cpu_ms: dict[str, float] = field(default_factory=dict)  # the loop thread's CPU time in that interval
+    gc_ms: dict[str, float] = field(default_factory=dict)  # scenario -> longest garbage collection
     drain_template: Path | None = None  # a spool of queued jobs, copied for each drain run
     concurrency: int = 0  # provider.concurrency for end to end and drain (0: the gateway's default)
     _n: int = 0
@@ -51,7 +53,10 @@ class Bench:
 
     def note_lag(self, scenario: str, done: dict[str, Any]) -> None:
         lag = float(done.get("max_lag_ms", 0.0))
-        self.lags_ms[scenario] = max(self.lags_ms.get(scenario, 0.0), lag)
+        if lag >= self.lags_ms.get(scenario, 0.0):
+            self.lags_ms[scenario] = lag
+            self.lag_cpu_ms[scenario] = float(done.get("lag_cpu_ms", 0.0))
+        self.gc_ms[scenario] = max(self.gc_ms.get(scenario, 0.0), float(done.get("max_gc_ms", 0.0)))
 
     def env(self) -> dict[str, str]:
         return {

@@ -89,6 +89,10 @@ _NULL_SENDER = re.compile(r"FROM:\s*<>(?:\s+(?P<params>.*))?", re.IGNORECASE)
 _HANG_UP_CODES = ("421", "502 5.5.1 Too many unrecognized")
 
 
+# Bytes read from a client's socket per wake-up.
+READ_SIZE = 64 * 1024
+
+
 class GatewaySMTP(SMTP):
     """One client connection: aiosmtpd's protocol with the gateway's limits."""
 
@@ -133,6 +137,10 @@ class GatewaySMTP(SMTP):
             transport.close()
             return
         super().connection_made(transport)
+        if hasattr(transport, "max_size"):
+            # asyncio reads up to 256 KiB per wake-up of a socket; with many sessions sending
+            # at once, smaller reads keep each turn of the event loop short.
+            transport.max_size = READ_SIZE
         if after_starttls:
             self.conn.user = None  # RFC 3207 4.2: forget everything learned before TLS
             return

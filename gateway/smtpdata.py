@@ -69,6 +69,8 @@ async def read_data(reader: asyncio.StreamReader, *, max_size: int, max_line: in
             return Data(_undot(buf))
         if problem:  # keep only what can still be part of the end-of-data line
             del buf[: -len(_END)]
+        if len(got) == chunk:  # more may be buffered: let the other sessions and timers run first
+            await asyncio.sleep(0)
 
 
 def _lines(

@@ -72,6 +72,30 @@ def peak_rss_kb(pid: int) -> int:
     return total
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size of the process and its live descendants, now: pages shared between
+    them (the workers forked from the forkserver) counted once, split among the sharers."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue  # gone meanwhile
+    return total
+
+
+async def peak_pss_kb(pid: int, stop: asyncio.Event, every: float = 0.05) -> int:
+    """The largest :func:`pss_kb` seen, sampled every ``every`` seconds until ``stop`` is set."""
+    peak = 0
+    while not stop.is_set():
+        peak = max(peak, await asyncio.to_thread(pss_kb, pid))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+    return peak
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -233,6 +233,10 @@ def table(args: argparse.Namespace, r: dict[str, Any]) -> str:
                     f"bare aiosmtpd "
                     f"{spread(ref_loaded)} | {median(loaded) / median(ref_loaded):.2f} | < {TARGETS['rss_mb']:g} "
                     f"(largest run): {verdict(ok)} |")  # fmt: skip
+        pss = [m["pss_kb"] / 1024 for m in r["memory"] if "pss_kb" in m]
+        if pss:
+            rows.append(f"| PSS, {args.sessions} sessions × 1 MiB document (MB; peak of the daemon's and workers' "
+                        f"total, sampled every 50 ms; shared pages counted once) | {spread(pss)} | | | |")  # fmt: skip
     lags = {k: v for k, v in r["lags_ms"].items() if k != "reference"}
     if lags:
         worst = max(lags.values())

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import client
-from harness import BenchError, Child, free_port, peak_rss_kb, percentile, running, smtp_source
+from harness import BenchError, Child, free_port, peak_pss_kb, peak_rss_kb, percentile, running, smtp_source
 from mailgen import RECIPIENT, SENDER
 from postfix_ref import PostfixReference
 
@@ -402,6 +402,7 @@ class Memory:
     loaded_kb: int
     ref_idle_kb: int
     ref_loaded_kb: int
+    pss_kb: int  # the gateway's largest PSS total (daemon + workers), sampled every 50 ms under the load
 
 
 async def memory(bench: Bench, sessions: int, idle_seconds: float = 2.0) -> Memory:
@@ -414,7 +415,13 @@ async def memory(bench: Bench, sessions: int, idle_seconds: float = 2.0) -> Memo
     async with running(gateway):
         await asyncio.sleep(idle_seconds)  # let start-up settle: this is the idle figure
         idle = peak_rss_kb(gateway.pid)
-        await smtp_source(smtp_port, bench.big_mail, sessions=sessions, count=sessions)
+        done = asyncio.Event()
+        sampler = asyncio.ensure_future(peak_pss_kb(gateway.pid, done))
+        try:
+            await smtp_source(smtp_port, bench.big_mail, sessions=sessions, count=sessions)
+        finally:
+            done.set()
+            pss = await sampler
         loaded = peak_rss_kb(gateway.pid)
     bench.note_lag("memory", gateway.done)
     sink_port = free_port()
@@ -426,4 +433,4 @@ async def memory(bench: Bench, sessions: int, idle_seconds: float = 2.0) -> Memo
         ref_loaded = peak_rss_kb(sink.pid)
     bench.note_lag("reference", sink.done)
     shutil.rmtree(where / "spool", ignore_errors=True)
-    return Memory(idle, loaded, ref_idle, ref_loaded)
+    return Memory(idle, loaded, ref_idle, ref_loaded, pss)

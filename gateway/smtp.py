@@ -293,29 +293,25 @@ class GatewaySMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        smtp = self.server.settings.smtp
         self.in_data = True
         try:
-            data = await read_data(
-                self._reader, max_size=self.server.settings.smtp.max_message_size, max_line=self.line_length_limit
-            )
+            data = await read_data(self._reader, max_size=smtp.max_message_size, max_line=smtp.max_line_length)
         except asyncio.CancelledError:
             log.info("session %s: connection lost during DATA", self.conn.id)
             self._writer.close()
             raise
         finally:
             self.in_data = False
-        smtp = self.server.settings.smtp
-        if data.problem:
-            self.envelope = self._create_envelope()  # a new transaction may start
-            if data.problem == "line":
-                await self.push(replies.LINE_TOO_LONG.format(limit=smtp.max_line_length))
-            else:
-                await self.push(replies.MESSAGE_TOO_BIG.format(limit=smtp.max_message_size))
+        if data.problem == "line":
+            status = replies.LINE_TOO_LONG.format(limit=smtp.max_line_length)
+        elif data.problem == "size":
+            status = replies.MESSAGE_TOO_BIG.format(limit=smtp.max_message_size)
         else:
             envelope.content = envelope.original_content = data.content
             status = await self._call_handler_hook("DATA")
-            self.envelope = self._create_envelope()  # a new transaction may start
-            await self.push(status)
+        self.envelope = self._create_envelope()  # a new transaction may start
+        await self.push(status)
         if self.server.stopping:
             await self.push(str(replies.SHUTTING_DOWN))
 

@@ -148,18 +148,10 @@ def _limit_examine(slots: int) -> None:
 
 
 def _limit_reads(size: int) -> None:
-    """asyncio's socket transport reads up to ``max_size`` (256 KiB) per wake-up; aiosmtpd then
-    works through every buffered line without yielding. A smaller read bounds that slice."""
-    from gateway.smtp import GatewaySMTP
+    """Bytes read per wake-up of an SMTP connection, in place of ``gateway.smtp.READ_SIZE`` (64 KiB)."""
+    from gateway import smtp
 
-    made = GatewaySMTP.connection_made
-
-    def connection_made(self: GatewaySMTP, transport: Any) -> None:
-        made(self, transport)
-        if hasattr(transport, "max_size"):
-            transport.max_size = size
-
-    GatewaySMTP.connection_made = connection_made  # type: ignore[method-assign]
+    smtp.READ_SIZE = size
 
 
 # -- the bare SMTP server -----------------------------------------------------

@@ -106,8 +106,9 @@ async def wait_for_signal() -> None:
 
 
 async def run_gateway(config: str) -> None:
-    from gateway import daemon, logs
     from gateway import settings as settings_mod
+    from gateway.daemon import logs
+    from gateway.daemon import run as daemon
 
     settings = settings_mod.load(config)
     if os.environ.get("BENCH_EXAMINE_SLOTS"):  # experiment: at most N messages examined at once
@@ -135,7 +136,7 @@ async def run_gateway(config: str) -> None:
 
 
 def _limit_examine(slots: int) -> None:
-    from gateway.examiner import Examiner
+    from gateway.documents.examiner import Examiner
 
     gate = asyncio.Semaphore(slots)  # bound to the daemon's loop at its first use
     examine = Examiner.examine
@@ -149,7 +150,7 @@ def _limit_examine(slots: int) -> None:
 
 def _limit_reads(size: int) -> None:
     """Bytes read per wake-up of an SMTP connection, in place of ``gateway.smtp.READ_SIZE`` (64 KiB)."""
-    from gateway import smtp
+    from gateway.smtp import server as smtp
 
     smtp.READ_SIZE = size
 
@@ -170,7 +171,7 @@ def _chunked_smtp() -> type[Any]:
     """aiosmtpd with the gateway's DATA reader (gateway.smtpdata) in place of its line-by-line one."""
     from aiosmtpd.smtp import SMTP, syntax
 
-    from gateway.smtpdata import read_data
+    from gateway.smtp.data import read_data
 
     class ChunkedSMTP(SMTP):
         @syntax("DATA")
@@ -220,7 +221,7 @@ async def run_sink(arg: str) -> None:
 async def run_simulator(email: str) -> None:
     from aiohttp import web
 
-    from gateway.simulator import ProviderSimulator
+    from gateway.delivery.simulator import ProviderSimulator
 
     class TimedSimulator(ProviderSimulator):
         """Reports each provider request the moment it arrives (before any check)."""

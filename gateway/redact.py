@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
-from .settings import Secret
+from gateway.settings import Secret
 
 MASK = "********"
 

@@ -416,7 +416,7 @@ _DOMAIN = re.compile(rf"(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}")
 
 
 def _validate_access(smtp: SmtpSettings) -> None:
-    from . import auth
+    from gateway import passwords as auth
 
     for i, net in enumerate(smtp.trusted_networks):
         _check_cidr(f"smtp.trusted_networks[{i}].cidr", net.cidr)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.app import Gateway
+from gateway.daemon.app import Gateway
 from gateway.settings import Settings, from_mapping
 
 # Area fixture modules loaded for every test (loaded here so their asserts are rewritten).

@@ -13,13 +13,13 @@ import asyncio
 import dataclasses
 from typing import Any
 
-from gateway.http import HttpServer
-from gateway.provider import ProviderClient
+from gateway.daemon.http import HttpServer
+from gateway.delivery.provider import ProviderClient
+from gateway.delivery.storage import LocalStorage, build_storage
+from gateway.delivery.worker import Worker
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, RAW_NAME, Spool
-from gateway.storage import LocalStorage, build_storage
 from gateway.store import AsyncStore, Job, NewMessage, Store, new_id
-from gateway.worker import Worker
 from tests.support_simulator import minimal_pdf
 
 NUMBER = "+33145678900"

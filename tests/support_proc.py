@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.demo import free_port
+from gateway.ops.demo import free_port
 from gateway.spool import Spool
 from gateway.store import Job, Store
 

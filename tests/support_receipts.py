@@ -29,12 +29,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.app import Gateway
-from gateway.daemon import callback_url
-from gateway.notify import Notifier
-from gateway.receipts import Receipts
+from gateway.daemon.app import Gateway
+from gateway.daemon.run import callback_url
+from gateway.delivery.simulator import ProviderSimulator
+from gateway.notify.notifier import Notifier
+from gateway.receipts.callback import Receipts
 from gateway.settings import Settings
-from gateway.simulator import ProviderSimulator
 from gateway.spool import FAX_NAME, RAW_NAME
 from gateway.store import FINAL_STATES, Job, NewMessage, State, Store, new_id
 from tests.conftest import SettingsFactory, deep_merge

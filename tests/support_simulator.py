@@ -25,7 +25,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 from aiohttp import web
 
-from gateway.simulator import ProviderSimulator
+from gateway.delivery.simulator import ProviderSimulator
 from tests.support_docs import pdf
 
 SIM_EMAIL = "account@gateway.test"

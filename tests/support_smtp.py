@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from gateway.replies import Reply, all_replies
-from gateway.smtp import SmtpServer
+from gateway.smtp.server import SmtpServer
 from gateway.spool import Spool
 from gateway.store import AsyncStore, Job, Store
 from tests.support_docs import pdf

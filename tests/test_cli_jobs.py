@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli
-from gateway.commands import UsageError, job_table, parse_since
+from gateway.ops import cli
+from gateway.ops.jobs import UsageError, job_table, parse_since
 from gateway.spool import Spool
 from gateway.store import State, Store
 from tests.support_ops import add_job, fill_store

@@ -12,9 +12,9 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from gateway.app import Gateway
-from gateway.demo import free_port, sample_pdf
-from gateway.simulator import ProviderSimulator
+from gateway.daemon.app import Gateway
+from gateway.delivery.simulator import ProviderSimulator
+from gateway.ops.demo import free_port, sample_pdf
 from gateway.spool import Spool
 from gateway.store import Store
 from tests.conftest import SettingsFactory

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.documents import DocumentRefused, extract
+from gateway.documents.policy import DocumentRefused, extract
 from gateway.settings import DocumentSettings
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"

@@ -23,7 +23,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from gateway.simulator import ProviderSimulator
+from gateway.delivery.simulator import ProviderSimulator
 from gateway.store import State, Store
 from tests.support_s3 import S3, S3_ENV, free_port, s3  # noqa: F401
 from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, SimFactory, sim_factory  # noqa: F401

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.demo import sample_pdf
+from gateway.ops.demo import sample_pdf
 from tests.support_proc import poll_until
 
 

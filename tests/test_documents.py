@@ -13,8 +13,10 @@ import pikepdf
 import pytest
 from PIL import Image
 
-from gateway import faxdoc, mime, replies
-from gateway.documents import DocumentRefused, Extraction, extract
+from gateway import replies
+from gateway.documents import formats as faxdoc
+from gateway.documents import mime
+from gateway.documents.policy import DocumentRefused, Extraction, extract
 from gateway.settings import DocumentSettings, SettingsError, from_mapping
 from tests.support_docs import A4, image, pdf, pdf_of_size, tnef
 from tests.support_mail import CASES, MailCase, forwarded, many_parts, named, nested, outlook_tnef, plain_with

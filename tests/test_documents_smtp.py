@@ -12,7 +12,7 @@ from typing import Any
 import pikepdf
 import pytest
 
-from gateway.app import Gateway
+from gateway.daemon.app import Gateway
 from gateway.spool import FAX_NAME, RAW_NAME
 from tests.support_docs import image, pdf, pdf_of_size
 from tests.support_mail import CASES, MailCase, plain_with

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from gateway import replies
-from gateway.app import Gateway
-from gateway.commands import spool_local
-from gateway.documents import DocumentRefused
-from gateway.examiner import ExaminationError, Examiner, examine_in_worker, read_headers
+from gateway.daemon.app import Gateway
+from gateway.documents.examiner import ExaminationError, Examiner, examine_in_worker, read_headers
+from gateway.documents.policy import DocumentRefused
+from gateway.ops.jobs import spool_local
 from gateway.settings import DocumentSettings
 from gateway.spool import Spool
 from tests.support_docs import encrypted_pdf, exe, image, pdf

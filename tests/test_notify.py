@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from gateway.messages import message_id_header
-from gateway.receipts import record_ar_mail
+from gateway.notify.compose import message_id_header
+from gateway.receipts.callback import record_ar_mail
 from gateway.settings import Secret
 from gateway.store import State
 from tests.conftest import SettingsFactory

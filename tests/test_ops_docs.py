@@ -6,7 +6,10 @@ import argparse
 import re
 from pathlib import Path
 
-from gateway import cli, docs, provider, replies
+from gateway import replies
+from gateway.delivery import provider
+from gateway.ops import cli
+from gateway.ops import troubleshooting as docs
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -30,7 +33,8 @@ def test_the_test_command_is_what_ci_runs() -> None:
 
 def test_troubleshooting_is_generated_from_the_tables() -> None:
     section = README.split(docs.START, 1)[1].split(docs.END, 1)[0]
-    assert section.strip() == docs.troubleshooting().strip(), "run: python3 -m gateway.docs, paste into README.md"
+    fix = "run: python3 -m gateway.ops.troubleshooting, paste into README.md"
+    assert section.strip() == docs.troubleshooting().strip(), fix
 
 
 def test_every_reply_and_code_is_listed() -> None:

@@ -12,10 +12,10 @@ import aiosmtplib
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import Gateway
-from gateway.daemon import callback_url
-from gateway.demo import free_port
-from gateway.simulator import ProviderSimulator
+from gateway.daemon.app import Gateway
+from gateway.daemon.run import callback_url
+from gateway.delivery.simulator import ProviderSimulator
+from gateway.ops.demo import free_port
 from tests.conftest import SettingsFactory
 from tests.support_mail import pdf, plain_with
 from tests.support_s3 import S3, S3_ENV, s3  # noqa: F401

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway import logs
+from gateway.daemon import logs
 from gateway.settings import LogSettings, from_mapping
 
 PASSWORD = "Pw+Canary&7=x%"

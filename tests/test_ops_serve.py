@@ -12,7 +12,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from gateway import cli
+from gateway.ops import cli
 from gateway.spool import Spool
 from gateway.store import Store
 from tests.support_mail import pdf, plain_with
@@ -112,7 +112,7 @@ async def test_sigterm_during_traffic_loses_nothing(daemon: Daemon) -> None:
 
 
 def test_reload_keeps_running_settings_when_the_file_breaks(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from gateway import daemon
+    from gateway.daemon import run as daemon
     from gateway.settings import Settings, load
 
     config = tmp_path / "gateway.toml"

@@ -12,11 +12,11 @@ from urllib.parse import quote, quote_plus
 import pytest
 from support_simulator import SIM_PASSWORD, DocumentServer, minimal_pdf, provider_env, provider_table
 
+from gateway.delivery.provider import ANSWERS, Answer, ProviderClient, parse_answer, wire_number
+from gateway.delivery.simulator import ProviderSimulator
 from gateway.outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailure, Retry, Submission
-from gateway.provider import ANSWERS, Answer, ProviderClient, parse_answer, wire_number
 from gateway.redact import MASK, redact, secrets_of
 from gateway.settings import Settings
-from gateway.simulator import ProviderSimulator
 
 ClientFactory = Callable[..., Coroutine[Any, Any, ProviderClient]]
 CALLBACK_SECRET = "cb-Secret-9981"

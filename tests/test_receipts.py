@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from gateway.arcodes import CODES, Category, lookup
-from gateway.receipts import accuse_email_for, apply_pending, record_ar_mail
-from gateway.recipients import choose_recipient
+from gateway.receipts.callback import accuse_email_for, apply_pending, record_ar_mail
+from gateway.sender import choose_recipient
 from gateway.settings import SettingsError
 from gateway.store import State
 from tests.conftest import SettingsFactory

@@ -23,8 +23,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from PIL import Image
 from support_simulator import SIM_EMAIL, SIM_PASSWORD, DocumentServer, SimFactory, minimal_pdf
 
+from gateway.delivery.simulator import MASK, ProviderSimulator
 from gateway.settings import HostPort
-from gateway.simulator import MASK, ProviderSimulator
 
 
 class CallbackSink:

@@ -12,7 +12,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from gateway import auth
+from gateway import passwords as auth
 from gateway.settings import SettingsError, from_mapping
 from tests.support_smtp import FakeClock, Raw, Starter, client_tls, fax_mail, make_cert, smtp_gateway
 

@@ -14,8 +14,8 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from gateway import documents
-from gateway.app import Gateway
+from gateway.daemon.app import Gateway
+from gateway.documents import policy as documents
 from gateway.spool import FAX_NAME, RAW_NAME
 from tests.support_smtp import TIMEOUT, FakeClock, Harness, Raw, Starter, fax_mail, smtp_gateway, transaction
 

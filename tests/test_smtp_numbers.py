@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.numbers import Domains, FaxRecipient, ReceiptRecipient, classify, split_path
 from gateway.settings import NumberSettings
+from gateway.smtp.recipients import Domains, FaxRecipient, ReceiptRecipient, classify, split_path
 from tests.support_smtp import Raw, Starter, smtp_gateway
 
 __all__ = ["smtp_gateway"]

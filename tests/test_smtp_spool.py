@@ -14,10 +14,10 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from gateway import store as store_mod
-from gateway.app import Gateway
+from gateway.daemon.app import Gateway
 from gateway.spool import FAX_NAME, RAW_NAME, Spool
 from gateway.store import NewMessage, Store
+from gateway.store import core as store_mod
 from tests.conftest import SettingsFactory
 from tests.support_proc import Daemon
 from tests.support_smtp import fax_mail

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from gateway.smtpdata import Data, read_data
+from gateway.smtp.data import Data, read_data
 from tests.support_smtp import Raw, Starter, fax_mail, smtp_gateway
 
 __all__ = ["smtp_gateway"]

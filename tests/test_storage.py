@@ -7,9 +7,9 @@ import re
 import aiohttp
 import pytest
 
+from gateway.delivery.storage import KEY_RE, LocalStorage, S3Storage, content_type, new_key
 from gateway.outcomes import Retry
 from gateway.settings import Settings
-from gateway.storage import KEY_RE, LocalStorage, S3Storage, content_type, new_key
 from gateway.store import State
 from tests.conftest import SettingsFactory
 from tests.support_delivery import Delivery

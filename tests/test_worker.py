@@ -15,9 +15,9 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
+from gateway.delivery.provider import ProviderClient
+from gateway.delivery.simulator import ProviderSimulator
 from gateway.outcomes import Accepted, Submission
-from gateway.provider import ProviderClient
-from gateway.simulator import ProviderSimulator
 from gateway.store import State
 from tests.conftest import SettingsFactory, deep_merge
 from tests.support_delivery import Delivery, FakeClock

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from gateway.app import Gateway
-from gateway.simulator import ProviderSimulator
+from gateway.daemon.app import Gateway
+from gateway.delivery.simulator import ProviderSimulator
 from gateway.store import Job, State
 from tests.conftest import SettingsFactory, deep_merge
 from tests.support_delivery import FakeClock

@@ -1,0 +1,125 @@
+"""The daemon: owns every long-lived part, their start order and their stop.
+
+``Gateway.start()`` returns once the spool is locked, the store open and every
+listener bound (ports are known then: tests bind port 0 and read them back).
+``Gateway.stop()`` is idempotent and stops in reverse order: intake first, so
+nothing new is accepted while in-flight work finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from gateway.settings import Settings
+from gateway.spool import Spool
+from gateway.store import AsyncStore
+
+log = logging.getLogger("gateway")
+
+
+class Component(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Gateway:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.spool = Spool(settings.spool.directory)
+        self.store = AsyncStore(self.spool.db_path, clock=clock)
+        self.components: list[Component] = []
+        self._started: list[Component] = []
+        self._stopping = False
+        # Called after a message is spooled (wakes the worker).
+        self.spooled = asyncio.Event()
+        from gateway.daemon.metrics import Metrics
+
+        self.metrics = Metrics(clock=clock)
+
+    def build(self) -> None:
+        """Create the components in start order (imports kept local: stages stay apart).
+
+        The HTTP listener comes first (stages register routes on it), then the
+        back-end stages, then the document examiner (its worker processes are up
+        before the first mail, and stop only once intake has closed and finished
+        spooling), and SMTP intake last: it opens last and closes first.
+        """
+        from gateway.daemon.health import Health
+        from gateway.daemon.http import HttpServer
+        from gateway.daemon.metrics import MeteredProvider, MeteredStorage
+        from gateway.delivery.provider import ProviderClient
+        from gateway.delivery.storage import LocalStorage, build_storage
+        from gateway.delivery.worker import Worker
+        from gateway.documents.examiner import Examiner
+        from gateway.notify.notifier import Notifier
+        from gateway.receipts.callback import Receipts
+        from gateway.smtp.server import SmtpServer
+
+        self.http = HttpServer(self.settings)
+        self.health = Health(self.settings, self.store, self.metrics, lambda: self._smtp_listening())
+        self.http.add_routes(self.health.routes())
+        self.storage = build_storage(self.settings, self.store, self.spool)
+        if isinstance(self.storage, LocalStorage):
+            self.http.add_routes(self.storage.routes())
+        self.provider = ProviderClient(self.settings)
+        metered = MeteredStorage(self.storage, self.metrics), MeteredProvider(self.provider, self.metrics)
+        self.notifier = Notifier(self.settings, self.store, self.spool, clock=self.clock)
+        self.worker = Worker(self.settings, self.store, self.spool, *metered, clock=self.clock,
+                             wake_event=self.spooled, on_notice=self.notifier.wake)  # fmt: skip
+        self.receipts = Receipts(self.settings, self.store, wake=self.notifier.wake)
+        self.http.add_routes(self.receipts.routes())
+        self.examiner = Examiner(self.settings.documents)
+        self.smtp = SmtpServer(self.settings, self.store, self.spool, on_spooled=self._on_spooled, clock=self.clock,
+                               on_receipt_mail=self.receipts.on_receipt_mail, examiner=self.examiner)  # fmt: skip
+        self.smtp.on_reply = self.metrics.smtp_reply
+        self.components = [self.http, self.storage, self.provider, self.worker, self.receipts, self.notifier,
+                           self.examiner, self.smtp]  # fmt: skip
+
+    def _smtp_listening(self) -> bool:
+        smtp = getattr(self, "smtp", None)
+        server = getattr(smtp, "_server", None)
+        return bool(server is not None and server.is_serving() and not getattr(smtp, "stopping", True))
+
+    def _on_spooled(self) -> None:
+        self.spooled.set()  # the worker
+        self.notifier.wake()  # the "accepted" notice, when notify.accepted_notice is on
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.spool.create)
+        await asyncio.to_thread(self.spool.lock)
+        try:
+            await self.store.open()
+            await asyncio.to_thread(self.spool.clean_tmp)
+            stray = await self.store.run(lambda s: self.spool.remove_unrecorded(s.recorded_messages))
+            for message_id in stray:
+                log.warning("spool: removed message %s, written but never committed (no 250 was given)", message_id)
+            self.build()
+            for component in self.components:
+                await component.start()
+                self._started.append(component)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        for component in reversed(self._started):
+            await _quietly(component.stop, component)
+        self._started.clear()
+        await self.store.close()
+        self.spool.unlock()
+
+
+async def _quietly(fn: Callable[[], Awaitable[None]], what: object) -> None:
+    try:
+        await fn()
+    except Exception:
+        log.exception("error while stopping %s", type(what).__name__)

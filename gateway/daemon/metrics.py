@@ -1,0 +1,240 @@
+"""Metrics: what an operator graphs and alerts on, in Prometheus format.
+
+One :class:`Metrics` per :class:`~gateway.app.Gateway`, each with its own
+``CollectorRegistry`` (never the process-global one: tests run several
+gateways in one process). ``/metrics`` (gateway/daemon/health.py) renders it.
+
+Two sources. What the store records is read from it at scrape time
+(:func:`snapshot`, on the store thread): messages accepted, jobs by state,
+receipts by code, notifications by kind and state, and the latencies of jobs
+submitted or finished since the last scrape (end of DATA to submission, to
+the final receipt). These are right across restarts and include what the CLI
+did. What the store does not keep is counted as it happens: SMTP refusals by
+reply (:meth:`Metrics.smtp_reply`), provider answers by code and storage
+results (:class:`MeteredProvider`, :class:`MeteredStorage`, which wrap the
+worker's clients); the last provider and storage results also feed /healthz.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway import replies
+from gateway.outcomes import Accepted, DeliveryOutcome, PermanentFailure, Submission
+from gateway.store import State, Store
+
+if TYPE_CHECKING:
+    from gateway.delivery.storage import Storage
+    from gateway.delivery.worker import Provider
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Seconds: from a fraction of a second (submission) to a day (a receipt after busy retries).
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The last outcome of a dependency call, for /healthz."""
+
+    ok: bool
+    detail: str
+    at: float
+
+
+@dataclass
+class Snapshot:
+    """What the store says, read in one go on the store thread."""
+
+    accepted: int = 0
+    jobs: dict[str, int] = field(default_factory=dict)
+    receipts: dict[str, int] = field(default_factory=dict)
+    notifications: dict[tuple[str, str], int] = field(default_factory=dict)
+    submit_latencies: list[float] = field(default_factory=list)
+    receipt_latencies: list[float] = field(default_factory=list)
+    submitted_mark: float = 0.0
+    final_mark: float = 0.0
+
+
+def _latencies(db: sqlite3.Connection, column: str, condition: str, mark: float) -> tuple[list[float], float]:
+    """Seconds from receipt of the mail to ``jobs.<column>``, for jobs past ``mark``; and the new mark."""
+    rows = db.execute(
+        f"SELECT j.{column}, m.received_at FROM jobs j JOIN messages m ON m.id = j.message_id"
+        f" WHERE j.{column} > ?{condition} ORDER BY j.{column}",
+        (mark,),
+    ).fetchall()
+    return [max(0.0, at - received) for at, received in rows], max([mark, *(at for at, _ in rows)])
+
+
+def snapshot(store: Store, submitted_mark: float, final_mark: float) -> Snapshot:
+    """Counts, and the latencies of jobs submitted / finished by a receipt after the marks."""
+    db = store.db
+    snap = Snapshot(submitted_mark=submitted_mark, final_mark=final_mark)
+    snap.accepted = int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    snap.jobs = store.count_by_state()
+    snap.receipts = {str(r[0]): int(r[1]) for r in db.execute("SELECT etat_e, COUNT(*) FROM receipts GROUP BY etat_e")}
+    for kind, state, n in db.execute("SELECT kind, state, COUNT(*) FROM notifications GROUP BY kind, state"):
+        key = (str(kind).split(":", 1)[0], str(state))
+        snap.notifications[key] = snap.notifications.get(key, 0) + int(n)
+    snap.submit_latencies, snap.submitted_mark = _latencies(db, "submitted_at", "", submitted_mark)
+    snap.receipt_latencies, snap.final_mark = _latencies(db, "final_at", " AND j.receipt_code != ''", final_mark)
+    return snap
+
+
+def _reply_patterns() -> list[tuple[str, re.Pattern[str]]]:
+    """Each refusal in the reply table as a pattern over the sent text (placeholders match anything)."""
+    out = []
+    for name, reply in replies.all_replies().items():
+        if reply.code >= 400:
+            parts = re.split(r"\{[^}]*\}", reply.text)
+            text = ".*".join(re.escape(p) for p in parts)
+            out.append((name, re.compile(rf"^{reply.code} {re.escape(reply.enhanced)} {text}$", re.S)))
+    return out
+
+
+class Metrics:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.smtp_refusals = Counter(
+            "faxgw_smtp_refusals", "SMTP replies that refused something, by reply name", ["reason"], registry=r
+        )
+        self.provider_answers = Counter(
+            "faxgw_provider_answers", "Provider answers to submissions, by code (or fault)", ["code"], registry=r
+        )
+        self.uploads = Counter("faxgw_uploads", "Document uploads to storage, by result", ["result"], registry=r)
+        self.submit_latency = Histogram(
+            "faxgw_submit_latency_seconds", "From the end of DATA to the provider's acceptance",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.receipt_latency = Histogram(
+            "faxgw_receipt_latency_seconds", "From the end of DATA to the final receipt",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._snap = Snapshot(submitted_mark=clock(), final_mark=clock())
+        r.register(_StoreCollector(self))
+        self._patterns = _reply_patterns()
+        self.last_provider: Result | None = None
+        self.last_storage: Result | None = None
+
+    # -- counted as it happens --------------------------------------------------
+
+    def smtp_reply(self, text: str) -> None:
+        """Every SMTP reply sent; refusals (4xx, 5xx) are counted by their name in the reply table."""
+        if text[:1] not in ("4", "5"):
+            return
+        line = text.splitlines()[-1] if text else text
+        reason = next((name for name, pattern in self._patterns if pattern.match(line)), line[:9].strip() or "other")
+        self.smtp_refusals.labels(reason=reason).inc()
+
+    def provider_answer(self, code: str, *, ok: bool, detail: str) -> None:
+        self.provider_answers.labels(code=code).inc()
+        self.last_provider = Result(ok, detail, self.clock())
+
+    def storage_result(self, *, ok: bool, detail: str) -> None:
+        self.uploads.labels(result="ok" if ok else "error").inc()
+        self.last_storage = Result(ok, detail, self.clock())
+
+    # -- read from the store at scrape time -------------------------------------
+
+    def marks(self) -> tuple[float, float]:
+        return self._snap.submitted_mark, self._snap.final_mark
+
+    def update(self, snap: Snapshot) -> None:
+        for value in snap.submit_latencies:
+            self.submit_latency.observe(value)
+        for value in snap.receipt_latencies:
+            self.receipt_latency.observe(value)
+        self._snap = snap
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StoreCollector:
+    """Families whose values are the store's own counts (from the latest snapshot)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.metrics._snap
+        accepted = CounterMetricFamily("faxgw_messages_accepted", "Messages answered 250 and spooled")
+        accepted.add_metric([], snap.accepted)
+        yield accepted
+        jobs = GaugeMetricFamily("faxgw_jobs", "Jobs in the store, by state", labels=["state"])
+        for state in State:
+            jobs.add_metric([str(state)], snap.jobs.get(str(state), 0))
+        yield jobs
+        receipts = CounterMetricFamily("faxgw_receipts", "Receipts (AR) stored, by provider code", labels=["code"])
+        for code, n in sorted(snap.receipts.items()):
+            receipts.add_metric([code], n)
+        yield receipts
+        notices = GaugeMetricFamily(
+            "faxgw_notifications", "Notifications in the store, by kind and state", labels=["kind", "state"]
+        )
+        for (kind, notice_state), n in sorted(snap.notifications.items()):
+            notices.add_metric([kind, notice_state], n)
+        yield notices
+
+
+class MeteredProvider:
+    """The worker's provider client, counting each answer by code."""
+
+    def __init__(self, inner: Provider, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def submit(self, submission: Submission) -> Accepted:
+        try:
+            accepted = await self.inner.submit(submission)
+        except DeliveryOutcome as exc:
+            label = exc.code or type(exc).__name__.lower()
+            # A refused document or number is the sender's matter; anything else is the gateway's.
+            self.metrics.provider_answer(label, ok=isinstance(exc, PermanentFailure), detail=exc.reason)
+            raise
+        self.metrics.provider_answer(accepted.code, ok=True, detail=f"accepted (code {accepted.code})")
+        return accepted
+
+
+class MeteredStorage:
+    """The worker's storage backend, recording each upload's result."""
+
+    def __init__(self, inner: Storage, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    def new_key(self) -> str:
+        return self.inner.new_key()
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        try:
+            await self.inner.put(key, data, content_type)
+        except Exception as exc:
+            self.metrics.storage_result(ok=False, detail=getattr(exc, "reason", None) or type(exc).__name__)
+            raise
+        self.metrics.storage_result(ok=True, detail=f"stored {len(data)} bytes")
+
+    async def url(self, key: str) -> str:
+        return await self.inner.url(key)
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(key)
+
+    async def check(self) -> str:
+        return await self.inner.check()

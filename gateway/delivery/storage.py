@@ -1,0 +1,251 @@
+"""Document storage: where the provider fetches the fax document from.
+
+In: the fax document of a spooled message and a key from :func:`new_key`.
+Out: a URL the provider can GET, made at submit time and never stored (a
+presigned URL carries a signature). Two backends:
+
+- ``s3``: one boto3 client, created at start and shared; every call runs in a
+  thread, never on the event loop. Objects are private (no ACL is ever set),
+  typed, ``Content-Disposition: attachment``; the URL is a presigned GET or
+  ``<public_base_url>/<key>`` for a CDN.
+- ``local``: the document stays in the spool and the HTTP listener serves
+  ``GET /documents/<key>`` while a job of that message is not final.
+
+Failures raise :class:`~gateway.outcomes.Retry` with a reason free of secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from aiohttp import web
+
+from gateway.outcomes import Retry
+from gateway.settings import Settings
+from gateway.spool import FAX_NAME, Spool
+from gateway.store import FINAL_STATES, AsyncStore, Store
+
+log = logging.getLogger("gateway.storage")
+
+T = TypeVar("T")
+
+# 128 random bits, hex, and nothing about the sender.
+KEY_RE = re.compile(r"^[0-9a-f]{32}\.pdf$")
+
+# Leading bytes -> Content-Type of what the provider downloads.
+_SIGNATURES: list[tuple[bytes, str]] = [
+    (b"%PDF-", "application/pdf"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+]
+
+
+def new_key(prefix: str = "") -> str:
+    """An object key with 128 random bits and no sender data."""
+    return f"{prefix}{secrets.token_hex(16)}.pdf"
+
+
+def content_type(data: bytes) -> str:
+    """The detected type of a fax document."""
+    for magic, ctype in _SIGNATURES:
+        if data.startswith(magic):
+            return ctype
+    return "application/octet-stream"
+
+
+class Storage(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def new_key(self) -> str:
+        """A fresh key for one message's document."""
+        ...
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Store ``data`` under ``key``; raises Retry when the backend is unavailable."""
+        ...
+
+    async def url(self, key: str) -> str:
+        """The URL the provider GETs; it may carry a signature: never log or store it."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; raises Retry when the backend is unavailable."""
+        ...
+
+    async def check(self) -> str:
+        """One line for check-config saying the backend is usable; raises Retry if not."""
+        ...
+
+
+def _s3_reason(action: str, exc: Exception) -> str:
+    """Words for an S3 failure: the error code and status, never the request (it may hold a signature)."""
+    response: Any = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error", {})
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+        code = str(error.get("Code", "")) or "error"
+        return f"S3 {action} failed: {code} (HTTP {status})"
+    names = {
+        "EndpointConnectionError": "cannot connect to the S3 endpoint",
+        "ConnectTimeoutError": "timed out connecting to the S3 endpoint",
+        "ReadTimeoutError": "the S3 endpoint did not answer in time",
+        "ConnectionClosedError": "the S3 endpoint closed the connection",
+        "NoCredentialsError": "no S3 credentials found",
+        "SSLError": "TLS failure talking to the S3 endpoint",
+    }
+    return f"S3 {action} failed: {names.get(type(exc).__name__, type(exc).__name__)}"
+
+
+class S3Storage:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings.storage
+        self._client: Any = None
+
+    async def start(self) -> None:
+        self._client = await asyncio.to_thread(self._make_client)
+
+    def _make_client(self) -> Any:
+        import boto3  # local: only the s3 backend needs it
+        from botocore.config import Config
+
+        s = self.settings
+        config = Config(
+            connect_timeout=s.timeout_seconds,
+            read_timeout=s.timeout_seconds,
+            # One quick retry inside boto3; the worker owns the real backoff.
+            retries={"total_max_attempts": 2, "mode": "standard"},
+            signature_version="s3v4",
+            # Path style works with every S3-compatible server and IP endpoints.
+            s3={"addressing_style": "path" if s.endpoint_url else "auto"},
+        )
+        return boto3.session.Session().client(
+            "s3", region_name=s.region or None, endpoint_url=s.endpoint_url or None, config=config
+        )
+
+    async def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.to_thread(client.close)
+
+    def new_key(self) -> str:
+        return new_key(self.settings.prefix)
+
+    async def _call(self, action: str, fn: Callable[[Any], T]) -> T:
+        if self._client is None:
+            raise Retry(f"S3 {action} failed: storage is not started")
+        client = self._client
+        try:
+            return await asyncio.to_thread(fn, client)
+        except Exception as exc:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            if isinstance(exc, (BotoCoreError, ClientError)):
+                raise Retry(_s3_reason(action, exc)) from None
+            raise
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        bucket = self.settings.bucket
+        await self._call(
+            "upload",
+            lambda c: c.put_object(
+                Bucket=bucket, Key=key, Body=data, ContentType=content_type, ContentDisposition="attachment"
+            ),
+        )
+
+    async def url(self, key: str) -> str:
+        if self.settings.public_base_url:
+            return f"{self.settings.public_base_url.rstrip('/')}/{key}"
+        params = {"Bucket": self.settings.bucket, "Key": key}
+        expiry = self.settings.presign_seconds
+        url: str = await self._call(
+            "presign", lambda c: c.generate_presigned_url("get_object", Params=params, ExpiresIn=expiry)
+        )
+        return url
+
+    async def delete(self, key: str) -> None:
+        bucket = self.settings.bucket
+        await self._call("delete", lambda c: c.delete_object(Bucket=bucket, Key=key))
+
+    async def check(self) -> str:
+        bucket = self.settings.bucket
+        await self._call("check", lambda c: c.head_bucket(Bucket=bucket))
+        where = self.settings.endpoint_url or "AWS"
+        return f"s3: bucket {bucket!r} reachable at {where}"
+
+
+def _served_message(store: Store, key: str) -> str | None:
+    """The message whose document ``key`` is, while one of its jobs is not final."""
+    finals = [str(s) for s in FINAL_STATES]
+    marks = ",".join("?" * len(finals))
+    row = store.db.execute(
+        "SELECT m.id FROM messages m WHERE m.upload_key = ? AND m.object_deleted_at = 0"
+        f" AND EXISTS (SELECT 1 FROM jobs j WHERE j.message_id = m.id AND j.state NOT IN ({marks}))",
+        (key, *finals),
+    ).fetchone()
+    return None if row is None else str(row["id"])
+
+
+class LocalStorage:
+    """The spool is the storage; the HTTP listener serves the document to the provider."""
+
+    def __init__(self, settings: Settings, store: AsyncStore, spool: Spool) -> None:
+        self.public_url = settings.http.public_url.rstrip("/")
+        self.store = store
+        self.spool = spool
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/documents/{key}", self._serve)]
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def new_key(self) -> str:
+        return new_key()
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        pass  # already in the spool; the key is recorded on the message by the worker
+
+    async def url(self, key: str) -> str:
+        return f"{self.public_url}/documents/{key}"
+
+    async def delete(self, key: str) -> None:
+        pass  # serving stops by itself once every job of the message is final
+
+    async def check(self) -> str:
+        return f"local: documents served at {self.public_url}/documents/"
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        if not KEY_RE.match(key):
+            raise web.HTTPNotFound()
+        message_id = await self.store.run(lambda s: _served_message(s, key))
+        if message_id is None:
+            raise web.HTTPNotFound()
+        try:
+            data = await asyncio.to_thread(self.spool.read, message_id, FAX_NAME)
+        except FileNotFoundError:
+            raise web.HTTPNotFound() from None
+        return web.Response(
+            body=data,
+            content_type=content_type(data),
+            headers={"Content-Disposition": "attachment", "Cache-Control": "no-store"},
+        )
+
+
+def build_storage(settings: Settings, store: AsyncStore, spool: Spool) -> S3Storage | LocalStorage:
+    if settings.storage.backend == "s3":
+        return S3Storage(settings)
+    return LocalStorage(settings, store, spool)

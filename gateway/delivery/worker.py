@@ -1,0 +1,385 @@
+"""The delivery worker: stores each spooled document and submits its jobs to the provider.
+
+In: job rows (queued, deferred, credit holds, ambiguous past their grace) and
+the spooled fax documents. Out: every step as a state change with its time and
+reason (``Store.transition`` writes the timeline), and notices for the notifier
+(``failed``, ``delayed``, ``alert:*``).
+
+The provider client and the storage raise outcome types; this module alone
+turns them into state, backoff and give-up (the tables below). ``submitting``
+is recorded before each request, so a job found in it at start-up may have
+been sent and becomes ``ambiguous`` (:mod:`gateway.recovery`): no job is
+submitted twice without the ambiguity on record. At most
+``provider.concurrency`` jobs are in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import Callable
+from typing import Protocol
+
+from gateway.delivery.recovery import recover
+from gateway.delivery.storage import Storage, content_type
+from gateway.outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailure, Retry, Submission
+from gateway.receipts.callback import accuse_email_for, apply_pending
+from gateway.sender import Row
+from gateway.settings import Settings
+from gateway.spool import FAX_NAME, Spool
+from gateway.store import FINAL_STATES, AsyncStore, Job, State, Store
+
+log = logging.getLogger("gateway.worker")
+
+
+class Provider(Protocol):
+    async def submit(self, submission: Submission) -> Accepted:
+        """Send one fax request; raises the outcome types of gateway.outcomes."""
+        ...
+
+
+# What each kind of hold does: the administrator alert it raises and whether a
+# timer retries it (credit) or a person/restart releases it (config, URL).
+HOLD_ALERTS = {HoldKind.CONFIG: "alert:config", HoldKind.URL: "alert:url", HoldKind.CREDIT: "alert:credit"}
+TIMED_HOLDS = frozenset({HoldKind.CREDIT})
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: AsyncStore,
+        spool: Spool,
+        storage: Storage,
+        provider: Provider,
+        *,
+        clock: Callable[[], float],
+        wake_event: asyncio.Event,
+        on_notice: Callable[[], None] = lambda: None,
+        stop_timeout: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.delivery = settings.delivery
+        self.store = store
+        self.spool = spool
+        self.storage = storage
+        self.provider = provider
+        self.clock = clock
+        self._wake = wake_event
+        self._on_notice = on_notice  # wakes the notifier: a queued notice goes out now, not at its next poll
+        # By default a stop waits out the provider's own timeout: an answer that
+        # still comes spares an ambiguous job.
+        self._stop_timeout = settings.provider.total_timeout + 5.0 if stop_timeout is None else stop_timeout
+        self._limit = settings.provider.concurrency
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._fill_lock = asyncio.Lock()
+        self._sweep_lock = asyncio.Lock()
+        self._upload_locks: dict[str, asyncio.Lock] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover jobs left mid-step by a crash, then run (returns at once)."""
+        delivery = self.delivery
+        await self.store.run(lambda s: recover(s, delivery))
+        self._stopping = False
+        self._loop_task = asyncio.create_task(self._run(), name="worker")
+
+    async def stop(self) -> None:
+        """Stop taking jobs; let in-flight ones finish up to ``stop_timeout``, then cancel them.
+
+        A job cancelled while ``submitting`` stays so and is found ambiguous at the next start.
+        """
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._stop_timeout
+        if self._loop_task is not None:
+            # The pass under way ends by itself: cancelled between a claim's commit and the start
+            # of its task, it would leave a job marked uploading that nobody works on.
+            self.wake()
+            done, _ = await asyncio.wait({self._loop_task}, timeout=max(0.0, deadline - loop.time()))
+            if not done:
+                self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        if self._sweep_task is not None:
+            self._sweep_task.cancel()
+            await asyncio.gather(self._sweep_task, return_exceptions=True)
+            self._sweep_task = None
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def drain(self) -> None:
+        """Process until no job is due and nothing is in flight (tests call it instead of sleeping)."""
+        while True:
+            started = await self._fill()
+            await self._sweep()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+            elif not started:
+                return
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            if self._sweep_task is None or self._sweep_task.done():
+                # Apart from dispatch: a slow storage delete never holds up new submissions.
+                self._sweep_task = asyncio.create_task(self._sweep(), name="worker sweep")
+            try:
+                await self._fill()
+            except Exception:
+                log.exception("worker pass failed; trying again at the next wake-up")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.delivery.poll_seconds)
+            except TimeoutError:
+                pass
+
+    # -- dispatch -----------------------------------------------------------
+
+    async def _fill(self) -> int:
+        """Claim due jobs while slots are free; returns how many were started."""
+        started = 0
+        async with self._fill_lock:
+            while not self._stopping and not self.delivery.paused:
+                free = self._limit - len(self._tasks)
+                if free <= 0:
+                    break
+                jobs, paused = await self.store.run(_due(self.clock(), free))
+                if paused or not jobs:
+                    break
+                for due in jobs:
+                    if self._stopping:
+                        break
+                    if (job := await self._claim(due)) is not None:
+                        task = asyncio.create_task(self._process(job), name=f"job {job.id}")
+                        self._tasks.add(task)
+                        task.add_done_callback(self._done)
+                        started += 1
+        return started
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s: stopped by an unexpected error: %s", task.get_name(), type(exc).__name__, exc_info=exc)
+        if not self._stopping:
+            self.wake()  # a slot is free
+
+    async def _claim(self, job: Job) -> Job | None:
+        """Atomically move a due job to ``uploading`` (from the state it was seen in); the claimed job."""
+        if job.state == State.AMBIGUOUS:
+            reason = "no matching receipt within the grace period"
+            if self.delivery.ambiguous_action != "resubmit" or job.ambiguities >= 2:
+                await self._record(job, State.AMBIGUOUS, f"{reason}; left for an operator", expect=[State.AMBIGUOUS],
+                                   event="left for an operator", next_attempt_at=0)  # fmt: skip
+                await self._notice(job, "alert:ambiguous-operator", f"{reason}; resolve it with fax-gateway resolve")
+                return None
+            reason += ": submitting once more with the same reference"
+            event = "resubmitting"
+        else:
+            reason, event = "storing the document", "uploading"
+        attempts = job.attempts + 1
+        if not await self._record(job, State.UPLOADING, reason, expect=[State(job.state)], event=event,
+                                  attempts=attempts, hold_kind="", next_attempt_at=0):  # fmt: skip
+            return None
+        return dataclasses.replace(job, state=State.UPLOADING, attempts=attempts, hold_kind="", next_attempt_at=0)
+
+    # -- one job --------------------------------------------------------------
+
+    async def _process(self, job: Job) -> None:
+        sent = False
+        try:
+            key, message = await self._upload(job)
+            url = await self.storage.url(key)
+            if not await self._record(job, State.SUBMITTING, "sending to the provider", expect=[State.UPLOADING],
+                                      submitted_at=self.clock()):  # fmt: skip
+                return  # moved meanwhile (cancelled by an operator)
+            sent = True
+            accuse = accuse_email_for(self.settings, job, message)
+            accepted = await self.provider.submit(Submission(job.id, job.number, url, accuse))
+        except Retry as exc:
+            await self._retry(job, exc.reason, sent)
+        except FileNotFoundError:
+            await self._record(job, State.QUARANTINED, "the document is missing from the spool")
+            await self._notice(job, "alert:quarantined", "the document is missing from the spool")
+        except (PermanentFailure, Hold, Ambiguous) as exc:
+            await self._settle(job, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("job %s: unexpected error", job.id, extra={"job_id": job.id})
+            what = f"unexpected error ({type(exc).__name__})"
+            if sent:
+                await self._settle(job, Ambiguous(f"{what} during submission"))
+            else:
+                await self._retry(job, what, sent)
+        else:
+            await self._accepted(job, accepted)
+
+    async def _upload(self, job: Job) -> tuple[str, Row]:
+        """Store the message's document once for all its jobs; returns the key and the message."""
+        message_id = job.message_id
+        lock = self._upload_locks.setdefault(message_id, asyncio.Lock())
+        async with lock:
+            row = await self.store.run(lambda s: s.message(message_id))
+            if row is None:
+                raise FileNotFoundError(message_id)
+            key = str(row["upload_key"])
+            deleted = row["object_deleted_at"] > 0  # a final job queued again by an operator
+            if key and row["uploaded_at"] > 0 and not deleted:
+                return key, row
+            if not key or deleted:
+                # The key is recorded before the upload: a crash mid-upload reuses it (no orphan object).
+                key = self.storage.new_key()
+                await self.store.run(lambda s: s.update_message(message_id, upload_key=key, object_deleted_at=0))
+            data = await asyncio.to_thread(self.spool.read, message_id, FAX_NAME)
+            await self.storage.put(key, data, content_type(data))
+            now = self.clock()
+            await self.store.run(lambda s: s.update_message(message_id, uploaded_at=now))
+            log.info("job %s: document stored (message %s)", job.id, message_id, extra={"job_id": job.id})
+            return key, row
+
+    # -- outcomes -------------------------------------------------------------
+
+    async def _accepted(self, job: Job, accepted: Accepted) -> None:
+        ref = accepted.ref_accuse
+        reason = f"accepted by the provider (code {accepted.code}, reference {ref})"
+        if await self._record(job, State.SUBMITTED, reason, expect=[State.SUBMITTING], provider_ref=ref):
+            await self._apply_pending(job)
+
+    async def _settle(self, job: Job, exc: PermanentFailure | Hold | Ambiguous) -> None:
+        reason = exc.reason  # words for a person; the provider code is in them
+        if isinstance(exc, PermanentFailure):
+            await self._record(job, State.FAILED, reason)
+            await self._notice(job, "failed", reason)
+            if exc.bug_alert:
+                await self._notice(job, "alert:bug", f"the gateway should have refused this document: {reason}")
+        elif isinstance(exc, Hold):
+            timed = exc.kind in TIMED_HOLDS
+            retry_at = self.clock() + self.delivery.credit_retry_seconds if timed else 0.0
+            what = "retried automatically" if timed else "submissions paused" if exc.kind == HoldKind.CONFIG else ""
+            held = f"{reason}; {what}" if what else reason
+            await self._record(job, State.HELD, held, hold_kind=str(exc.kind), next_attempt_at=retry_at)
+            await self._notice(job, HOLD_ALERTS[exc.kind], reason)
+            if exc.kind == HoldKind.CREDIT:
+                await self._notice(job, "delayed", "the fax service account needs credit; the fax will be sent later")
+        else:
+            grace = self.delivery.ambiguous_grace_seconds
+            await self._record(job, State.AMBIGUOUS, f"outcome unknown: {reason}; waiting for a matching receipt",
+                               ambiguities=job.ambiguities + 1, next_attempt_at=self.clock() + grace)  # fmt: skip
+            kind = "alert:ambiguous" if job.ambiguities == 0 else "alert:ambiguous-again"
+            await self._notice(job, kind, reason)
+            await self._apply_pending(job)  # a receipt already on file may resolve it
+
+    async def _retry(self, job: Job, reason: str, sent: bool) -> None:
+        """The step surely did not happen: defer with backoff, or fail past the queue lifetime."""
+        d = self.delivery
+        now = self.clock()
+        give_up_at = job.created_at + d.max_queue_lifetime_seconds
+        expect = [State.SUBMITTING if sent else State.UPLOADING]
+        if now >= give_up_at:
+            failed = f"could not be sent within {duration(d.max_queue_lifetime_seconds)}; last error: {reason}"
+            if await self._record(job, State.FAILED, failed, expect=expect):
+                await self._notice(job, "failed", failed)
+            return
+        delay = backoff(job.attempts, d.min_backoff_seconds, d.max_backoff_seconds)
+        retry_at = min(now + delay, give_up_at)
+        await self._record(job, State.DEFERRED, f"{reason}; next try in {duration(retry_at - now)}",
+                           expect=expect, next_attempt_at=retry_at)  # fmt: skip
+
+    # -- store ----------------------------------------------------------------
+
+    async def _record(self, job: Job, state: State, reason: str, *, expect: list[State] | None = None,
+                      event: str | None = None, **columns: object) -> bool:  # fmt: skip
+        """One state change, shielded: a stop never cancels a state write half-way."""
+        if expect is None:
+            expect = [State.SUBMITTING, State.UPLOADING]
+        changed = await asyncio.shield(
+            self.store.run(lambda s: s.transition(job.id, state, reason, expect=expect, event=event, **columns))
+        )
+        level = logging.INFO if changed else logging.WARNING
+        note = "" if changed else " (not recorded: the job moved meanwhile)"
+        log.log(level, "job %s: %s: %s%s", job.id, event or state, reason, note, extra={"job_id": job.id})
+        return changed
+
+    async def _apply_pending(self, job: Job) -> None:
+        """Apply receipts that came before the answer was recorded (the receipts stage decides)."""
+        delivery = self.delivery
+        await asyncio.shield(self.store.run(lambda s: apply_pending(s, job.id, delivery)))
+
+    async def _notice(self, job: Job, kind: str, detail: str) -> None:
+        await asyncio.shield(self.store.run(lambda s: s.queue_notice(job.id, kind, detail)))
+        self._on_notice()
+
+    async def _sweep(self) -> None:
+        """Delete stored documents once every job of their message is final (after keep_days)."""
+        try:
+            await self._sweep_once()
+        except Exception:
+            log.exception("deleting finished documents failed; trying again at the next wake-up")
+
+    async def _sweep_once(self) -> None:
+        now = self.clock()
+        keep = self.settings.storage.keep_days * 86400.0
+        async with self._sweep_lock:
+            for message_id, key in await self.store.run(lambda s: finished_uploads(s, now - keep)):
+                try:
+                    await self.storage.delete(key)
+                except Retry as exc:
+                    log.warning("message %s: document not deleted yet: %s", message_id, exc.reason)
+                    continue
+                await self.store.run(_mark_deleted(message_id, now))
+                self._upload_locks.pop(message_id, None)
+                log.info("message %s: stored document deleted", message_id)
+
+
+def _mark_deleted(message_id: str, now: float) -> Callable[[Store], None]:
+    return lambda s: s.update_message(message_id, object_deleted_at=now)
+
+
+def duration(seconds: float) -> str:
+    """``2 days``, ``5 hours``, ``17 minutes``: words for a delay."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = round(seconds / size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{round(seconds)} seconds"
+
+
+def backoff(attempts: int, low: float, high: float) -> float:
+    """Exponential backoff with jitter: between half and all of min(high, low * 2^(attempts-1))."""
+    base = min(high, low * 2.0 ** min(max(attempts - 1, 0), 60))
+    return base / 2 + random.uniform(0, base / 2)
+
+
+def config_held(store: Store) -> bool:
+    """Whether submissions are paused: a job is held for a configuration error."""
+    row = store.db.execute("SELECT 1 FROM jobs WHERE state = 'held' AND hold_kind = 'config' LIMIT 1").fetchone()
+    return row is not None
+
+
+def _due(now: float, limit: int) -> Callable[[Store], tuple[list[Job], bool]]:
+    return lambda s: (s.due_for_delivery(now, limit), config_held(s))
+
+
+def finished_uploads(store: Store, final_before: float) -> list[tuple[str, str]]:
+    """(message id, key) of stored documents whose jobs all ended before ``final_before``."""
+    finals = [str(s) for s in FINAL_STATES]
+    marks = ",".join("?" * len(finals))
+    rows = store.db.execute(
+        "SELECT m.id, m.upload_key FROM messages m WHERE m.upload_key != '' AND m.object_deleted_at = 0"
+        f" AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.message_id = m.id AND (j.state NOT IN ({marks})"
+        " OR j.final_at > ?)) LIMIT 100",
+        (*finals, final_before),
+    )
+    return [(str(r[0]), str(r[1])) for r in rows]

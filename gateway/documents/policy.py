@@ -1,0 +1,214 @@
+"""Documents: find what to fax in a mail, check it, and build the one document sent.
+
+In: the raw bytes of a message and the document settings. Out: an
+:class:`Extraction` (the fax document, always a PDF, its page count, what went
+into it and what was left out), or :class:`DocumentRefused` carrying the SMTP
+reply that tells the sender what to change. Called by SMTP intake in its DATA
+step, before the 250. Blocking (parser, libmagic, pikepdf, Pillow): callers
+run it off the event loop.
+
+Replies it can give (``gateway.replies``): NO_DOCUMENT and DOC_TNEF (554
+5.6.0/5.6.1, nothing to fax), DOC_TYPE (554 5.6.1), DOC_EMPTY (554 5.6.0),
+DOC_ENCODING, DOC_CORRUPT and DOC_ENCRYPTED (554 5.6.5), DOC_LIMITS (554
+5.6.0), DOC_TOO_BIG (552 5.3.4). Which parts are candidates and the order of
+the checks follow document policy v1: checks run in MIME order and the first
+candidate that fails decides. With ``documents.unsupported = "skip"`` a part
+of a type that cannot be faxed is left out instead and listed in
+``Extraction.skipped`` (the receipts name it); when nothing else is left,
+DOC_TYPE names the first such part.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+import tnefparse
+
+from gateway import replies
+from gateway.documents import formats as faxdoc
+from gateway.documents import mime
+from gateway.documents.formats import Document, Unfit
+from gateway.settings import DocumentSettings
+
+
+@dataclass(frozen=True)
+class Extraction:
+    document: bytes
+    doc_type: str
+    pages: int
+    # What went in, in order: {"name", "type", "pages", "bytes"}.
+    documents: list[dict[str, Any]] = field(default_factory=list)
+    # What was left out (unsupported = "skip"): {"name", "type", "reason"}.
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+class DocumentRefused(Exception):
+    """The message cannot be faxed; ``reply`` is the SMTP reply, ``reason`` the policy reason.
+
+    Reasons: no-document, type, empty, encoding, corrupt, encrypted, limits, too-big.
+    """
+
+    def __init__(self, reply: str, reason: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[DocumentRefused], tuple[str, str]]:
+        # Raised in a worker process and pickled back: rebuilt from both arguments (``args`` has one).
+        return DocumentRefused, (self.reply, self.reason)
+
+
+# Policy reason -> the reply that explains it.
+REASON_REPLIES = {
+    "type": replies.DOC_TYPE,
+    "empty": replies.DOC_EMPTY,
+    "encoding": replies.DOC_ENCODING,
+    "corrupt": replies.DOC_CORRUPT,
+    "encrypted": replies.DOC_ENCRYPTED,
+    "limits": replies.DOC_LIMITS,
+}
+
+
+def extract(raw: bytes, settings: DocumentSettings) -> Extraction:
+    """The fax document of a message, or :class:`DocumentRefused`."""
+    try:
+        msg = mime.parse(raw, settings.max_mime_depth, settings.max_parts)
+    except mime.LimitExceeded as exc:
+        raise _refused("limits", "", "", str(exc), settings) from None
+    run = _Run(settings)
+    for part in mime.candidates(msg):
+        run.take(part, 0)
+    return run.finish()
+
+
+def for_reply(name: str) -> str:
+    """A display name in ASCII, for an SMTP reply line (RFC 5321 replies are ASCII)."""
+    folded = unicodedata.normalize("NFKD", name)
+    folded = "".join(ch for ch in folded if not unicodedata.combining(ch))
+    return folded.encode("ascii", "replace").decode("ascii")
+
+
+def accepted_list(settings: DocumentSettings) -> str:
+    return ", ".join(kind.upper() for kind in settings.accepted_types)
+
+
+def _refused(reason: str, name: str, found: str, detail: str, settings: DocumentSettings) -> DocumentRefused:
+    target = "PDF" if "pdf" in settings.accepted_types else settings.accepted_types[0].upper()
+    reply = REASON_REPLIES[reason].format(
+        name=for_reply(name), found=found, reason=detail, accepted=accepted_list(settings), target=target
+    )
+    return DocumentRefused(reply, reason)
+
+
+class _Run:
+    """The checks over one message's candidates, in MIME order."""
+
+    def __init__(self, settings: DocumentSettings) -> None:
+        self.settings = settings
+        self.documents: list[Document] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.count = 0
+        self.decoded = 0
+        self.pages = 0
+        self.tnef_seen = False
+        # The refusal a skipped part would have given: said when nothing else is left to fax.
+        self.first_skip: DocumentRefused | None = None
+
+    def take(self, part: mime.Part, level: int) -> None:
+        """Check one candidate; keep it, ignore it, unpack it, or refuse the message."""
+        s = self.settings
+        label = self._count(part)
+        if not part.data:
+            raise _refused("empty", label, "", "", s)
+        if not part.clean:
+            raise _refused("encoding", label, "", "", s)
+        if faxdoc.is_enveloped(part.declared, part.smime_type, part.data):
+            raise _refused("encrypted", label, "S/MIME", "S/MIME encrypted mail", s)
+        found = faxdoc.sniff(part.data)
+        if found in faxdoc.IGNORED:
+            return
+        if found == faxdoc.TNEF:
+            self._unpack(part, label, level)
+            return
+        kind = faxdoc.KINDS.get(found)
+        if kind is None or kind not in s.accepted_types:
+            refusal = _refused("type", label, faxdoc.describe(found), "", s)
+            if s.unsupported == "skip":
+                self.skipped.append({"name": part.name or f"attachment {self.count}", "type": found, "reason": "type"})
+                self.first_skip = self.first_skip or refusal
+                return
+            raise refusal
+        self._keep(part, kind, label)
+
+    def _count(self, part: mime.Part) -> str:
+        """Apply the bounds on candidates and bytes; the candidate's label for replies."""
+        s = self.settings
+        self.count += 1
+        self.decoded += len(part.data)
+        if self.count > s.max_parts:
+            raise _refused("limits", "", "", f"more than {s.max_parts} attachments", s)
+        if self.decoded > s.max_decoded_bytes:
+            raise _refused("limits", "", "", f"attachments larger than {s.max_decoded_bytes} bytes in all", s)
+        label = part.name or f"attachment {self.count} (no file name)"
+        return f"{label} (in {part.within})" if part.within else label
+
+    def _keep(self, part: mime.Part, kind: str, label: str) -> None:
+        """A faxable kind: prove it readable and count its pages (tracking pixels are dropped)."""
+        s = self.settings
+        try:
+            if kind == "pdf":
+                pages = faxdoc.pdf_pages(part.data)
+            else:
+                pages = faxdoc.image_frames(part.data, s.min_image_pixels, s.max_pdf_pages)
+        except Unfit as exc:
+            raise _refused(exc.reason, label, kind.upper(), exc.detail, s) from None
+        if pages == 0:  # a tracking pixel
+            return
+        if kind in ("jpeg", "png", "gif"):
+            pages = 1  # an animation is faxed as its first frame
+        self.pages += pages
+        if self.pages > s.max_pdf_pages:
+            raise _refused("limits", "", "", f"more than {s.max_pdf_pages} pages", s)
+        self.documents.append(Document(part.name or f"attachment {self.count}", kind, part.data, pages))
+
+    def _unpack(self, part: mime.Part, label: str, level: int) -> None:
+        """Outlook's winmail.dat: its attachments are candidates; embedded messages are TNEF again."""
+        s = self.settings
+        if level >= s.max_mime_depth:
+            raise _refused("limits", "", "", f"winmail.dat nested more than {s.max_mime_depth} deep", s)
+        self.tnef_seen = True
+        try:
+            attachments = [(_tnef_name(a), bytes(a.data or b"")) for a in tnefparse.TNEF(part.data).attachments]
+        except Exception as exc:  # tnefparse raises many types on damaged streams
+            raise _refused("corrupt", label, "TNEF (winmail.dat)", f"damaged: {type(exc).__name__}", s) from None
+        within = part.within or part.name or "winmail.dat"
+        for name, data in attachments:
+            self.take(mime.Part(name, data, True, "application/octet-stream", "", within), level + 1)
+
+    def finish(self) -> Extraction:
+        s = self.settings
+        if not self.documents and self.first_skip is not None:
+            raise self.first_skip  # everything was skipped: say what to convert, not "attach a file"
+        if not self.documents:
+            reply = replies.DOC_TNEF if self.tnef_seen else replies.NO_DOCUMENT
+            raise DocumentRefused(reply.format(accepted=accepted_list(s)), "no-document")
+        fax = faxdoc.build(self.documents, s.page_size)
+        if len(fax) > s.max_fax_bytes:
+            n = len(self.documents)
+            what = f" ({n} documents together)" if n > 1 else ""
+            too_big = replies.DOC_TOO_BIG.format(size=len(fax), what=what, limit=s.max_fax_bytes)
+            raise DocumentRefused(too_big, "too-big")
+        listed = [{"name": d.name, "type": d.kind, "pages": d.pages, "bytes": len(d.data)} for d in self.documents]
+        return Extraction(fax, "pdf", self.pages, listed, self.skipped)
+
+
+def _tnef_name(attachment: Any) -> str:
+    try:
+        name = attachment.long_filename() or attachment.name or ""
+    except Exception:  # a damaged name property: the short name will do
+        name = getattr(attachment, "name", "") or ""
+    if isinstance(name, bytes):
+        name = name.decode("latin-1")
+    return mime.sanitise(str(name))

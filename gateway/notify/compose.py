@@ -1,0 +1,287 @@
+"""The mails the gateway writes: receipts, notices and admin alerts, in English or French.
+
+In: a notification (kind, detail), the job, its message row, the receipt that
+decided it, and the settings. Out: an :class:`email.message.EmailMessage`
+with a subject that says it all, a plain-words body, RFC 3834 headers
+(``Auto-Submitted: auto-replied``, ``In-Reply-To``/``References`` to the
+original mail), a Message-ID stable per (job, outcome), and ``X-Fax-*``
+headers a program can parse. Pure: no I/O.
+
+The ``X-Fax-*`` headers, for applications that read receipts by program:
+
+- ``X-Fax-Status``: delivered, failed, delayed, accepted, receipt (a copy of the
+  provider's own receipt mail) or alert (administrator mails);
+- ``X-Fax-Job``: the job id; ``X-Fax-Number``: the number in E.164 (+33...);
+- ``X-Fax-Pages``: pages transmitted when delivered, pages of the document otherwise;
+- with a provider receipt: ``X-Fax-Pages-Sent``, ``X-Fax-Code`` (the provider's
+  code, 0 = received), ``X-Fax-Category`` (delivered, busy, no answer, wrong
+  number, document problem, transmission error, number barred, unknown) and
+  ``X-Fax-Received`` (the time on the recipient machine, as reported);
+- ``X-Fax-Reason``: why it failed or waits, in words (failed and delayed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+import phonenumbers
+
+from gateway.arcodes import Category, ReceiptCode, lookup
+from gateway.replies import clean
+from gateway.sender import Row
+from gateway.settings import Settings
+from gateway.store import Job
+
+# Status words, What-to-do texts, per language. Keys: category values, plus notice kinds.
+_STATUS = {
+    "en": {"delivered": "delivered", "failed": "not delivered", "delayed": "delayed", "accepted": "accepted",
+           "receipt": "receipt from the provider"},
+    "fr": {"delivered": "remis", "failed": "non remis", "delayed": "retardé", "accepted": "accepté",
+           "receipt": "accusé de réception du fournisseur"},
+}  # fmt: skip
+_NEXT = {
+    "en": {
+        Category.DELIVERED: "Nothing. The recipient's machine confirmed the fax.",
+        Category.BUSY: "The line was busy. Send the mail again later.",
+        Category.NO_ANSWER: "No fax machine answered. Check with the recipient that the machine is on and that "
+        "the number is a fax line, then send the mail again.",
+        Category.WRONG_NUMBER: "The number does not reach a fax machine. Check it and send the mail again to the "
+        "right <number>@ address.",
+        Category.DOCUMENT: "The document could not be converted for faxing. Send it again as a plain PDF "
+        "(not encrypted, no forms).",
+        Category.TRANSMISSION: "The transmission broke off. Send the mail again; if it fails again, ask the "
+        "recipient to check their machine.",
+        Category.BARRED: "The number refuses faxes (do-not-call list or EcoFAX). Contact the recipient another way.",
+        Category.UNKNOWN: "The provider gave a code the gateway does not know. Ask the fax administrator, "
+        "quoting the job id.",
+        "failed": "Correct what the reason says, then send the mail again.",
+        "delayed": "Nothing for now. The fax goes out as soon as the fax account is credited again, and you "
+        "will get its receipt.",
+        "accepted": "Nothing for now. You will get another mail when the recipient's machine answers.",
+        "receipt": "The provider's own mail is attached as it came.",
+    },
+    "fr": {
+        Category.DELIVERED: "Rien. Le fax distant a confirmé la réception.",
+        Category.BUSY: "La ligne était occupée. Renvoyez le message plus tard.",
+        Category.NO_ANSWER: "Aucun fax n'a répondu. Vérifiez avec le destinataire que son fax est allumé et que "
+        "le numéro est bien une ligne de fax, puis renvoyez le message.",
+        Category.WRONG_NUMBER: "Ce numéro n'aboutit pas à un fax. Vérifiez-le et renvoyez le message à la bonne "
+        "adresse <numéro>@.",
+        Category.DOCUMENT: "Le document n'a pas pu être converti pour le fax. Renvoyez-le en PDF simple "
+        "(sans mot de passe, sans formulaire).",
+        Category.TRANSMISSION: "La transmission a été interrompue. Renvoyez le message ; si l'échec se répète, "
+        "demandez au destinataire de vérifier son fax.",
+        Category.BARRED: "Ce numéro refuse les fax (liste rouge ou EcoFAX). Contactez le destinataire autrement.",
+        Category.UNKNOWN: "Le fournisseur a donné un code inconnu de la passerelle. Contactez l'administrateur "
+        "fax en citant le numéro de tâche.",
+        "failed": "Corrigez ce qu'indique le motif, puis renvoyez le message.",
+        "delayed": "Rien pour l'instant. Le fax partira dès que le compte fax sera recrédité, et vous recevrez son "
+        "accusé de réception.",
+        "accepted": "Rien pour l'instant. Vous recevrez un autre message quand le fax distant aura répondu.",
+        "receipt": "Le message du fournisseur est joint tel quel.",
+    },
+}
+_LABEL_KEYS = ("status", "number", "pages", "received", "attempt", "job", "subject", "date", "code", "next",
+               "left_out", "in_document")  # fmt: skip
+_LABELS = {
+    "en": dict(zip(_LABEL_KEYS, ("Status", "Fax number", "Pages", "Received at", "Attempt at", "Job", "Your mail",
+                                 "Sent on", "Provider code", "What to do", "Left out (cannot be faxed)",
+                                 " in the document"), strict=True)),
+    "fr": dict(zip(_LABEL_KEYS, ("État", "Numéro de fax", "Pages", "Reçu à", "Tentative à", "Tâche",
+                                 "Votre message", "Envoyé le", "Code fournisseur", "Que faire",
+                                 "Non faxé (type refusé)", " dans le document"), strict=True)),
+}  # fmt: skip
+_MSGID_SAFE = re.compile(r"[^A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a receipt or notice says about one job."""
+
+    kind: str  # delivered, failed, delayed, accepted, ar-mail:<digest>
+    detail: str
+    message_id: str  # the notification's stable id
+    job: Job
+    message: Row
+    receipt: Row | None = None
+
+
+def pretty_number(number: str) -> str:
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return clean(number, 30)
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.INTERNATIONAL))
+
+
+def message_id_header(message_id: str, from_address: str) -> str:
+    domain = from_address.rpartition("@")[2] or "localhost"
+    return f"<{_MSGID_SAFE.sub('-', message_id)}@{domain}>"
+
+
+def _status_of(f: Facts) -> tuple[str, str]:
+    """(X-Fax-Status value, the key of the status and next-step texts)."""
+    if f.kind.startswith("ar-mail:"):
+        return "receipt", "receipt"
+    return f.kind, f.kind
+
+
+def _subject(lang: str, f: Facts, status: str, reason: str, pages: int) -> str:
+    number = pretty_number(f.job.number)
+    word = _STATUS[lang].get(status, status)
+    if lang == "fr":
+        head = f"Fax vers {number} {word}"
+        if status == "delivered":
+            return f"{head}, {pages} page{'s' if pages > 1 else ''}"
+        return f"{head} : {reason}" if reason and status in ("failed", "delayed") else f"Fax vers {number} : {word}"
+    head = f"Fax to {number} {word}"
+    if status == "delivered":
+        return f"{head}, {pages} page{'s' if pages > 1 else ''}"
+    if reason and status in ("failed", "delayed"):
+        return f"{head}: {reason}"
+    return f"Fax to {number}: {word}" if status == "receipt" else head
+
+
+def left_out(message: Row) -> str:
+    """The attachments skipped under ``documents.unsupported = "skip"``: "notes.txt (text/plain), ..." or ""."""
+    try:
+        skipped = json.loads(message["skipped"] or "[]")
+    except (IndexError, KeyError, ValueError):
+        return ""
+    return ", ".join(f"{clean(s.get('name', ''), 120)} ({clean(s.get('type', ''), 80)})" for s in skipped)
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if ts else ""
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one mail reports, worked out once for its subject, body and headers."""
+
+    status: str  # the X-Fax-Status value
+    key: str  # the key of the status word and the next-step text
+    code: ReceiptCode | None  # the provider's receipt that decided a delivered / failed job
+    reason: str
+    next_step: str
+    pages: int
+    heure: str  # the recipient machine's clock, as the provider reports it
+
+    @property
+    def delivered(self) -> bool:
+        return self.status == "delivered"
+
+
+def _outcome(lang: str, f: Facts) -> _Outcome:
+    status, key = _status_of(f)
+    code = lookup(f.job.receipt_code) if f.job.receipt_code and status in ("delivered", "failed") else None
+    if code is not None:
+        reason, next_step = (code.french if lang == "fr" else code.english), _NEXT[lang][code.category]
+    else:
+        reason, next_step = clean(f.detail, 200), _NEXT[lang].get(key, "")
+    delivered = status == "delivered"
+    pages = f.job.pages_sent if delivered and f.job.pages_sent else int(f.job.doc_pages or 0)
+    heure = clean(f.receipt["heure"], 40) if f.receipt is not None else ""
+    return _Outcome(status, key, code, reason, next_step, pages, heure)
+
+
+def _body(lang: str, f: Facts, o: _Outcome) -> str:
+    label = _LABELS[lang]
+    colon = " : " if lang == "fr" else ": "  # French typography: a space before the colon
+    word = _STATUS[lang].get(o.key, o.key)
+    lines = [
+        f"{label['status']}{colon}{word}" + (f" ({o.reason})" if o.reason and not o.delivered else ""),
+        f"{label['number']}{colon}{pretty_number(f.job.number)}",
+        f"{label['pages']}{colon}{o.pages}{'' if o.delivered else label['in_document']}",
+    ]
+    if skipped := left_out(f.message):  # the sender must know a part of the mail was not faxed
+        lines.append(f"{label['left_out']}{colon}{skipped}")
+    if o.heure:
+        lines.append(f"{label['received' if o.delivered else 'attempt']}{colon}{o.heure}")
+    lines.append(f"{label['job']}{colon}{f.job.id}")
+    lines.append(f'{label["subject"]}{colon}"{clean(f.message["subject"], 200)}"')
+    if f.message["date_header"]:
+        lines.append(f"{label['date']}{colon}{clean(f.message['date_header'], 80)}")
+    if o.code is not None:
+        meaning = o.code.french if lang == "fr" else o.code.english
+        lines.append(f"{label['code']}{colon}{clean(o.code.code, 12)} ({meaning})")
+    lines += ["", f"{label['next']}{colon}{o.next_step}", ""] if o.next_step else [""]
+    return "\n".join(lines)
+
+
+def _set_fax_headers(msg: EmailMessage, f: Facts, o: _Outcome) -> None:
+    """The ``X-Fax-*`` headers (see the module docstring)."""
+    msg["X-Fax-Status"] = o.status
+    msg["X-Fax-Job"] = f.job.id
+    msg["X-Fax-Number"] = clean(f.job.number, 30)
+    msg["X-Fax-Pages"] = str(o.pages)
+    if o.code is not None:
+        msg["X-Fax-Pages-Sent"] = str(f.job.pages_sent)
+        msg["X-Fax-Code"] = clean(o.code.code, 12)
+        msg["X-Fax-Category"] = str(o.code.category)
+    if o.reason and o.status in ("failed", "delayed"):
+        msg["X-Fax-Reason"] = o.reason
+    if o.heure:
+        msg["X-Fax-Received"] = o.heure
+
+
+def compose(settings: Settings, f: Facts, recipient: str, *, document: bytes | None = None,
+            source: bytes = b"", now: float = 0.0) -> EmailMessage:  # fmt: skip
+    """The mail that tells ``recipient`` about ``f`` (a receipt, a notice, or an AR copy)."""
+    lang = settings.notify.language
+    o = _outcome(lang, f)
+    msg = EmailMessage()
+    msg["From"] = settings.notify.from_address
+    msg["To"] = recipient
+    msg["Subject"] = _subject(lang, f, o.key, o.reason, o.pages)
+    msg["Date"] = format_datetime(dt.datetime.fromtimestamp(now or f.job.updated_at, dt.UTC))
+    msg["Message-ID"] = message_id_header(f.message_id, settings.notify.from_address)
+    original = clean(f.message["message_id_header"], 250).strip()
+    if original.startswith("<") and original.endswith(">"):  # RFC 3834 3.3.1.2, RFC 5322 3.6.4
+        msg["In-Reply-To"] = original
+        msg["References"] = original
+    msg["Auto-Submitted"] = "auto-replied"  # RFC 3834 5
+    msg["X-Auto-Response-Suppress"] = "All"  # no out-of-office answers to a receipt
+    _set_fax_headers(msg, f, o)
+    msg.set_content(_body(lang, f, o), charset="utf-8", cte="quoted-printable")
+    if source:
+        # message/rfc822 is never base64 (RFC 2046 5.2.1): the mail goes in whole, 7bit or 8bit as it came.
+        msg.add_attachment(email.message_from_bytes(source, policy=email.policy.default), filename="receipt.eml")
+    if document is not None:
+        msg.add_attachment(document, maintype="application", subtype="pdf", filename=f"fax-{f.job.id}.pdf")
+    return msg
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str
+    job_id: str
+    detail: str
+    at: float
+
+
+def compose_alerts(settings: Settings, alerts: Sequence[Alert], message_id: str, now: float) -> EmailMessage:
+    """One mail to the administrator for the alerts due together (they are rate-limited)."""
+    kinds = sorted({a.kind.removeprefix("alert:") for a in alerts})
+    msg = EmailMessage()
+    msg["From"] = settings.notify.from_address
+    msg["To"] = settings.notify.admin_address
+    count = f" ({len(alerts)} alerts)" if len(alerts) > 1 else ""
+    msg["Subject"] = f"fax-gateway alert: {', '.join(kinds)}{count}"
+    msg["Date"] = format_datetime(dt.datetime.fromtimestamp(now, dt.UTC))
+    msg["Message-ID"] = message_id_header(message_id, settings.notify.from_address)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Fax-Status"] = "alert"
+    msg["X-Fax-Alert"] = ", ".join(kinds)
+    body = [f"{_when(a.at)}  {a.kind}  job {a.job_id or '-'}: {clean(a.detail, 500)}" for a in alerts]
+    body += ["", "Details of a job: fax-gateway show <job>. Held jobs: fax-gateway list --state held.", ""]
+    msg.set_content("\n".join(body), charset="utf-8", cte="quoted-printable")
+    return msg

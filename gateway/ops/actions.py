@@ -1,0 +1,231 @@
+"""Operator actions on jobs: list, show, retry, cancel, release, resolve.
+
+In: a :class:`~gateway.store.Store` (the CLI opens the daemon's own store file;
+WAL lets both run at once) and a job id. Out: plain data for the CLI to print,
+or :class:`AdminError` saying why the action does not apply. Every change goes
+through :meth:`Store.transition` with ``expect``: an atomic move from the
+states the action applies to, so a job the daemon is working on at that
+moment is never taken from under it, and every action is a timeline event
+(``operator: ...``). The daemon's worker picks up re-queued jobs on its timer
+(``delivery.poll_seconds``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from gateway.store import FINAL_STATES, Job, State, Store
+
+
+class AdminError(Exception):
+    """The action does not apply; the message says why and what to do instead."""
+
+
+# Which states each action moves a job from.
+RETRYABLE = (State.FAILED, State.HELD, State.DEFERRED, State.QUARANTINED)
+CANCELLABLE = (State.QUEUED, State.DEFERRED, State.HELD, State.QUARANTINED, State.AMBIGUOUS)
+
+_WHY_NOT = {
+    State.UPLOADING: "the daemon is working on it right now; try again in a moment",
+    State.SUBMITTING: "the daemon is submitting it right now; try again in a moment",
+    State.SUBMITTED: "the provider has it already; its receipt will settle it",
+    State.AMBIGUOUS: (
+        "the provider may have it: check the provider's account, then 'resolve --sent' or 'resolve --not-sent'"
+    ),
+    State.DELIVERED: "it was delivered",
+    State.CANCELLED: "it was cancelled",
+    State.QUEUED: "it is queued already",
+}
+
+
+def _job(store: Store, job_id: str) -> Job:
+    job = store.get_job(job_id)
+    if job is None:
+        raise AdminError(f"no job {job_id!r}")
+    return job
+
+
+def _refuse(job: Job, action: str) -> AdminError:
+    why = _WHY_NOT.get(State(job.state), f"it is {job.state}")
+    return AdminError(f"cannot {action} job {job.id} ({job.state}): {why}")
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    """A job as plain data; without ``ar_token`` (it names the job's AR mailbox)."""
+    data = asdict(job)
+    data.pop("ar_token", None)
+    return data
+
+
+def check_states(states: Sequence[str]) -> None:
+    """Refuse a state name that is not one (the ``jobs --state`` filter)."""
+    for s in states:
+        if s not in {str(x) for x in State}:
+            raise AdminError(f"unknown state {s!r} (one of: {', '.join(str(x) for x in State)})")
+
+
+def show(store: Store, job_id: str) -> dict[str, Any]:
+    """Everything known about one job: the job, its message, the timeline, receipts, notices."""
+    job = _job(store, job_id)
+    message = store.message(job.message_id)
+    msg: dict[str, Any] = {}
+    if message is not None:
+        msg = {k: message[k] for k in message.keys()}
+        for k in ("documents", "skipped"):
+            try:
+                msg[k] = json.loads(msg[k])
+            except (TypeError, ValueError):
+                pass
+    detail = job_dict(job)
+    receipts = store.db.execute(
+        "SELECT received_at, source, ref_accuse, etat_e, numero, nb_page, heure, applied_at FROM receipts"
+        " WHERE job_id = ? ORDER BY id",
+        (job.id,),
+    )
+    notices = store.db.execute(
+        "SELECT kind, recipient, state, attempts, created_at, sent_at, last_error, detail FROM notifications"
+        " WHERE job_id = ? ORDER BY id",
+        (job.id,),
+    )
+    return {
+        "job": detail,
+        "message": msg,
+        "siblings": [j.id for j in store.jobs_of_message(job.message_id) if j.id != job.id],
+        "timeline": [dict(at=r["at"], kind=r["kind"], detail=r["detail"]) for r in store.timeline(job.id)],
+        "receipts": [{k: r[k] for k in r.keys()} for r in receipts],
+        "notifications": [{k: r[k] for k in r.keys()} for r in notices],
+    }
+
+
+def _act(
+    store: Store,
+    job_id: str,
+    action: str,
+    allowed: Sequence[State],
+    change: Callable[[Job], bool],
+    *,
+    only: str = "",
+) -> Job:
+    """Apply ``change`` (in one transaction) to a job in one of the ``allowed`` states; the job after it.
+
+    ``change`` returns whether the job moved: it did not when the daemon took
+    it meanwhile, and the refusal then names the state it is in now. ``only``
+    words the refusal of a job in another state (default: why that state).
+    """
+    job = _job(store, job_id)
+    if State(job.state) not in allowed:
+        if only:
+            raise AdminError(f"cannot {action} job {job.id} ({job.state}): only {only}")
+        raise _refuse(job, action)
+    with store.transaction():
+        moved = change(job)
+    if not moved:
+        raise _refuse(_job(store, job_id), action)
+    return _job(store, job_id)
+
+
+def _requeue(store: Store, job: Job) -> bool:
+    moved = store.transition(
+        job.id,
+        State.QUEUED,
+        f"retry requested by the operator (was {job.state}: {job.reason})",
+        expect=[State(job.state)],
+        event="operator: retry",
+        next_attempt_at=0,
+        final_at=0,
+        recoveries=0,
+        receipt_code="",
+        hold_kind="",
+    )
+    message = store.message(job.message_id)
+    if moved and message is not None and message["object_deleted_at"]:
+        # The uploaded copy is gone (cleanup after the final state): upload again.
+        store.update_message(job.message_id, upload_key="", uploaded_at=0, object_deleted_at=0)
+    return moved
+
+
+def _cancel(store: Store, job: Job) -> bool:
+    moved = store.transition(
+        job.id, State.CANCELLED, "cancelled by the operator", expect=[State(job.state)], event="operator: cancel"
+    )
+    if moved:
+        store.queue_notice(job.id, "failed", "cancelled by the gateway's administrator; the fax was not sent")
+    return moved
+
+
+def retry(store: Store, job_id: str) -> Job:
+    """Queue a failed, held, deferred or quarantined job for a fresh attempt now."""
+    return _act(store, job_id, "retry", RETRYABLE, lambda job: _requeue(store, job))
+
+
+def cancel(store: Store, job_id: str) -> Job:
+    """Give up on a job that is not with the provider; the sender is told."""
+    return _act(store, job_id, "cancel", CANCELLABLE, lambda job: _cancel(store, job))
+
+
+def release(store: Store, job_ids: Sequence[str] = ()) -> list[Job]:
+    """Queue held jobs again (after a configuration or credit fix): the given ones, or all."""
+    if job_ids:
+        jobs = [_job(store, j) for j in job_ids]
+        for job in jobs:
+            if job.state != State.HELD:
+                raise AdminError(f"cannot release job {job.id} ({job.state}): only held jobs are released")
+    else:
+        jobs = store.list_jobs(states=[State.HELD], limit=1_000_000)
+    released = []
+    for job in jobs:
+        if store.transition(
+            job.id,
+            State.QUEUED,
+            f"released by the operator (was held: {job.reason})",
+            expect=[State.HELD],
+            event="operator: release",
+            next_attempt_at=0,
+            hold_kind="",
+        ):
+            released.append(_job(store, job.id))
+    return released
+
+
+def resolve(store: Store, job_id: str, *, sent: bool) -> Job:
+    """Settle an ambiguous job from the provider's records.
+
+    ``sent``: the provider's account shows the fax went through; the job is
+    delivered and the sender told. Not sent: the job is queued for one
+    submission with the same reference.
+    """
+
+    def settle(job: Job) -> bool:
+        if not sent:
+            return store.transition(
+                job.id,
+                State.QUEUED,
+                "the operator confirmed from the provider's records that the fax was not sent",
+                expect=[State.AMBIGUOUS],
+                event="operator: resolve --not-sent",
+                next_attempt_at=0,
+            )
+        moved = store.transition(
+            job.id,
+            State.DELIVERED,
+            "the operator confirmed from the provider's records that the fax was sent",
+            expect=[State.AMBIGUOUS],
+            event="operator: resolve --sent",
+        )
+        if moved:
+            store.queue_notice(job.id, "delivered", "confirmed by the gateway's administrator")
+        return moved
+
+    return _act(store, job_id, "resolve", [State.AMBIGUOUS], settle, only="ambiguous jobs are resolved")
+
+
+def summary(store: Store) -> dict[str, int]:
+    counts = store.count_by_state()
+    return {str(s): counts.get(str(s), 0) for s in State}
+
+
+def is_final(job: Job) -> bool:
+    return State(job.state) in FINAL_STATES

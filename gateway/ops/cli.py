@@ -1,0 +1,136 @@
+"""The ``fax-gateway`` command: the daemon and the administrator's tools.
+
+``serve`` runs the daemon (gateway/daemon/run.py), ``demo`` the whole thing on
+this machine (gateway/ops/demo.py), ``check-config`` checks a settings file and
+what it points at (gateway/ops/checks.py); the job commands (``jobs``, ``show``,
+``retry``, ``cancel``, ``release``, ``resolve``, ``send``) are in
+gateway/ops/jobs.py. Exit status: 0 done, 1 the action did not apply or a
+check failed, 2 a configuration or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from gateway import settings as settings_mod
+from gateway.daemon import logs
+from gateway.ops import jobs as commands
+from gateway.ops.actions import AdminError
+from gateway.spool import SpoolLockedError
+from gateway.store import StoreError
+
+log = logging.getLogger("gateway")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _load(args: argparse.Namespace) -> settings_mod.Settings:
+    return settings_mod.load(getattr(args, "config", None))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.daemon import run as daemon
+
+    settings = _load(args)
+    daemon.require_credentials(settings)
+    handler = logs.setup(settings.log, logs.secrets_of(settings))
+    asyncio.run(daemon.run(settings, config=args.config, handler=handler))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.ops import demo
+
+    return demo.main(args)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.ops import checks
+
+    return checks.main(args)
+
+
+def cmd_simulate_provider(args: argparse.Namespace) -> int:
+    from gateway.delivery import simulator
+
+    return simulator.main(args)
+
+
+def read_new_password(stdin: TextIO = sys.stdin) -> str:
+    """The password to hash: asked twice without echo on a terminal, else the first line of stdin."""
+    if stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise commands.UsageError("the two passwords differ")
+        return first
+    return stdin.readline().rstrip("\r\n")
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from gateway import passwords as auth
+
+    password = read_new_password()
+    if not password:
+        raise commands.UsageError("empty password")
+    print(auth.hash_password(password))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fax-gateway", description="Email-to-fax gateway for 123-fax.net")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the daemon")
+    p.add_argument("--config", "-c", help="settings file (TOML)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="everything on this machine, nothing configured: no real fax is sent")
+    p.add_argument("--dir", default="fax-gateway-demo", help="working directory (default ./fax-gateway-demo)")
+    p.add_argument("--smtp-port", type=int, default=2525, help="SMTP port (default 2525; 0: any free port)")
+    p.add_argument("--http-port", type=int, default=8025, help="HTTP port (default 8025; 0: any free port)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("check-config", help="validate settings and try the spool, storage, provider and relay")
+    p.add_argument("--config", "-c", required=True, help="settings file (TOML)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("hash-password", help="read a password (no echo) and print its hash for [[smtp.users]]")
+    p.set_defaults(func=cmd_hash_password)
+
+    p = sub.add_parser("simulate-provider", help="run the 123-fax.net simulator (no fax is sent)")
+    p.add_argument("--listen", default="127.0.0.1:8080", help="host:port (port 0: any free port)")
+    p.add_argument("--email", help="account e-mail (default: any)")
+    p.add_argument("--password", help="account password (default: $FAX_GATEWAY_PROVIDER_PASSWORD, else any)")
+    p.add_argument("--callback-url", help="receipt (AR) callback URL")
+    p.add_argument("--callback-delay", type=float, default=0.05, help="seconds before the callback")
+    p.add_argument("--receipt-code", default="0", help="receipt code for every fax (0: received)")
+    p.add_argument("--mail-relay", help="host:port of an SMTP relay for receipt copies (accuse_email)")
+    p.add_argument("--balance", type=int, help="faxes the account can pay for (default: unlimited)")
+    p.set_defaults(func=cmd_simulate_provider)
+
+    commands.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logs.setup(settings_mod.LogSettings())
+    args = build_parser().parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except settings_mod.SettingsError as exc:
+        print(f"fax-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except commands.UsageError as exc:
+        print(f"fax-gateway: {exc}", file=sys.stderr)
+        return 2
+    except (AdminError, SpoolLockedError, StoreError) as exc:
+        print(f"fax-gateway: {exc}", file=sys.stderr)
+        return 1

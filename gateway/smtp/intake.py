@@ -1,0 +1,373 @@
+"""SMTP intake decisions: the aiosmtpd handler hooks behind :mod:`gateway.smtp`.
+
+In: one SMTP transaction (client, sender, recipients, message). Out: a
+message spooled durably with one job per distinct fax number, or the reply
+that says what to change. Nothing here talks to S3 or the provider.
+
+- MAIL: 550 5.7.1 null sender or fax-domain sender; 530 5.7.0 / 550 5.7.1
+  client not allowed; 550 5.7.1 sender not on the allow-list; 452 4.3.1 low
+  spool space; 555 5.5.4 SMTPUTF8.
+- RCPT: see :mod:`gateway.numbers`; 452 4.5.3 too many recipients or fax and
+  receipt addresses mixed; 450 4.7.1 hourly quotas (counted in faxes).
+- DATA: 552 5.3.4 too big; the documents stage's refusal (examined by
+  :mod:`gateway.examiner`); 451 4.3.0 when anything fails before the job rows
+  are committed (the spool directory is removed), also when the process
+  examining the message dies; else ``250 2.0.0 OK: queued as <job ids>``, also
+  for a resent message (same sender, Message-ID and number within the dedupe
+  window; a resend that arrives while the first copy is still being spooled
+  waits for it).
+- AUTH: 454 4.7.0 while an address is backing off after failed attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, Envelope
+
+from gateway import replies
+from gateway.documents import policy as documents
+from gateway.documents.examiner import Examiner, Headers
+from gateway.replies import clean
+from gateway.settings import Network, Settings, User
+from gateway.smtp.access import AuthThrottle, sender_allowed
+from gateway.smtp.recipients import Domains, FaxRecipient, ReceiptRecipient, classify
+from gateway.spool import FAX_NAME, RAW_NAME, Spool
+from gateway.store import AsyncStore, NewMessage, Store, new_id
+
+log = logging.getLogger("gateway.smtp")
+
+ReceiptCallback = Callable[[str, bytes], Awaitable[None]]
+QUOTA_WINDOW_SECONDS = 3600.0
+# A sender we can write back to: local@domain, no spaces, brackets or quotes.
+_SENDER = re.compile(r"[^@\s<>\"]+@[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?")
+
+
+@dataclass
+class Connection:
+    """What intake knows of one client connection."""
+
+    id: str
+    ip: str = ""
+    network: Network | None = None
+    user: User | None = None
+    tls_possible: bool = False
+
+
+class FaxEnvelope(Envelope):
+    """aiosmtpd's envelope plus what RCPT decided."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sender_given = False
+        # Why fax recipients are refused for this sender (None: they are not);
+        # kept for RCPT when receipt mail from anyone must still get in.
+        self.sender_refusal: str | None = None
+        self.numbers: list[str] = []
+        self.receipt_jobs: list[str] = []
+
+
+def dedupe_key(sender: str, message_id: str, number: str) -> str:
+    return hashlib.sha256(f"{sender.lower()}\0{message_id}\0{number}".encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class Handler:
+    def __init__(
+        self,
+        settings: Settings,
+        store: AsyncStore,
+        spool: Spool,
+        *,
+        on_spooled: Callable[[], None],
+        clock: Callable[[], float],
+        throttle: AuthThrottle,
+        on_receipt_mail: ReceiptCallback | None = None,
+        examiner: Examiner | None = None,
+    ) -> None:
+        self.settings = settings
+        # Where messages are examined (documents.processes); whoever runs the
+        # handler starts and stops it (the daemon: gateway.app).
+        self.examiner = examiner if examiner is not None else Examiner(settings.documents)
+        self.store = store
+        self.spool = spool
+        self.on_spooled = on_spooled
+        self.clock = clock
+        self.throttle = throttle
+        self.on_receipt_mail = on_receipt_mail
+        self.receipt_mode = settings.provider.accuse_email == "gateway" and on_receipt_mail is not None
+        receipts_domain = settings.provider.receipts_domain if self.receipt_mode else ""
+        self.domains = Domains(settings.smtp.fax_domains, receipts_domain)
+        self.own_domains = {d.lower() for d in settings.smtp.fax_domains} | {settings.provider.receipts_domain.lower()}
+        # Messages being spooled: they finish even if their client goes away.
+        self.inflight: set[asyncio.Task[str]] = set()
+        # Dedupe keys being spooled -> (session, set when done): a resend waits for them.
+        self._spooling: dict[str, tuple[str, asyncio.Event]] = {}
+
+    # -- hooks (aiosmtpd calls them by name: every one has a wire-level test) --
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        # SMTPUTF8 is not offered (addresses are ASCII); PIPELINING is supported;
+        # every reply carries an enhanced status code (RFC 2034).
+        out = [r for r in responses if r != "250-SMTPUTF8" and r != "250 HELP"]
+        return [*out, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
+
+    async def handle_AUTH(self, server: Any, session: Any, envelope: Any, args: list[str]) -> Any:
+        conn: Connection = server.conn
+        if self.throttle.blocked(conn.ip):
+            log.warning("session %s: AUTH from %s refused while backing off", conn.id, conn.ip)
+            return str(replies.AUTH_BACKOFF)
+        return MISSING
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: FaxEnvelope, address: str, options: list[str]
+    ) -> str:
+        conn: Connection = server.conn
+        if "SMTPUTF8" in options or not address.isascii():
+            return str(replies.SMTPUTF8_UNSUPPORTED)
+        if address and not _SENDER.fullmatch(address):
+            return str(replies.BAD_SENDER_SYNTAX)
+        if address and address.rpartition("@")[2].lower().rstrip(".") in self.own_domains:
+            return replies.FAX_DOMAIN_SENDER.format(sender=address)
+        refusal = self._sender_refusal(conn, session, address)
+        if refusal is not None and not self.receipt_mode:
+            log.info("session %s: sender %s refused: %s", conn.id, clean(address), refusal)
+            return refusal
+        minimum = self.settings.spool.min_free_bytes
+        if minimum and await asyncio.to_thread(self.spool.free_bytes) < minimum:
+            log.warning("session %s: spool free space below %d bytes: 452", conn.id, minimum)
+            return str(replies.LOW_SPACE)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.sender_given = True
+        envelope.sender_refusal = refusal
+        return str(replies.SENDER_OK)
+
+    def _sender_refusal(self, conn: Connection, session: Any, address: str) -> str | None:
+        if not address:
+            return str(replies.NULL_SENDER)
+        if session.authenticated and conn.user is not None:
+            patterns = conn.user.senders
+        elif conn.network is not None:
+            patterns = conn.network.senders
+        elif self.settings.smtp.users and conn.tls_possible:
+            return str(replies.AUTH_REQUIRED)
+        else:
+            return replies.NOT_PERMITTED.format(client=conn.ip)
+        if not sender_allowed(address, patterns):
+            return replies.SENDER_NOT_PERMITTED.format(sender=address)
+        return None
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: FaxEnvelope, address: str, options: list[str]
+    ) -> str:
+        conn: Connection = server.conn
+        result = classify(address, self.domains, self.settings.numbers)
+        if isinstance(result, str):
+            log.info("session %s: recipient %s refused: %s", conn.id, clean(address), result)
+            return result
+        if isinstance(result, ReceiptRecipient):
+            return await self._receipt_recipient(envelope, address, result)
+        return await self._fax_recipient(conn, envelope, address, result)
+
+    async def _receipt_recipient(self, envelope: FaxEnvelope, address: str, rcpt: ReceiptRecipient) -> str:
+        if envelope.numbers:
+            return str(replies.MIXED_RECIPIENTS)
+        job_id = await self.store.run(lambda s: s.job_by_ar_token(rcpt.token))
+        if job_id is None:
+            return str(replies.UNKNOWN_RECEIPT_ADDRESS)
+        if job_id not in envelope.receipt_jobs:
+            envelope.receipt_jobs.append(job_id)
+        envelope.rcpt_tos.append(address)
+        return str(replies.RECEIPT_RECIPIENT_OK)
+
+    async def _fax_recipient(self, conn: Connection, envelope: FaxEnvelope, address: str, rcpt: FaxRecipient) -> str:
+        if envelope.sender_refusal is not None:
+            return envelope.sender_refusal
+        if envelope.receipt_jobs:
+            return str(replies.MIXED_RECIPIENTS)
+        if rcpt.number not in envelope.numbers:  # the same number twice is one fax
+            if len(envelope.numbers) >= self.settings.smtp.max_recipients:
+                return replies.TOO_MANY_RECIPIENTS.format(limit=self.settings.smtp.max_recipients)
+            refusal = await self._quota(envelope.mail_from or "", len(envelope.numbers) + 1)
+            if refusal is not None:
+                log.warning("session %s: quota reached for %s: %s", conn.id, clean(envelope.mail_from), refusal)
+                return refusal
+            envelope.numbers.append(rcpt.number)
+        envelope.rcpt_tos.append(address)
+        return replies.RECIPIENT_OK.format(number=rcpt.number)
+
+    async def _quota(self, sender: str, pending: int) -> str | None:
+        quotas = self.settings.quotas
+        if not quotas.per_sender_hourly and not quotas.global_hourly:
+            return None
+        since = self.clock() - QUOTA_WINDOW_SECONDS
+
+        def counts(s: Store) -> tuple[int, int]:
+            mine = s.count_recent_jobs(since, sender) if quotas.per_sender_hourly else 0
+            everyone = s.count_recent_jobs(since) if quotas.global_hourly else 0
+            return mine, everyone
+
+        mine, everyone = await self.store.run(counts)
+        if quotas.per_sender_hourly and mine + pending > quotas.per_sender_hourly:
+            return replies.QUOTA_SENDER.format(limit=quotas.per_sender_hourly, sender=sender)
+        if quotas.global_hourly and everyone + pending > quotas.global_hourly:
+            return str(replies.QUOTA_GLOBAL)
+        return None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: FaxEnvelope) -> str:
+        conn: Connection = server.conn
+        raw: bytes = envelope.original_content or b""
+        if len(raw) > self.settings.smtp.max_message_size:
+            return replies.MESSAGE_TOO_BIG.format(limit=self.settings.smtp.max_message_size)
+        if envelope.receipt_jobs:
+            return await self._deliver_receipt(conn, envelope.receipt_jobs, raw)
+        task = asyncio.ensure_future(self._accept(conn, envelope.mail_from or "", list(envelope.numbers), raw))
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+        # Shielded: a client that hangs up mid-spool does not leave half a job;
+        # if it resends, the dedupe answers with the job made here.
+        return await asyncio.shield(task)
+
+    # -- the work behind DATA ------------------------------------------------
+
+    async def _deliver_receipt(self, conn: Connection, job_ids: list[str], raw: bytes) -> str:
+        callback = self.on_receipt_mail
+        if callback is None:  # pragma: no cover - RCPT refuses these without a callback
+            return str(replies.UNKNOWN_RECEIPT_ADDRESS)
+        try:
+            for job_id in job_ids:
+                await callback(job_id, raw)
+        except Exception:
+            log.exception("session %s: receipt mail for %s could not be stored", conn.id, " ".join(job_ids))
+            return str(replies.ERROR)
+        log.info("session %s: receipt mail for %s stored", conn.id, " ".join(job_ids))
+        return str(replies.RECEIPT_ACCEPTED)
+
+    async def _accept(self, conn: Connection, sender: str, numbers: list[str], raw: bytes) -> str:
+        try:
+            extraction, headers = await self.examiner.examine(raw)
+        except documents.DocumentRefused as exc:
+            log.info("session %s: message from %s refused: %s", conn.id, clean(sender), exc.reason)
+            return exc.reply
+        except BrokenProcessPool:
+            log.error("session %s: the process examining the message died (a crash, or out of memory): 451", conn.id)
+            return str(replies.ERROR)
+        except Exception:
+            log.exception("session %s: unexpected error while reading the message", conn.id)
+            return str(replies.ERROR)
+        keys = {n: dedupe_key(sender, headers.message_id, n) if headers.message_id else "" for n in numbers}
+        # A client that gave up waiting may resend while the first copy is still
+        # being spooled: it waits for that copy and then gets its job ids.
+        await self._wait_for_copies(conn, keys.values())
+        done = asyncio.Event()
+        claimed = [k for k in keys.values() if k]
+        self._spooling.update((k, (conn.id, done)) for k in claimed)
+        try:
+            return await self._spool(conn, sender, keys, raw, extraction, headers)
+        except Exception:
+            log.exception("session %s: message could not be spooled: 451", conn.id)
+            return str(replies.ERROR)
+        finally:
+            for k in claimed:
+                self._spooling.pop(k, None)
+            done.set()
+
+    async def _wait_for_copies(self, conn: Connection, keys: Iterable[str]) -> None:
+        while busy := [self._spooling[k] for k in keys if k in self._spooling]:
+            other, done = busy[0]
+            log.info("session %s: the same message is being spooled by session %s: waiting for it", conn.id, other)
+            await done.wait()
+
+    async def _spool(
+        self,
+        conn: Connection,
+        sender: str,
+        keys: dict[str, str],
+        raw: bytes,
+        extraction: documents.Extraction,
+        headers: Headers,
+    ) -> str:
+        """Spool the message and commit one job per number (``keys``: number -> dedupe key) not yet queued."""
+        numbers = list(keys)
+        since = self.clock() - self.settings.smtp.dedupe_window_seconds
+
+        def duplicates(s: Store) -> dict[str, str]:
+            found = {n: s.find_duplicate(k, since) for n, k in keys.items() if k}
+            return {n: j for n, j in found.items() if j is not None}
+
+        existing = await self.store.run(duplicates)
+        jobs = [(new_id(), n, keys[n]) for n in numbers if n not in existing]
+        new = {n: job_id for job_id, n, _ in jobs}
+        ids = [existing.get(n) or new[n] for n in numbers]
+        reply = replies.QUEUED.format(jobs=" ".join(ids))
+        if jobs:
+            message_id = new_id()
+            await asyncio.to_thread(self.spool.write, message_id, {RAW_NAME: raw, FAX_NAME: extraction.document})
+            msg = NewMessage(
+                id=message_id, envelope_from=sender, header_from=headers.header_from, reply_to=headers.reply_to,
+                message_id_header=headers.message_id, subject=headers.subject, date_header=headers.date,
+                client_addr=conn.ip, auth_user=conn.user.name if conn.user else "", doc_type=extraction.doc_type,
+                doc_pages=extraction.pages, doc_bytes=len(extraction.document), documents=extraction.documents,
+                skipped=extraction.skipped,
+            )  # fmt: skip
+            via = f"{conn.ip} as {conn.user.name}" if conn.user else conn.ip
+            # The reply goes in the timeline: `fax-gateway show` tells what the sender was answered.
+            detail = f"from {sender} via {via}, {extraction.pages} page(s); reply: {reply}"
+            try:
+                await self.store.run(lambda s: s.add_message(msg, jobs, detail))
+            except BaseException:
+                await asyncio.to_thread(self.spool.remove, message_id)
+                raise
+            self.on_spooled()
+        for number, job_id in zip(numbers, ids, strict=True):
+            what = "accepted" if number in new else "resent, already queued"
+            log.info("job %s: %s for %s from %s (session %s)", job_id, what, number, clean(sender), conn.id,
+                     extra={"job_id": job_id})  # fmt: skip
+        return reply
+
+    # -- a file handed over on this machine -----------------------------------
+
+    async def take_local(self, sender: str, address: str, raw: bytes) -> str:
+        """Judge and spool one message given on this machine (``fax-gateway send``); the reply.
+
+        The MAIL, RCPT and DATA hooks themselves judge it, as for a client on a
+        trusted network that may use any sender: the sender's form, the number
+        and destination policy, the quotas, the spool's space, the size and
+        document checks, the durable spool. Whoever can write the job store
+        administers the gateway, so who may send is not asked.
+        """
+        server = _LocalServer(Connection(id=new_id(), ip="local", network=_LOCAL))
+        session = _LocalSession()
+        envelope = FaxEnvelope()
+        reply = await self.handle_MAIL(server, session, envelope, sender, [])
+        if reply.startswith("250"):
+            reply = await self.handle_RCPT(server, session, envelope, address, [])
+        if reply.startswith("250") and envelope.numbers:
+            envelope.original_content = raw
+            reply = await self.handle_DATA(server, session, envelope)
+        elif reply.startswith("250"):  # a receipt address: not a fax
+            reply = replies.RELAY_DENIED.format(domain=self.domains.fax[0])
+        return reply
+
+
+_LOCAL = Network(cidr="127.0.0.1/32")
+
+
+@dataclass
+class _LocalServer:
+    conn: Connection
+
+
+@dataclass
+class _LocalSession:
+    authenticated: bool = False

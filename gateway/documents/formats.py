@@ -31,18 +31,6 @@ KINDS = {
     "image/gif": "gif",
 }
 TNEF = "application/vnd.ms-tnef"
-# Types libmagic may report for parts that are never documents (policy v1, rule 2).
-IGNORED = frozenset(
-    {
-        "text/calendar",
-        "text/vcard",
-        "text/x-vcard",
-        "application/pgp-signature",
-        "application/pkcs7-signature",
-        "application/x-pkcs7-signature",
-        "application/pgp-keys",
-    }
-)
 # How a refusal names common types (the MIME type is always given too).
 FRIENDLY = {
     "application/msword": "Word document",

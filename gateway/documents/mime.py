@@ -49,8 +49,9 @@ class Part:
     within: str = ""  # the display name of the container it came out of (winmail.dat)
 
 
-# Declared types that are never documents and never a cause of refusal (policy v1, rule 2).
-IGNORED_TYPES = frozenset(
+# Types that are never documents and never a cause of refusal (policy v1, rule 2), whether the
+# part declares them or libmagic finds them in its bytes.
+NEVER_DOCUMENTS = frozenset(
     {
         "application/pkcs7-signature",
         "application/x-pkcs7-signature",
@@ -392,7 +393,7 @@ def candidates(msg: Message) -> Iterator[Part]:
             if subtype in FORWARD_SUBTYPES:
                 stack.extend((inner, False) for inner in reversed(children(part)))
             continue
-        if alternative or _is_body_text(part, maintype, subtype) or ctype in IGNORED_TYPES:
+        if alternative or _is_body_text(part, maintype, subtype) or ctype in NEVER_DOCUMENTS:
             continue
         if cids and _content_id(part) in cids:
             continue

@@ -127,7 +127,7 @@ class _Run:
         if faxdoc.is_enveloped(part.declared, part.smime_type, part.data):
             raise _refused("encrypted", label, "S/MIME", "S/MIME encrypted mail", s)
         found = faxdoc.sniff(part.data)
-        if found in faxdoc.IGNORED:
+        if found in mime.NEVER_DOCUMENTS:
             return
         if found == faxdoc.TNEF:
             self._unpack(part, label, level)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import ipaddress
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from email.policy import default as default_policy
 from aiohttp import web
 
 from gateway.arcodes import RETRYABLE, lookup
+from gateway.networks import Networks
 from gateway.receipts.armail import receipt_in_mail
 from gateway.replies import clean, has_control
 from gateway.sender import Row, recipient_of_message
@@ -307,7 +307,7 @@ class Receipts:
         self.store = store
         self.policy = RetryPolicy.of(settings.delivery)
         self._wake = wake
-        self._networks = [ipaddress.ip_network(n, strict=False) for n in settings.http.callback_networks]
+        self._networks = Networks(settings.http.callback_networks)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/receipt/{secret}", self.callback, allow_head=False)]
@@ -326,13 +326,7 @@ class Receipts:
         return None
 
     def _source_allowed(self, remote: str | None) -> bool:
-        if not self._networks:
-            return True
-        try:
-            address = ipaddress.ip_address(remote or "")
-        except ValueError:
-            return False
-        return any(address in net for net in self._networks)
+        return self._networks.allows(remote)
 
     def _secret_matches(self, given: str) -> bool:
         secret = self.settings.http.callback_secret

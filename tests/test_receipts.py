@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway.arcodes import CODES, Category, lookup
 from gateway.receipts.callback import accuse_email_for, apply_pending, record_ar_mail
@@ -203,6 +206,29 @@ async def test_the_source_network_allow_list(make_rig: RigFactory, networks: lis
     status, _ = await rig.receipt("R950")
     assert status == (200 if networks == ["127.0.0.0/8"] else 404)
     assert (await rig.job(job.id)).state == (State.DELIVERED if status == 200 else State.SUBMITTED)
+
+
+async def test_an_ipv4_client_of_a_dual_stack_listener_is_judged_as_ipv4(make_rig: RigFactory) -> None:
+    # A dual-stack socket (IPV6_V6ONLY off: systemd's default for a [::] socket) sees 127.0.0.1 as
+    # ::ffff:127.0.0.1; the IPv4 entry must still admit it.
+    rig = await make_rig({"http": {"callback_networks": ["127.0.0.0/8"]}})
+    job = await rig.add_job(ref="R951")
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", 0))
+    app = web.Application()
+    app.add_routes(rig.receipts.routes())
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    try:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/receipt/{SECRET}"
+        params = {"etat_e": "0", "ref_accuse": "R951", "numero": "0145678900", "nb_page": "3", "heure": "14:32"}
+        async with aiohttp.ClientSession() as session, session.get(url, params=params) as resp:
+            assert resp.status == 200
+    finally:
+        await runner.cleanup()
+    assert (await rig.job(job.id)).state == State.DELIVERED
 
 
 async def test_without_a_callback_secret_the_path_is_404(make_rig: RigFactory) -> None:

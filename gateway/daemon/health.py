@@ -17,7 +17,6 @@ listener also faces the provider, and job counts are nobody else's business.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.daemon.metrics import CONTENT_TYPE, Metrics, Result, snapshot
+from gateway.networks import Networks
 from gateway.settings import Settings
 from gateway.store import AsyncStore, Store
 
@@ -48,21 +48,13 @@ class Health:
         self.metrics = metrics
         self.store = store
         self.smtp_listening = smtp_listening
-        self._networks = [ipaddress.ip_network(n, strict=False) for n in settings.http.status_networks]
+        self._networks = Networks(settings.http.status_networks)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/healthz", self.healthz), web.get("/metrics", self.scrape)]
 
     def _allowed(self, request: web.Request) -> bool:
-        if not self._networks:
-            return True
-        try:
-            addr = ipaddress.ip_address((request.remote or "").split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self._networks)
+        return self._networks.allows(request.remote)
 
     async def _counts(self) -> tuple[bool, dict[str, int], str]:
         try:

@@ -9,12 +9,12 @@ may use. The SMTP handler turns a "no" into 530 5.7.0 (AUTH would help),
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gateway import passwords as auth
+from gateway.networks import parse_address, parse_network
 from gateway.settings import Network, User
 
 MAX_BACKOFF_SECONDS = 3600.0
@@ -22,17 +22,11 @@ _MAX_TRACKED = 4096
 
 
 def client_network(ip: str, networks: Iterable[Network]) -> Network | None:
-    """The first trusted network holding ``ip`` (IPv4-mapped IPv6 counts as IPv4)."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
+    """The first trusted network holding ``ip`` (see :mod:`gateway.networks`)."""
+    address = parse_address(ip)
+    if address is None:
         return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    for net in networks:
-        if addr in ipaddress.ip_network(net.cidr, strict=False):
-            return net
-    return None
+    return next((net for net in networks if address in parse_network(net.cidr)), None)
 
 
 def _pattern(pattern: str) -> re.Pattern[str]:

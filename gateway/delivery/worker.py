@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
 from collections.abc import Callable
 from typing import Protocol
 
+from gateway.backoff import doubling, jittered
 from gateway.delivery.recovery import recover
 from gateway.delivery.storage import Storage, content_type
 from gateway.outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailure, Retry, Submission
@@ -292,7 +292,7 @@ class Worker:
             if await self._record(job, State.FAILED, failed, expect=expect):
                 await self._notice(job, "failed", failed)
             return
-        delay = backoff(job.attempts, d.min_backoff_seconds, d.max_backoff_seconds)
+        delay = jittered(doubling(d.min_backoff_seconds, job.attempts - 1, d.max_backoff_seconds))
         retry_at = min(now + delay, give_up_at)
         await self._record(job, State.DEFERRED, f"{reason}; next try in {duration(retry_at - now)}",
                            expect=expect, next_attempt_at=retry_at)  # fmt: skip
@@ -354,12 +354,6 @@ def duration(seconds: float) -> str:
             n = round(seconds / size)
             return f"{n} {unit}{'s' if n != 1 else ''}"
     return f"{round(seconds)} seconds"
-
-
-def backoff(attempts: int, low: float, high: float) -> float:
-    """Exponential backoff with jitter: between half and all of min(high, low * 2^(attempts-1))."""
-    base = min(high, low * 2.0 ** min(max(attempts - 1, 0), 60))
-    return base / 2 + random.uniform(0, base / 2)
 
 
 def config_held(store: Store) -> bool:

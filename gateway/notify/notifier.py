@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import aiosmtplib
 
+from gateway.backoff import doubling
 from gateway.notify.compose import Alert, Facts, compose, compose_alerts
 from gateway.replies import clean
 from gateway.sender import recipient_of_message
@@ -291,7 +292,7 @@ class Notifier:
             log.error("%s: given up after %d tries: %s", what, attempts + 1, error, extra={"job_id": job_id})
             await self.store.run(lambda s: _finish(s, row_id, job_id, "failed", f"relay unreachable: {error}"))
             return
-        delay = min(notify.min_backoff_seconds * 2**attempts, notify.max_backoff_seconds)
+        delay = doubling(notify.min_backoff_seconds, attempts, notify.max_backoff_seconds)
         log.warning("%s: relay did not take it (%s); next try in %.0f s", what, error, delay, extra={"job_id": job_id})
         await self.store.run(lambda s: _retry_later(s, row_id, now + delay, error))
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gateway import passwords as auth
+from gateway.backoff import doubling
 from gateway.networks import parse_address, parse_network
 from gateway.settings import Network, User
 
@@ -68,7 +69,7 @@ class AuthThrottle:
     def _pause(self, f: _Failures) -> float:
         if f.count < self.threshold:
             return 0.0
-        return min(self.backoff_seconds * float(2 ** (f.count - self.threshold)), MAX_BACKOFF_SECONDS)
+        return doubling(self.backoff_seconds, f.count - self.threshold, MAX_BACKOFF_SECONDS)
 
     def blocked(self, ip: str) -> bool:
         f = self._failures.get(ip)

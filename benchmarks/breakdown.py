@@ -28,7 +28,7 @@ import mailgen  # noqa: E402
 
 from gateway import settings
 from gateway.documents import policy as documents  # noqa: E402
-from gateway.documents.examiner import read_headers  # noqa: E402
+from gateway.documents.headers import read_headers  # noqa: E402
 from gateway.spool import FAX_NAME, RAW_NAME, Spool  # noqa: E402
 from gateway.store import NewMessage, State, Store, new_id  # noqa: E402
 

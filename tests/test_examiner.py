@@ -21,7 +21,8 @@ import pytest
 
 from gateway import replies
 from gateway.daemon.app import Gateway
-from gateway.documents.examiner import ExaminationError, Examiner, examine_in_worker, read_headers
+from gateway.documents.examiner import ExaminationError, Examiner, examine_in_worker
+from gateway.documents.headers import read_headers
 from gateway.documents.policy import DocumentRefused
 from gateway.ops.jobs import spool_local
 from gateway.settings import DocumentSettings

@@ -25,55 +25,25 @@ themselves if the daemon dies.
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
 import signal
 import threading
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 
 from gateway.documents import policy as documents
+from gateway.documents.headers import Headers, read_headers
 from gateway.documents.policy import DocumentRefused, Extraction
-from gateway.replies import clean
 from gateway.settings import DocumentSettings
 
 log = logging.getLogger("gateway.smtp")
 
 # How long stop() waits for examinations still running before it ends their workers.
 STOP_GRACE_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
-class Headers:
-    message_id: str
-    header_from: str
-    reply_to: str
-    subject: str
-    date: str
-
-
-# The empty line that ends the header block, whatever the line ends (as the email parser splits lines).
-_END_OF_HEADERS = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r(?!\n))")
-
-
-def read_headers(raw: bytes) -> Headers:
-    # Only the header block is parsed: the body can be megabytes.
-    end = _END_OF_HEADERS.search(raw)
-    block = b"" if raw[:1] in (b"\r", b"\n") else raw[: end.end()] if end else raw
-    msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
-
-    def get(name: str) -> str:
-        value = msg.get(name, "")
-        return clean(" ".join(str(value).split()), 998)
-
-    return Headers(get("Message-ID"), get("From"), get("Reply-To"), get("Subject"), get("Date"))
 
 
 def examine(raw: bytes, settings: DocumentSettings) -> tuple[Extraction, Headers]:

@@ -34,7 +34,8 @@ from aiosmtpd.smtp import MISSING, Envelope
 
 from gateway import replies
 from gateway.documents import policy as documents
-from gateway.documents.examiner import Examiner, Headers
+from gateway.documents.examiner import Examiner
+from gateway.documents.headers import Headers
 from gateway.replies import clean
 from gateway.settings import Network, Settings, User
 from gateway.smtp.access import AuthThrottle, sender_allowed

@@ -1,7 +1,7 @@
 """Documents: what in a mail is faxed, checked before the 250.
 
-``mime`` walks the message under bounds, ``headers`` reads the headers a receipt
-quotes, ``policy`` decides what to fax and
-builds the one fax document, ``formats`` knows the file types (libmagic,
-PDF, images), ``examiner`` runs all of it away from the event loop.
+``mime`` walks the message under bounds, ``headers`` reads the headers a
+receipt quotes, ``policy`` decides what to fax and builds the one fax
+document, ``formats`` knows the file types (libmagic, PDF, images), and
+``examiner`` runs all of it away from the event loop.
 """

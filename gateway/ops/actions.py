@@ -1,6 +1,8 @@
-"""Operator actions on jobs: list, show, retry, cancel, release, resolve.
+"""Operator actions on jobs: show, retry, cancel, release, resolve.
 
-In: a :class:`~gateway.store.Store` (the CLI opens the daemon's own store file;
+Kept apart from the command line (:mod:`gateway.ops.jobs` parses and prints)
+so that every way of acting on a job runs this same code and leaves the same
+timeline. In: a :class:`~gateway.store.Store` (the CLI opens the daemon's own store file;
 WAL lets both run at once) and a job id. Out: plain data for the CLI to print,
 or :class:`AdminError` saying why the action does not apply. Every change goes
 through :meth:`Store.transition` with ``expect``: an atomic move from the

@@ -1,4 +1,4 @@
-"""The ``fax-gateway`` command: the daemon and the administrator's tools.
+"""The ``fax-gateway`` command: the parser and the commands that are not about jobs.
 
 ``serve`` runs the daemon (gateway/daemon/run.py), ``demo`` the whole thing on
 this machine (gateway/ops/demo.py), ``check-config`` checks a settings file and

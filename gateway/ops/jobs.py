@@ -3,8 +3,8 @@
 In: the command line (``--spool DIR`` or ``--config FILE`` to find the job
 store). Out: a table that fits the terminal, or ``--json`` for scripts; exit
 status 0 when done, 1 when the action does not apply (the message says why).
-The actions themselves are :mod:`gateway.admin`, on the daemon's own store
-file; they are safe while the daemon runs.
+The actions themselves are :mod:`gateway.ops.actions`, on the daemon's own
+store file; they are safe while the daemon runs.
 
 ``send`` faxes a file without a mail: the daemon's own intake code judges
 it (number and destination policy, quotas, document checks) and spools it

@@ -149,7 +149,7 @@ def _limit_examine(slots: int) -> None:
 
 
 def _limit_reads(size: int) -> None:
-    """Bytes read per wake-up of an SMTP connection, in place of ``gateway.smtp.READ_SIZE`` (64 KiB)."""
+    """Bytes read per wake-up of an SMTP connection, in place of ``gateway.smtp.server.READ_SIZE`` (64 KiB)."""
     from gateway.smtp import server as smtp
 
     smtp.READ_SIZE = size
@@ -168,7 +168,7 @@ class Answer250:
 
 
 def _chunked_smtp() -> type[Any]:
-    """aiosmtpd with the gateway's DATA reader (gateway.smtpdata) in place of its line-by-line one."""
+    """aiosmtpd with the gateway's DATA reader (gateway.smtp.data) in place of its line-by-line one."""
     from aiosmtpd.smtp import SMTP, syntax
 
     from gateway.smtp.data import read_data

@@ -559,8 +559,37 @@ def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = No
         except OSError as exc:
             raise SettingsError(f"{path}: cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+            raise SettingsError(f"{path}: not valid TOML: {toml_advice(str(exc))}") from None
     return from_mapping(table, env)
+
+
+# What tomllib's messages mean for someone editing the settings file, and how to fix it.
+_TOML_ADVICE: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"Cannot mutate immutable namespace \((?P<name>[^)]*)\)"),
+        "{table} is written both as a key (an array or inline table) and as a [[table]] or [table] section:"
+        " keep one, e.g. delete the line '{key} = ...' and keep the [[{table}]] sections",
+    ),
+    (
+        re.compile(r"Cannot declare \((?P<name>[^)]*)\) twice"),
+        "the section [{table}] appears twice: merge the two into one",
+    ),
+    (re.compile(r"Cannot overwrite a value"), "a key is set twice in the same section: keep one"),
+    (
+        re.compile(r"Expected newline or end of document after a statement|Invalid value"),
+        'a value is not written as TOML: quote text, e.g. listen = "127.0.0.1:25"',
+    ),
+)
+
+
+def toml_advice(message: str) -> str:
+    """tomllib's message (which names the line) and, where it is a known mistake, what to change."""
+    for pattern, advice in _TOML_ADVICE:
+        if m := pattern.search(message):
+            parts = [p.strip(" '\",") for p in (m.groupdict().get("name") or "").split(",") if p.strip(" '\",")]
+            table = ".".join(parts)
+            return f"{message}: {advice.format(table=table, key=parts[-1] if parts else '')}"
+    return message
 
 
 def describe(settings: Settings) -> dict[str, Any]:

@@ -82,3 +82,41 @@ def test_the_check_catches_a_missing_key() -> None:
     text = EXAMPLE.read_text().replace("max_recipients = 20\n", "")
     assert "smtp.max_recipients" in _setting_keys(Settings) - _documented_keys(text)
     assert tomllib.loads(text)["smtp"].get("max_recipients") is None
+
+
+def _user_table(password_hash: str) -> str:
+    return f'[[smtp.users]]\nname = "scanner"\npassword_hash = "{password_hash}"\nsenders = ["*@example.com"]\n'
+
+
+def test_a_user_can_be_added_to_the_example_either_way(tmp_path: Path) -> None:
+    from gateway.passwords import hash_password
+
+    hashed = hash_password("copier secret")
+    text = EXAMPLE.read_text()
+    # Appended at the end, as the comment says...
+    appended = tmp_path / "appended.toml"
+    appended.write_text(text + "\n" + _user_table(hashed))
+    # ... or the commented sample uncommented where it stands.
+    start = text.index("# [[smtp.users]]")
+    block_end = text.index("\n\n", start)
+    sample = "\n".join(line[2:] for line in text[start:block_end].splitlines())
+    sample = sample.replace('password_hash = "scrypt$..."', f'password_hash = "{hashed}"')
+    in_place = tmp_path / "in-place.toml"
+    in_place.write_text(text[:start] + sample + text[block_end:])
+    for path, name in ((appended, "scanner"), (in_place, "scanner-3rd-floor")):
+        users = load(path, env={}).smtp.users
+        assert [(u.name, u.senders) for u in users] == [(name, ("*@example.com",))], path.name
+
+
+def test_a_toml_mistake_names_the_line_and_the_fix(tmp_path: Path) -> None:
+    from gateway.settings import SettingsError
+
+    path = tmp_path / "broken.toml"
+    path.write_text('[smtp]\nusers = []\n\n[[smtp.users]]\nname = "a"\n')
+    try:
+        load(path, env={})
+    except SettingsError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("a TOML mistake must be refused")
+    assert "line 4" in message and "delete the line 'users = ...'" in message and "[[smtp.users]]" in message

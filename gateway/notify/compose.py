@@ -282,6 +282,6 @@ def compose_alerts(settings: Settings, alerts: Sequence[Alert], message_id: str,
     msg["X-Fax-Status"] = "alert"
     msg["X-Fax-Alert"] = ", ".join(kinds)
     body = [f"{_when(a.at)}  {a.kind}  job {a.job_id or '-'}: {clean(a.detail, 500)}" for a in alerts]
-    body += ["", "Details of a job: fax-gateway show <job>. Held jobs: fax-gateway list --state held.", ""]
+    body += ["", "Details of a job: fax-gateway show <job>. Held jobs: fax-gateway jobs --state held.", ""]
     msg.set_content("\n".join(body), charset="utf-8", cte="quoted-printable")
     return msg

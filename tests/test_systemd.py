@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support_tools import need_program
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "fax-gateway.service"
 
@@ -66,14 +68,28 @@ def test_state_directory_is_the_default_spool() -> None:
     assert SpoolSettings().directory == "/var/lib/" + _directives()["StateDirectory"][0]
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
-    # verify insists that ExecStart's binary exists: point it at this Python.
+def _runnable_unit(tmp_path: Path) -> Path:
+    # systemd-analyze insists that ExecStart's binary exists: point it at this Python.
     unit = tmp_path / "fax-gateway.service"
     text = UNIT.read_text().replace("ExecStart=/usr/local/bin/fax-gateway", f"ExecStart={sys.executable} -m gateway")
     unit.write_text(text)
-    done = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
+    return unit
+
+
+def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
+    analyze = need_program("systemd-analyze", "systemd")
+    unit = _runnable_unit(tmp_path)
+    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     ours = [line for line in (done.stdout + done.stderr).splitlines() if "fax-gateway" in line]
     assert done.returncode == 0 and not ours, done.stdout + done.stderr
+
+
+def test_systemd_analyze_security_exposure_is_at_most_2(tmp_path: Path) -> None:
+    analyze = need_program("systemd-analyze", "systemd")
+    unit = _runnable_unit(tmp_path)
+    done = subprocess.run(
+        [analyze, "security", "--offline=yes", str(unit)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    m = re.search(r"Overall exposure level for fax-gateway\.service: (\d+\.\d+)", done.stdout)
+    assert m is not None, done.stdout + done.stderr
+    assert float(m[1]) <= 2.0, done.stdout

@@ -592,8 +592,12 @@ def toml_advice(message: str) -> str:
     return message
 
 
+# Values that are not secrets the gateway uses, but would help whoever reads them guess one.
+MASKED_FIELDS = frozenset({"password_hash"})
+
+
 def describe(settings: Settings) -> dict[str, Any]:
-    """The effective settings as plain data, secrets masked (for check-config)."""
+    """The effective settings as plain data, secrets and password hashes masked (for check-config)."""
 
     def plain(v: Any) -> Any:
         if isinstance(v, Secret):
@@ -601,7 +605,8 @@ def describe(settings: Settings) -> dict[str, Any]:
         if isinstance(v, HostPort):
             return str(v)
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            values = {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}
+            return {k: ("********" if x else "") if k in MASKED_FIELDS else plain(x) for k, x in values.items()}
         if isinstance(v, tuple):
             return [plain(x) for x in v]
         if isinstance(v, Mapping):

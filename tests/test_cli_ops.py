@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -46,6 +48,8 @@ min_free_bytes = 0
 [provider]
 url = "{sim_url}"
 email = "{SIM_EMAIL}"
+[http]
+public_url = "https://fax.example.com"
 [notify]
 relay = "127.0.0.1:{relay_port}"
 from_address = "fax-gateway@gateway.test"
@@ -55,6 +59,11 @@ from_address = "fax-gateway@gateway.test"
     return path
 
 
+def _env(password: str = SIM_PASSWORD) -> dict[str, str]:
+    """The provider's password and a callback secret (a receipt can then reach the gateway)."""
+    return provider_env(password) | {"FAX_GATEWAY_CALLBACK_SECRET": "check-config-callback-secret"}
+
+
 def _checks(out: str) -> dict[str, dict[str, object]]:
     return {c["name"]: c for c in json.loads(out)["checks"]}
 
@@ -62,24 +71,25 @@ def _checks(out: str) -> dict[str, dict[str, object]]:
 async def test_check_config_all_good(tmp_path: Path, sim_factory: SimFactory, sink: Sink) -> None:  # noqa: F811
     sim = await sim_factory()
     config = _config(tmp_path, sim.url, sink.port)
-    code, out, err = await _cli("check-config", "--config", str(config), "--json", env=provider_env())
+    code, out, err = await _cli("check-config", "--config", str(config), "--json", env=_env())
     assert code == 0, out + err
     report = json.loads(out)
-    assert {c["name"]: c["ok"] for c in report["checks"]} == {"spool": True, "storage": True, "provider": True,
+    assert {c["name"]: c["ok"] for c in report["checks"]} == {"config": True, "spool": True, "receipts": True,
+                                                               "storage": True, "provider": True,
                                                                "relay": True}  # fmt: skip
     provider = next(c for c in report["checks"] if c["name"] == "provider")
     assert "accepted the credentials" in provider["detail"]
     assert report["settings"]["provider"]["password"] == "********"
     assert SIM_PASSWORD not in out + err
     assert not sim.mails and all(r.answer != "113" for r in sim.requests)  # no fax was sent
-    code, out, _ = await _cli("check-config", "--config", str(config), env=provider_env())
+    code, out, _ = await _cli("check-config", "--config", str(config), env=_env())
     assert code == 0 and "[provider]" in out and 'password = "********"' in out and "ok    relay" in out
 
 
 async def test_check_config_reports_each_failure(tmp_path: Path, sim_factory: SimFactory) -> None:
     sim = await sim_factory()
     config = _config(tmp_path, sim.url, free_port())
-    code, out, err = await _cli("check-config", "--config", str(config), "--json", env=provider_env("Wrong+Pw&1"))
+    code, out, err = await _cli("check-config", "--config", str(config), "--json", env=_env("Wrong+Pw&1"))
     assert code == 1
     checks = {c["name"]: c for c in json.loads(out)["checks"]}
     assert checks["spool"]["ok"] and checks["storage"]["ok"]
@@ -97,24 +107,24 @@ async def test_check_config_tries_the_s3_bucket(
     sim = await sim_factory()
     storage = "".join(f"{k} = {json.dumps(v)}\n" for k, v in s3.table()["storage"].items())
     config = _config(tmp_path, sim.url, sink.port, "[storage]\n" + storage)
-    code, out, err = await _cli("check-config", "--config", str(config), "--json", env=provider_env())
+    code, out, err = await _cli("check-config", "--config", str(config), "--json", env=_env())
     assert code == 0, out + err
     assert _checks(out)["storage"] == {"name": "storage", "ok": True,
                                        "detail": f"s3: bucket '{BUCKET}' reachable at {s3.endpoint}"}  # fmt: skip
     assert S3_ENV["AWS_SECRET_ACCESS_KEY"] not in out + err
 
     s3.client.delete_bucket(Bucket=BUCKET)
-    code, out, _ = await _cli("check-config", "--config", str(config), "--json", env=provider_env())
+    code, out, _ = await _cli("check-config", "--config", str(config), "--json", env=_env())
     storage_check = _checks(out)["storage"]
     assert code == 1 and not storage_check["ok"] and "S3 check failed" in str(storage_check["detail"])
     assert "404" in str(storage_check["detail"])
 
     s3.relay.mode = "refuse"  # S3 down
-    code, out, _ = await _cli("check-config", "--config", str(config), "--json", env=provider_env())
+    code, out, _ = await _cli("check-config", "--config", str(config), "--json", env=_env())
     storage_check = _checks(out)["storage"]
     assert code == 1 and not storage_check["ok"] and "S3 check failed" in str(storage_check["detail"])
     assert {name: c["ok"] for name, c in _checks(out).items() if name != "storage"} == {
-        "spool": True, "provider": True, "relay": True}  # fmt: skip
+        "config": True, "spool": True, "receipts": True, "provider": True, "relay": True}  # fmt: skip
 
 
 async def test_check_config_names_an_unwritable_spool_and_a_dead_relay(tmp_path: Path, sim_factory: SimFactory) -> None:
@@ -123,12 +133,12 @@ async def test_check_config_names_an_unwritable_spool_and_a_dead_relay(tmp_path:
     blocker.write_text("")
     relay_port = free_port()
     config = _config(tmp_path, sim.url, relay_port, spool=blocker / "spool")
-    code, out, _ = await _cli("check-config", "--config", str(config), "--json", env=provider_env())
+    code, out, _ = await _cli("check-config", "--config", str(config), "--json", env=_env())
     checks = _checks(out)
     assert code == 1 and checks["provider"]["ok"]
     assert not checks["spool"]["ok"] and f"cannot write in {blocker / 'spool'}" in str(checks["spool"]["detail"])
     assert not checks["relay"]["ok"] and f"relay 127.0.0.1:{relay_port}" in str(checks["relay"]["detail"])
-    code, out, _ = await _cli("check-config", "--config", str(config), env=provider_env())
+    code, out, _ = await _cli("check-config", "--config", str(config), env=_env())
     assert code == 1 and "FAIL  spool" in out and "FAIL  relay" in out
 
 
@@ -136,13 +146,13 @@ async def test_check_config_logs_in_to_the_relay(tmp_path: Path, sim_factory: Si
     sim = await sim_factory()
     sink.users = {"fax-gateway": "Relay-Pw-right-1"}
     config = _config(tmp_path, sim.url, sink.port, 'relay_username = "fax-gateway"\n')  # in [notify]
-    wrong = provider_env() | {"FAX_GATEWAY_RELAY_PASSWORD": "Relay-Pw-wrong-2"}
+    wrong = _env() | {"FAX_GATEWAY_RELAY_PASSWORD": "Relay-Pw-wrong-2"}
     code, out, err = await _cli("check-config", "--config", str(config), "--json", env=wrong)
     relay = _checks(out)["relay"]
     assert code == 1 and not relay["ok"], out + err
     assert f"relay 127.0.0.1:{sink.port} refused after EHLO" in str(relay["detail"]) and "535" in str(relay["detail"])
     assert "Relay-Pw-wrong-2" not in out + err
-    right = provider_env() | {"FAX_GATEWAY_RELAY_PASSWORD": "Relay-Pw-right-1"}
+    right = _env() | {"FAX_GATEWAY_RELAY_PASSWORD": "Relay-Pw-right-1"}
     code, out, err = await _cli("check-config", "--config", str(config), "--json", env=right)
     assert code == 0 and "EHLO, AUTH as fax-gateway" in str(_checks(out)["relay"]["detail"]), out + err
     assert "Relay-Pw-right-1" not in out + err
@@ -267,3 +277,68 @@ async def test_send_without_a_running_daemon(tmp_path: Path, make_settings: Sett
         assert job is not None and job.state == "submitted"
     finally:
         await gw.stop()
+
+
+async def test_check_config_fails_when_no_receipt_can_arrive(
+    tmp_path: Path, sim_factory: SimFactory, sink: Sink  # noqa: F811
+) -> None:
+    sim = await sim_factory()
+    config = _config(tmp_path, sim.url, sink.port)
+    code, out, _ = await _cli("check-config", "--config", str(config), "--json", env=provider_env())  # no secret
+    receipts = _checks(out)["receipts"]
+    assert code == 1 and not receipts["ok"]
+    assert "no receipt can ever reach the gateway" in str(receipts["detail"])
+    detail = str(receipts["detail"])
+    assert "FAX_GATEWAY_CALLBACK_SECRET" in detail and 'accuse_email = "gateway"' in detail
+    by_mail = tmp_path / "by-mail.toml"
+    by_mail.write_text(config.read_text().replace("[provider]\n", '[provider]\naccuse_email = "gateway"\n', 1))
+    code, out, _ = await _cli("check-config", "--config", str(by_mail), "--json", env=provider_env())
+    assert code == 0 and _checks(out)["receipts"]["detail"] == "receipts arrive by mail to the gateway", out
+
+
+async def test_check_config_fails_on_a_loopback_public_url_for_a_real_provider(
+    tmp_path: Path, sim_factory: SimFactory, sink: Sink  # noqa: F811
+) -> None:
+    sim = await sim_factory()
+    config = _config(tmp_path, sim.url, sink.port)
+    loopback = config.read_text().replace('public_url = "https://fax.example.com"', 'public_url = "http://localhost:8025"')
+    config.write_text(loopback)
+    code, out, _ = await _cli("check-config", "--config", str(config), "--json", env=_env())
+    receipts = _checks(out)["receipts"]
+    assert code == 1 and not receipts["ok"] and "loopback" in str(receipts["detail"])
+    assert "the receipt callback" in str(receipts["detail"])
+    simulated = tmp_path / "simulated.toml"
+    simulated.write_text(config.read_text().replace("[provider]\n", "[provider]\nsimulator = true\n", 1))
+    code, out, _ = await _cli("check-config", "--config", str(simulated), "--json", env=_env())
+    receipts = _checks(out)["receipts"]
+    assert code == 0 and receipts["ok"] and receipts.get("warning") is True and "simulator" in str(receipts["detail"])
+    code, out, _ = await _cli("check-config", "--config", str(simulated), env=_env())
+    assert "warn  receipts" in out
+
+
+async def test_check_config_masks_password_hashes_and_warns_of_an_unreadable_file(
+    tmp_path: Path, sim_factory: SimFactory, sink: Sink  # noqa: F811
+) -> None:
+    from gateway.passwords import hash_password
+
+    sim = await sim_factory()
+    hashed = hash_password("copier secret")
+    user = f'[[smtp.users]]\nname = "scanner"\npassword_hash = "{hashed}"\n'
+    config = _config(tmp_path, sim.url, sink.port, user)
+    config.chmod(0o600)
+    code, out, err = await _cli("check-config", "--config", str(config), env=_env())
+    assert hashed not in out + err and hashed.split("$")[-1] not in out + err
+    assert '"password_hash": "********"' in out
+    assert code == 0 and "warn  config" in out and "chmod 0644" in out
+    # In a directory anyone may enter, a file anyone may read: no warning.
+    shared = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        shared.chmod(0o755)
+        readable = shared / "fax-gateway.toml"
+        readable.write_text(config.read_text())
+        readable.chmod(0o644)
+        code, out, _ = await _cli("check-config", "--config", str(readable), "--json", env=_env())
+        assert code == 0 and _checks(out)["config"] == {
+            "name": "config", "ok": True, "detail": f"{readable} is readable by the service's user"}  # fmt: skip
+    finally:
+        shutil.rmtree(shared)

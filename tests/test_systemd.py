@@ -93,3 +93,15 @@ def test_systemd_analyze_security_exposure_is_at_most_2(tmp_path: Path) -> None:
     m = re.search(r"Overall exposure level for fax-gateway\.service: (\d+\.\d+)", done.stdout)
     assert m is not None, done.stdout + done.stderr
     assert float(m[1]) <= 2.0, done.stdout
+
+
+def test_the_install_steps_let_the_dynamic_user_read_the_settings() -> None:
+    # The unit runs as DynamicUser: a settings file only root may read stops the service at start.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for text in (readme, UNIT.read_text()):
+        directory = re.search(r"install -d -m (0[0-7]{3}) /etc/fax-gateway\b", text)
+        settings = re.search(r"install -m (0[0-7]{3}) config/fax-gateway\.example\.toml /etc/fax-gateway/", text)
+        secrets = re.search(r"install -m (0[0-7]{3}) /dev/null /etc/fax-gateway/secrets\.env", text)
+        assert directory and settings and secrets
+        assert int(directory[1], 8) & 0o005 == 0o005 and int(settings[1], 8) & 0o004
+        assert int(secrets[1], 8) & 0o077 == 0  # read by systemd as root, before the service starts

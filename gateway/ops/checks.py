@@ -1,12 +1,16 @@
 """``fax-gateway check-config``: is this settings file ready to run?
 
 In: a settings file (and the secrets in the environment). Out: the effective
-settings with secrets masked, then one line per check (``ok`` / ``FAIL`` and
-why): the spool is writable (a real file written, fsync'd and removed), the
-storage backend answers (S3: the bucket is reachable with the credentials
-boto3 finds), the provider accepts the account (a request without number or
-document: no fax can be sent), the relay accepts a connection (EHLO, and
-STARTTLS and AUTH when set). Exit status 0 when every check passes, 1
+settings with secrets masked, then one line per check (``ok`` / ``warn`` /
+``FAIL`` and why): the settings file is readable by the service's user (the
+unit runs as a dynamic user; a warning otherwise), the spool is writable (a real file written,
+fsync'd and removed), a receipt can reach the gateway (a callback secret, or
+the provider's AR mails to the gateway) at a public URL the provider can
+reach (not loopback; only a warning with the simulator), the storage backend
+answers (S3: the bucket is reachable with the credentials boto3 finds), the
+provider accepts the account (a request without number or document: no fax
+can be sent), the relay accepts a connection (EHLO, and STARTTLS and AUTH
+when set). Exit status 0 when every check passes (warnings included), 1
 otherwise. Nothing it prints holds a secret.
 """
 
@@ -16,12 +20,15 @@ import argparse
 import asyncio
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway import settings as settings_mod
+from gateway.networks import parse_address
 from gateway.redact import redact, secrets_of
 from gateway.settings import Settings
 
@@ -31,6 +38,73 @@ class Check:
     name: str
     ok: bool
     detail: str
+    warning: bool = False  # ok, but worth a look (said as "warn")
+
+    def as_json(self) -> dict[str, object]:
+        data: dict[str, object] = {"name": self.name, "ok": self.ok, "detail": self.detail}
+        return data | {"warning": True} if self.warning else data
+
+
+class Warn(Exception):
+    """A check that passes with a reservation: the message says what to look at."""
+
+
+_LOOPBACK_HOSTS = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host in _LOOPBACK_HOSTS or host.endswith(".localhost"):
+        return True
+    address = parse_address(host)
+    return address is not None and address.is_loopback
+
+
+def check_config_file(path: str) -> str:
+    """Blocking: can the service's user read the settings file? (The unit runs as a dynamic user.)
+
+    Only a warning when it cannot: run without the unit, the gateway's own user may well read it.
+    """
+    file = Path(path).resolve()
+    mode = file.stat().st_mode
+    if not mode & stat.S_IROTH:
+        raise Warn(
+            f"{file} is not readable by other users (mode {stat.filemode(mode)}), so the service's dynamic user"
+            f" cannot read it: chmod 0644 {file} (it holds no secrets; they come from the environment)"
+        )
+    for parent in file.parents:
+        if not parent.stat().st_mode & stat.S_IXOTH:
+            raise Warn(f"{parent} cannot be entered by other users, so the service's dynamic user cannot reach"
+                       f" {file}: chmod o+x {parent}")  # fmt: skip
+    return f"{file} is readable by the service's user"
+
+
+def check_receipts(settings: Settings) -> str:
+    """Can a receipt reach the gateway at all, and can the provider reach the URLs it is given?"""
+    http, provider = settings.http, settings.provider
+    by_callback, by_mail = bool(http.callback_secret), provider.accuse_email == "gateway"
+    if not by_callback and not by_mail:
+        raise OSError(
+            "no receipt can ever reach the gateway, so every fax would stay 'submitted': set"
+            " FAX_GATEWAY_CALLBACK_SECRET and give the provider <http.public_url>/receipt/<secret> as the receipt"
+            ' (AR) URL, or set provider.accuse_email = "gateway" (the provider mails its receipts to the gateway)'
+        )
+    needs_url = by_callback or settings.storage.backend == "local"
+    if needs_url and _is_loopback_url(http.public_url):
+        uses = " and ".join(
+            what for what, used in (("the receipt callback", by_callback),
+                                    ("documents served by the gateway", settings.storage.backend == "local"))
+            if used
+        )  # fmt: skip
+        why = (
+            f"http.public_url ({http.public_url}) is a loopback address, which the provider cannot reach for {uses}:"
+            " set it to the address the provider reaches (your reverse proxy)"
+        )
+        if provider.simulator:
+            raise Warn(why + "; fine with the simulator, which runs on this machine")
+        raise OSError(why)
+    ways = [w for w, on in (("the callback", by_callback), ("mail to the gateway", by_mail)) if on]
+    return "receipts arrive by " + " and ".join(ways)
 
 
 def check_spool(settings: Settings) -> str:
@@ -115,12 +189,19 @@ async def check_relay(settings: Settings) -> str:
             pass
 
 
-async def run_checks(settings: Settings) -> list[Check]:
+async def run_checks(settings: Settings, config: str | None = None) -> list[Check]:
     async def spool() -> str:
         return await asyncio.to_thread(check_spool, settings)
 
-    steps: list[tuple[str, Callable[[], Awaitable[str]]]] = [
+    async def receipts() -> str:
+        return check_receipts(settings)
+
+    steps: list[tuple[str, Callable[[], Awaitable[str]]]] = []
+    if config is not None:
+        steps.append(("config", lambda: asyncio.to_thread(check_config_file, config)))
+    steps += [
         ("spool", spool),
+        ("receipts", receipts),
         ("storage", lambda: check_storage(settings)),
         ("provider", lambda: check_provider(settings)),
         ("relay", lambda: check_relay(settings)),
@@ -131,6 +212,8 @@ async def run_checks(settings: Settings) -> list[Check]:
         try:
             detail = await asyncio.wait_for(step(), 60)
             results.append(Check(name, True, redact(detail, hidden)))
+        except Warn as exc:
+            results.append(Check(name, True, redact(str(exc), hidden), warning=True))
         except Exception as exc:  # every failure is a finding to print, not a crash
             why = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
             results.append(Check(name, False, redact(f"{why}", hidden)))
@@ -157,12 +240,12 @@ def _toml_lines(data: dict[str, object], prefix: str = "") -> list[str]:
 def main(args: argparse.Namespace) -> int:
     settings = settings_mod.load(args.config)
     described = settings_mod.describe(settings)
-    results = asyncio.run(run_checks(settings))
+    results = asyncio.run(run_checks(settings, args.config))
     if args.json:
-        print(json.dumps({"settings": described, "checks": [r.__dict__ for r in results]}, indent=2))
+        print(json.dumps({"settings": described, "checks": [r.as_json() for r in results]}, indent=2))
     else:
         print(f"# Effective settings of {args.config} (secrets masked)")
         print("\n".join(_toml_lines(described)))
         for r in results:
-            print(f"{'ok  ' if r.ok else 'FAIL'}  {r.name:<9} {r.detail}")
+            print(f"{'FAIL' if not r.ok else 'warn' if r.warning else 'ok  '}  {r.name:<9} {r.detail}")
     return 0 if all(r.ok for r in results) else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +202,52 @@ def test_console_entry_point(spool: Filled) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)) == len(jobs)
+
+
+@pytest.mark.parametrize("typed", ["0145678903", "01 45 67 89 03", "01.45.67.89.03", "+33145678903", "0033145678903"])
+def test_jobs_finds_a_number_in_any_spelling_rcpt_takes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, typed: str
+) -> None:
+    spool_dir = tmp_path / "spool"
+    Spool(spool_dir).create()
+    store = Store(Spool(spool_dir).db_path)
+    try:
+        wanted = add_job(store, State.QUEUED, number="+33145678903")
+        add_job(store, State.QUEUED, number="+33145678900")
+    finally:
+        store.close()
+    code, out, _ = run(capsys, "jobs", "--spool", str(spool_dir), "--json", "--number", typed)
+    assert code == 0 and [j["id"] for j in json.loads(out)] == [wanted]
+
+
+def test_bare_jobs_finds_the_demo_spool_here(
+    capsys: pytest.CaptureFixture[str], spool: Filled, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool_dir, jobs = spool
+    here = spool_dir.parent / "where-the-demo-ran"
+    (here / "fax-gateway-demo").mkdir(parents=True)
+    spool_dir.rename(here / "fax-gateway-demo" / "spool")
+    monkeypatch.chdir(here)
+    monkeypatch.setattr("gateway.ops.jobs.DEFAULT_CONFIG", str(here / "no-such-file.toml"))
+    code, out, _ = run(capsys, "jobs", "--json")
+    assert code == 0 and len(json.loads(out)) == len(jobs)
+
+
+def test_with_json_an_error_is_json_too(capsys: pytest.CaptureFixture[str], spool: Filled) -> None:
+    spool_dir, _ = spool
+    code, out, err = run(capsys, "show", "--spool", str(spool_dir), "--json", "0000000000000000")
+    assert code == 1 and err == "fax-gateway: no job '0000000000000000'\n"  # for the person at the terminal
+    assert json.loads(out) == {"error": "no job '0000000000000000'", "exit_status": 1}  # for the script
+    code, out, _ = run(capsys, "retry", "--spool", str(spool_dir / "nowhere"), "--json", "0000000000000000")
+    assert code == 2 and json.loads(out)["exit_status"] == 2 and "no job store" in json.loads(out)["error"]
+
+
+def test_the_exit_statuses_are_one_table_in_help_and_readme() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\d)` \| (.+?) \|$", readme.split("### Exit statuses", 1)[1], re.M))
+    assert {int(k): v for k, v in rows.items()} == cli.EXIT_STATUSES
+    parser = cli.build_parser()
+    assert cli.EXIT_HELP == parser.epilog
+    for command in ("jobs", "show", "send", "check-config", "serve"):
+        done = subprocess.run([sys.executable, "-m", "gateway", command, "--help"], capture_output=True, text=True)
+        assert " ".join(cli.EXIT_HELP.split()) in " ".join(done.stdout.split()), command

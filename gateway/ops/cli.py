@@ -4,8 +4,8 @@
 this machine (gateway/ops/demo.py), ``check-config`` checks a settings file and
 what it points at (gateway/ops/checks.py); the job commands (``jobs``, ``show``,
 ``retry``, ``cancel``, ``release``, ``resolve``, ``send``) are in
-gateway/ops/jobs.py. Exit status: 0 done, 1 the action did not apply or a
-check failed, 2 a configuration or usage error.
+gateway/ops/jobs.py. Exit statuses are one table for every command
+(:data:`EXIT_STATUSES`); with ``--json`` an error is JSON on stdout too.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -28,6 +29,15 @@ from gateway.store import StoreError
 log = logging.getLogger("gateway")
 
 Command = Callable[[argparse.Namespace], int]
+
+# Exit statuses, the same for every command (``--help`` and the README show this table).
+DONE, NOT_DONE, USAGE = 0, 1, 2
+EXIT_STATUSES = {
+    DONE: "done",
+    NOT_DONE: "not done: no such job, the action does not apply to it, a check failed, or the fax was refused",
+    USAGE: "usage or configuration error (the message says what to change)",
+}
+EXIT_HELP = "exit status: " + "; ".join(f"{code} {words}" for code, words in EXIT_STATUSES.items())
 
 
 def _load(args: argparse.Namespace) -> settings_mod.Settings:
@@ -83,7 +93,8 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fax-gateway", description="Email-to-fax gateway for 123-fax.net")
+    parser = argparse.ArgumentParser(prog="fax-gateway", description="Email-to-fax gateway for 123-fax.net",
+                                     epilog=EXIT_HELP)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the daemon")
@@ -116,7 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate_provider)
 
     commands.add_parsers(sub)
+    for choice in sub.choices.values():
+        choice.epilog = EXIT_HELP
     return parser
+
+
+def _fail(args: argparse.Namespace, status: int, message: str) -> int:
+    """Say why a command did not do its work: a line on stderr, and with ``--json`` JSON on stdout too."""
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "exit_status": status}, ensure_ascii=False))
+    print(f"fax-gateway: {message}", file=sys.stderr)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,11 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except settings_mod.SettingsError as exc:
-        print(f"fax-gateway: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, USAGE, f"configuration error: {exc}")
     except commands.UsageError as exc:
-        print(f"fax-gateway: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, USAGE, str(exc))
     except (AdminError, SpoolLockedError, StoreError) as exc:
-        print(f"fax-gateway: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, NOT_DONE, str(exc))

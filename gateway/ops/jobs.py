@@ -32,12 +32,16 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
+import phonenumbers
+
 from gateway import settings as settings_mod
 from gateway.ops import actions as admin
 from gateway.spool import Spool
 from gateway.store import AsyncStore, Job, Store
 
 DEFAULT_CONFIG = "/etc/fax-gateway/fax-gateway.toml"
+# Where `fax-gateway demo` keeps its spool, from the directory it was run in.
+DEMO_SPOOL = "fax-gateway-demo/spool"
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -46,15 +50,48 @@ class UsageError(Exception):
     """Bad arguments: the message says what to change."""
 
 
+def _config_of(args: argparse.Namespace) -> str | None:
+    config = getattr(args, "config", None)
+    if config is None and os.path.exists(DEFAULT_CONFIG):
+        return DEFAULT_CONFIG
+    return str(config) if config is not None else None
+
+
 def spool_dir(args: argparse.Namespace) -> str:
+    """``--spool``, else the spool of ``--config`` (or of the default settings file), else the demo's here."""
     if getattr(args, "spool", None):
         return str(args.spool)
-    config = getattr(args, "config", None)
-    if config is None:
-        config = DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
-    if config is None:
-        raise UsageError(f"say where the spool is: --spool DIR or --config FILE (no {DEFAULT_CONFIG})")
-    return settings_mod.load(config).spool.directory
+    config = _config_of(args)
+    if config is not None:
+        return settings_mod.load(config).spool.directory
+    demo = Path(DEMO_SPOOL)
+    if (demo / "jobs.sqlite3").exists():  # `fax-gateway demo` was run in this directory
+        return str(demo)
+    raise UsageError(f"say where the spool is: --spool DIR or --config FILE (no {DEFAULT_CONFIG}, no ./{DEMO_SPOOL})")
+
+
+def number_filter(text: str, region: str) -> str:
+    """What ``jobs --number`` looks for: a whole number in any spelling RCPT takes, as it is stored (E.164).
+
+    ``01 45 67 89 03``, ``01.45.67.89.03``, ``+33145678903`` and ``0033145678903``
+    all find the same jobs; anything that is not a whole number (``+3314567``,
+    ``0999``) is looked for as digits within the stored number.
+    """
+    spelled = re.sub(r"[\s.\-()]", "", text)
+    if spelled.startswith("00"):
+        spelled = "+" + spelled[2:]
+    try:
+        parsed = phonenumbers.parse(spelled, region)
+    except phonenumbers.NumberParseException:
+        return spelled
+    if not phonenumbers.is_valid_number(parsed):
+        return spelled
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _region(args: argparse.Namespace) -> str:
+    config = None if getattr(args, "spool", None) else _config_of(args)
+    return (settings_mod.load(config) if config else settings_mod.Settings()).numbers.default_region
 
 
 @contextmanager
@@ -127,7 +164,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     since = parse_since(args.since, time.time()) if args.since else None
     with open_store(args) as store:
         admin.check_states(states)
-        jobs = store.list_jobs(states=states, since=since, number=args.number, sender=args.sender, limit=args.limit)
+        number = number_filter(args.number, _region(args)) if args.number else None
+        jobs = store.list_jobs(states=states, since=since, number=number, sender=args.sender, limit=args.limit)
         counts = admin.summary(store)
     if args.json:
         _print_json([admin.job_dict(j) for j in jobs])

@@ -341,3 +341,24 @@ def test_simulate_provider_command(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert SIM_PASSWORD not in err
+
+
+def test_simulate_provider_help_lists_every_fault_and_fault_starts_one() -> None:
+    from gateway.delivery.faults import FAULT_HELP
+    from gateway.delivery.simulator import FAULTS
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    shown = subprocess.run([sys.executable, "-m", "gateway", "simulate-provider", "--help"], capture_output=True,
+                           text=True, env=env, timeout=60).stdout  # fmt: skip
+    for name in (*FAULTS, "code:NNN"):
+        assert f"  {name} " in shown and FAULT_HELP[name].split(";")[0] in " ".join(shown.split()), name
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "simulate-provider", "--listen", "127.0.0.1:0", "--fault", "code:109"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split(" on ")[1].split()[0]
+        assert asyncio.run(fax(url, url="http://127.0.0.1:9/d.pdf")) == (200, "109-")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)

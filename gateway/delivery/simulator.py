@@ -49,13 +49,14 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.arcodes import lookup
+from gateway.delivery.faults import FAULT_HELP, is_fault
 from gateway.settings import HostPort, parse_hostport
 
 log = logging.getLogger("gateway.simulator")
 
 MAX_DOCUMENT_BYTES = 1_048_576
 DOCUMENT_TYPES = {"application/pdf", "image/tiff", "image/jpeg", "image/png", "image/gif"}
-FAULTS = ("5xx", "html", "hang", "reset", "no-credit", "empty", "no-ref", "early-callback", "duplicate-callback")
+FAULTS = tuple(name for name in FAULT_HELP if name != "code:NNN")
 MASK = "********"
 
 @dataclass
@@ -128,7 +129,7 @@ class ProviderSimulator:
 
     def set_fault(self, fault: str | None, *, once: bool = False) -> None:
         """Switch a fault on (``None``: off); ``once``: only for the next request."""
-        if fault is not None and fault not in FAULTS and not re.fullmatch(r"code:\d{1,6}", fault):
+        if fault is not None and not is_fault(fault):
             raise ValueError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)} or code:NNN")
         self.fault, self.fault_once = fault, once
 
@@ -437,6 +438,8 @@ def main(args: argparse.Namespace) -> int:
                             password=args.password or os.environ.get("FAX_GATEWAY_PROVIDER_PASSWORD") or None,
                             callback_url=args.callback_url, callback_delay=args.callback_delay,
                             receipt_code=args.receipt_code, mail_relay=relay, balance=args.balance)
+    if args.fault:
+        sim.set_fault(args.fault)
 
     async def run() -> None:
         await sim.start()

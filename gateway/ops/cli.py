@@ -21,6 +21,7 @@ from typing import TextIO
 
 from gateway import settings as settings_mod
 from gateway.daemon import logs
+from gateway.delivery.faults import FAULT_HELP, is_fault
 from gateway.ops import jobs as commands
 from gateway.ops.actions import AdminError
 from gateway.spool import SpoolLockedError
@@ -92,6 +93,12 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fault(name: str) -> str:
+    if not is_fault(name):
+        raise argparse.ArgumentTypeError(f"unknown fault {name!r}: one of {', '.join(FAULT_HELP)}")
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fax-gateway", description="Email-to-fax gateway for 123-fax.net",
                                      epilog=EXIT_HELP)  # fmt: skip
@@ -115,7 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hash-password", help="read a password (no echo) and print its hash for [[smtp.users]]")
     p.set_defaults(func=cmd_hash_password)
 
-    p = sub.add_parser("simulate-provider", help="run the 123-fax.net simulator (no fax is sent)")
+    faults = "\n".join(f"  {name:<20}{what}" for name, what in FAULT_HELP.items())
+    p = sub.add_parser(
+        "simulate-provider", help="run the 123-fax.net simulator (no fax is sent)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the 123-fax.net simulator: the same endpoint and answers, no fax is sent.\n\n"
+        "Fault modes: --fault NAME at start, or while it runs POST /_sim/fault with\n"
+        '{"fault": "NAME", "once": true} ({"fault": null} turns it off):\n' + faults,
+    )  # fmt: skip
     p.add_argument("--listen", default="127.0.0.1:8080", help="host:port (port 0: any free port)")
     p.add_argument("--email", help="account e-mail (default: any)")
     p.add_argument("--password", help="account password (default: $FAX_GATEWAY_PROVIDER_PASSWORD, else any)")
@@ -124,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--receipt-code", default="0", help="receipt code for every fax (0: received)")
     p.add_argument("--mail-relay", help="host:port of an SMTP relay for receipt copies (accuse_email)")
     p.add_argument("--balance", type=int, help="faxes the account can pay for (default: unlimited)")
+    p.add_argument("--fault", metavar="NAME", type=_fault, help="answer every request with this fault mode (above)")
     p.set_defaults(func=cmd_simulate_provider)
 
     commands.add_parsers(sub)

@@ -251,3 +251,25 @@ def test_the_exit_statuses_are_one_table_in_help_and_readme() -> None:
     for command in ("jobs", "show", "send", "check-config", "serve"):
         done = subprocess.run([sys.executable, "-m", "gateway", command, "--help"], capture_output=True, text=True)
         assert " ".join(cli.EXIT_HELP.split()) in " ".join(done.stdout.split()), command
+
+
+def test_show_decodes_the_headers_it_quotes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from gateway.store import NewMessage, new_id
+
+    spool_dir = tmp_path / "spool"
+    Spool(spool_dir).create()
+    store = Store(Spool(spool_dir).db_path)
+    try:
+        msg = NewMessage(
+            id=new_id(), envelope_from="celine@example.com", header_from="=?utf-8?q?C=C3=A9line?= <celine@example.com>",
+            reply_to="=?iso-8859-1?q?Secr=E9tariat?= <sec@example.com>", message_id_header="<1@example.com>",
+            subject="=?utf-8?b?RmFjdHVyZSBuwrA1?=", date_header="", client_addr="127.0.0.1", auth_user="",
+            doc_type="pdf", doc_pages=1, doc_bytes=10,
+        )  # fmt: skip
+        job_id = new_id()
+        store.add_message(msg, [(job_id, "+33145678903", "")], "accepted")
+    finally:
+        store.close()
+    code, out, _ = run(capsys, "show", "--spool", str(spool_dir), job_id)
+    assert code == 0
+    assert "Céline <celine@example.com>" in out and "Secrétariat <sec@example.com>" in out and "Facture n°5" in out

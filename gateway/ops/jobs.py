@@ -38,6 +38,7 @@ from gateway import settings as settings_mod
 from gateway.ops import actions as admin
 from gateway.spool import Spool
 from gateway.store import AsyncStore, Job, Store
+from gateway.text import display
 
 DEFAULT_CONFIG = "/etc/fax-gateway/fax-gateway.toml"
 # Where `fax-gateway demo` keeps its spool, from the directory it was run in.
@@ -201,9 +202,9 @@ def render_show(info: dict[str, Any]) -> str:
         ("pages sent", job["pages_sent"]),
         ("message", job["message_id"]),
         ("envelope from", msg.get("envelope_from", "")),
-        ("From", msg.get("header_from", "")),
-        ("Reply-To", msg.get("reply_to", "")),
-        ("Subject", msg.get("subject", "")),
+        ("From", display(msg.get("header_from", ""))),
+        ("Reply-To", display(msg.get("reply_to", ""))),
+        ("Subject", display(msg.get("subject", ""))),
         ("Message-ID", msg.get("message_id_header", "")),
         ("client", msg.get("client_addr", "") + (f" (user {msg['auth_user']})" if msg.get("auth_user") else "")),
         ("document", f"{msg.get('doc_type', '')}, {msg.get('doc_pages', 0)} pages, {msg.get('doc_bytes', 0)} bytes"),

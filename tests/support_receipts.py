@@ -38,7 +38,8 @@ from gateway.settings import Settings
 from gateway.spool import FAX_NAME, RAW_NAME
 from gateway.store import FINAL_STATES, Job, NewMessage, State, Store, new_id
 from tests.conftest import SettingsFactory, deep_merge
-from tests.support_delivery import FakeClock, LoopbackRig
+from tests.support_clock import FakeClock
+from tests.support_delivery import LoopbackRig
 from tests.support_mail import pdf
 from tests.support_s3 import free_port
 from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, provider_env, provider_table

@@ -28,6 +28,7 @@ from gateway.replies import Reply, all_replies
 from gateway.smtp.server import SmtpServer
 from gateway.spool import Spool
 from gateway.store import AsyncStore, Job, Store
+from tests.support_clock import FakeClock
 from tests.support_docs import pdf
 
 TIMEOUT = 10.0
@@ -54,14 +55,6 @@ def fax_mail(
     if attach:
         msg.add_attachment(make_pdf(), maintype="application", subtype="pdf", filename="invoice.pdf")
     return msg.as_bytes()
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

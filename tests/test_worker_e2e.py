@@ -17,7 +17,7 @@ from gateway.daemon.app import Gateway
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.store import Job, State
 from tests.conftest import SettingsFactory, deep_merge
-from tests.support_delivery import FakeClock
+from tests.support_clock import FakeClock
 from tests.support_s3 import S3, free_port, s3  # noqa: F401
 from tests.support_simulator import SimFactory, provider_env, provider_table, sim_factory  # noqa: F401
 from tests.support_sink import Sink, sink  # noqa: F401

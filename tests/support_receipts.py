@@ -41,7 +41,7 @@ from tests.conftest import SettingsFactory, deep_merge
 from tests.support_clock import FakeClock
 from tests.support_delivery import LoopbackRig
 from tests.support_mail import pdf
-from tests.support_s3 import free_port
+from tests.support_net import free_port
 from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, provider_env, provider_table
 from tests.support_sink import Sink
 

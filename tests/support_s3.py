@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -152,13 +151,6 @@ class S3:
     def keys(self) -> list[str]:
         listing = self.client.list_objects_v2(Bucket=BUCKET)
         return [o["Key"] for o in listing.get("Contents", [])]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

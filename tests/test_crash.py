@@ -25,7 +25,8 @@ from typing import Any
 
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.store import State, Store
-from tests.support_s3 import S3, S3_ENV, free_port, s3  # noqa: F401
+from tests.support_net import free_port
+from tests.support_s3 import S3, S3_ENV, s3  # noqa: F401
 from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, SimFactory, sim_factory  # noqa: F401
 from tests.support_smtp import fax_mail
 

@@ -9,7 +9,7 @@ from gateway.store import State
 from tests.conftest import SettingsFactory, deep_merge
 from tests.support_clock import FakeClock
 from tests.support_delivery import Delivery
-from tests.support_s3 import free_port
+from tests.support_net import free_port
 from tests.support_simulator import SimFactory, provider_env, provider_table, sim_factory  # noqa: F401
 
 

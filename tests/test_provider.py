@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -17,6 +16,7 @@ from gateway.delivery.simulator import ProviderSimulator
 from gateway.outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailure, Retry, Submission
 from gateway.redact import MASK, redact, secrets_of
 from gateway.settings import Settings
+from tests.support_net import free_port
 
 ClientFactory = Callable[..., Coroutine[Any, Any, ProviderClient]]
 CALLBACK_SECRET = "cb-Secret-9981"
@@ -55,13 +55,6 @@ def assert_no_secret(texts: list[str]) -> None:
     for text in texts:
         for form in canary_forms():
             assert form not in text
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # --- the answer table ---------------------------------------------------------------

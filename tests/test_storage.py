@@ -13,7 +13,8 @@ from gateway.settings import Settings
 from gateway.store import State
 from tests.conftest import SettingsFactory
 from tests.support_delivery import Delivery
-from tests.support_s3 import BUCKET, S3, free_port, s3  # noqa: F401
+from tests.support_net import free_port
+from tests.support_s3 import BUCKET, S3, s3  # noqa: F401
 from tests.support_simulator import minimal_pdf
 
 

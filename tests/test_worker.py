@@ -22,7 +22,8 @@ from gateway.store import State
 from tests.conftest import SettingsFactory, deep_merge
 from tests.support_clock import FakeClock
 from tests.support_delivery import Delivery
-from tests.support_s3 import S3, free_port, s3  # noqa: F401
+from tests.support_net import free_port
+from tests.support_s3 import S3, s3  # noqa: F401
 from tests.support_simulator import SIM_PASSWORD, SimFactory, provider_env, provider_table, sim_factory  # noqa: F401
 
 DeliveryFactory = Callable[..., Coroutine[Any, Any, tuple[Delivery, ProviderSimulator]]]

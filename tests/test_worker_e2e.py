@@ -18,7 +18,8 @@ from gateway.delivery.simulator import ProviderSimulator
 from gateway.store import Job, State
 from tests.conftest import SettingsFactory, deep_merge
 from tests.support_clock import FakeClock
-from tests.support_s3 import S3, free_port, s3  # noqa: F401
+from tests.support_net import free_port
+from tests.support_s3 import S3, s3  # noqa: F401
 from tests.support_simulator import SimFactory, provider_env, provider_table, sim_factory  # noqa: F401
 from tests.support_sink import Sink, sink  # noqa: F401
 from tests.support_smtp import fax_mail

@@ -21,7 +21,7 @@ from gateway.settings import Settings
 from gateway.spool import FAX_NAME, RAW_NAME, Spool
 from gateway.store import AsyncStore, Job, NewMessage, Store, new_id
 from tests.support_clock import FakeClock
-from tests.support_simulator import minimal_pdf
+from tests.support_docs import pdf
 
 NUMBER = "+33145678900"
 
@@ -76,7 +76,7 @@ class Delivery(LoopbackRig):
     ) -> list[str]:
         """Spool one message with a job per number (as intake does); returns the job ids."""
         numbers = numbers or (NUMBER,)
-        data = minimal_pdf() if document is None else document
+        data = pdf() if document is None else document
         message_id = new_id()
         jobs = [(new_id(), n, "") for n in numbers]
         msg = NewMessage(id=message_id, envelope_from=sender, header_from=sender, reply_to="",

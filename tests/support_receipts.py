@@ -22,8 +22,6 @@ import asyncio
 import email.policy
 import smtplib
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from email.message import EmailMessage
-from email.utils import make_msgid
 from typing import Any
 
 import aiohttp
@@ -39,14 +37,13 @@ from gateway.spool import FAX_NAME, RAW_NAME
 from gateway.store import FINAL_STATES, Job, NewMessage, State, Store, new_id
 from tests.conftest import SettingsFactory, deep_merge
 from tests.support_clock import FakeClock
-from tests.support_delivery import LoopbackRig
-from tests.support_mail import pdf
+from tests.support_delivery import NUMBER, LoopbackRig
 from tests.support_net import free_port
 from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, provider_env, provider_table
 from tests.support_sink import Sink
+from tests.support_smtp import fax_mail
 
 SECRET = "cb-Secret-4f9a1c"
-NUMBER = "+33145678900"
 
 
 def rig_table(relay_port: int, **notify: Any) -> dict[str, Any]:
@@ -162,18 +159,10 @@ E2E_TIMEOUT = 20.0
 def send_mail(port: int, sender: str, to: str, pages: int, *, header_from: str = "", reply_to: str = "",
               subject: str = "Invoice 42") -> None:  # fmt: skip
     """Mail a PDF of ``pages`` pages to the gateway over SMTP (blocking: run it in a thread)."""
-    msg = EmailMessage()
-    msg["From"] = header_from or sender
-    if reply_to:
-        msg["Reply-To"] = reply_to
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Date"] = "Mon, 30 Nov 2026 09:00:00 +0100"
-    msg["Message-ID"] = make_msgid(domain="example.com")
-    msg.set_content("Please fax the attached document.\n")
-    msg.add_attachment(pdf(pages), maintype="application", subtype="pdf", filename="invoice.pdf")
+    raw = fax_mail(header_from or sender, to, body="Please fax the attached document.\n", pages=pages, subject=subject,
+                   reply_to=reply_to, date="Mon, 30 Nov 2026 09:00:00 +0100", policy=email.policy.SMTP)  # fmt: skip
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-        client.sendmail(sender, [to], msg.as_bytes(policy=email.policy.SMTP))
+        client.sendmail(sender, [to], raw)
 
 
 class GatedSimulator(ProviderSimulator):

@@ -18,7 +18,8 @@ from gateway.ops.demo import free_port, sample_pdf
 from gateway.spool import Spool
 from gateway.store import Store
 from tests.conftest import SettingsFactory
-from tests.support_mail import pdf, plain_with
+from tests.support_docs import pdf
+from tests.support_mail import plain_with
 from tests.support_s3 import BUCKET, S3, S3_ENV, s3  # noqa: F401
 from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, SimFactory, provider_env, provider_table
 from tests.support_sink import Sink, sink  # noqa: F401

@@ -17,7 +17,8 @@ from gateway.daemon.run import callback_url
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.ops.demo import free_port
 from tests.conftest import SettingsFactory
-from tests.support_mail import pdf, plain_with
+from tests.support_docs import pdf
+from tests.support_mail import plain_with
 from tests.support_s3 import S3, S3_ENV, s3  # noqa: F401
 from tests.support_simulator import SimFactory, provider_env, provider_table
 from tests.support_sink import Sink, sink  # noqa: F401

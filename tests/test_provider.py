@@ -9,13 +9,14 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
-from support_simulator import SIM_PASSWORD, DocumentServer, minimal_pdf, provider_env, provider_table
+from support_simulator import SIM_PASSWORD, DocumentServer, provider_env, provider_table
 
 from gateway.delivery.provider import ANSWERS, Answer, ProviderClient, parse_answer, wire_number
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailure, Retry, Submission
 from gateway.redact import MASK, redact, secrets_of
 from gateway.settings import Settings
+from tests.support_docs import pdf as minimal_pdf
 from tests.support_net import free_port
 
 ClientFactory = Callable[..., Coroutine[Any, Any, ProviderClient]]

@@ -11,7 +11,8 @@ import pytest
 
 from gateway.settings import HostPort
 from gateway.store import State
-from tests.support_mail import pdf, plain_with
+from tests.support_docs import pdf
+from tests.support_mail import plain_with
 from tests.support_receipts import Running, running_gateway  # noqa: F401
 from tests.support_s3 import S3, s3  # noqa: F401
 from tests.support_sink import Received, sink  # noqa: F401

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.store import State
 from tests.support_clock import FakeClock
-from tests.support_mail import pdf
+from tests.support_docs import pdf
 from tests.support_receipts import SECRET, Running, running_gateway  # noqa: F401
 from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, DocumentServer
 from tests.support_sink import Received, sink  # noqa: F401

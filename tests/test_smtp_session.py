@@ -9,7 +9,8 @@ import shutil
 
 import pytest
 
-from tests.support_smtp import Raw, Starter, fax_mail, make_pdf, smtp_gateway, transaction
+from tests.support_docs import pdf as make_pdf
+from tests.support_smtp import Raw, Starter, fax_mail, smtp_gateway, transaction
 
 __all__ = ["smtp_gateway"]
 

@@ -13,9 +13,9 @@ from gateway.settings import Settings
 from gateway.store import State
 from tests.conftest import SettingsFactory
 from tests.support_delivery import Delivery
+from tests.support_docs import pdf as minimal_pdf
 from tests.support_net import free_port
 from tests.support_s3 import BUCKET, S3, s3  # noqa: F401
-from tests.support_simulator import minimal_pdf
 
 
 async def _get(url: str) -> tuple[int, bytes, dict[str, str]]:

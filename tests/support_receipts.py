@@ -7,9 +7,9 @@ the same ``Store`` API intake and the worker use; ``rig.get(...)`` calls the
 callback with a real aiohttp client; ``await rig.notifier.drain()`` sends what
 is due, with a clock that moves only when told.
 
-Fixtures (import the function, ask for the name, and import ``sink`` too):
-``make_rig`` (``rig_factory``) starts rigs with settings overrides; ``running``
-(``running_gateway``) starts the whole daemon (:class:`~gateway.app.Gateway`)
+Fixtures (a plugin of ``tests/conftest.py``: ask for them, never import them):
+``make_rig`` starts rigs with settings overrides; ``running`` starts the whole
+daemon (:class:`~gateway.daemon.app.Gateway`)
 for the end-to-end tests: mail in over SMTP, the provider simulator calling
 the receipt callback for real, receipts out through the sink. Its simulator
 holds every receipt while ``sim.gate`` is clear (it is set by default), so a
@@ -35,10 +35,10 @@ from gateway.receipts.callback import Receipts
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, RAW_NAME
 from gateway.store import FINAL_STATES, Job, NewMessage, State, Store, new_id
-from tests.conftest import SettingsFactory, deep_merge
 from tests.support_clock import FakeClock
 from tests.support_delivery import NUMBER, LoopbackRig
 from tests.support_net import free_port
+from tests.support_settings import SettingsFactory, deep_merge
 from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, provider_env, provider_table
 from tests.support_sink import Sink
 from tests.support_smtp import fax_mail
@@ -130,8 +130,8 @@ class ReceiptRig(LoopbackRig):
 RigFactory = Callable[..., Coroutine[Any, Any, ReceiptRig]]
 
 
-@pytest.fixture(name="make_rig")
-async def rig_factory(make_settings: SettingsFactory, sink: Sink) -> AsyncIterator[RigFactory]:
+@pytest.fixture
+async def make_rig(make_settings: SettingsFactory, sink: Sink) -> AsyncIterator[RigFactory]:
     """``await make_rig(table, env=..., **notify)``: a started rig whose relay is the sink (stopped at the end)."""
     rigs: list[ReceiptRig] = []
 
@@ -217,8 +217,8 @@ class Running:
 StartGateway = Callable[..., Coroutine[Any, Any, Running]]
 
 
-@pytest.fixture(name="running")
-async def running_gateway(make_settings: SettingsFactory, sink: Sink) -> AsyncIterator[StartGateway]:
+@pytest.fixture
+async def running(make_settings: SettingsFactory, sink: Sink) -> AsyncIterator[StartGateway]:
     """``await running(table, clock=..., **simulator_keywords)``: the daemon against a simulator and the sink."""
     started: list[Gateway | ProviderSimulator] = []
 

@@ -2,7 +2,7 @@
 
 ``tests/conftest.py`` loads this module as a plugin: any test can ask for the
 fixtures ``simulator``, ``sim_factory`` and ``documents``, and import the
-helpers (``from support_simulator import SIM_PASSWORD, provider_table``).
+helpers (``from tests.support_simulator import SIM_PASSWORD, provider_table``).
 ``provider_table(sim)`` and ``provider_env()`` give the settings that point
 the gateway at the simulator; the password is a canary
 with ``+&=%`` in it, so encoding mistakes and leaks both show.

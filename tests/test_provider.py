@@ -9,7 +9,6 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
-from support_simulator import SIM_PASSWORD, DocumentServer, provider_env, provider_table
 
 from gateway.delivery.provider import ANSWERS, Answer, ProviderClient, parse_answer, wire_number
 from gateway.delivery.simulator import ProviderSimulator
@@ -18,6 +17,7 @@ from gateway.redact import MASK, redact, secrets_of
 from gateway.settings import Settings
 from tests.support_docs import pdf as minimal_pdf
 from tests.support_net import free_port
+from tests.support_simulator import SIM_PASSWORD, DocumentServer, provider_env, provider_table
 
 ClientFactory = Callable[..., Coroutine[Any, Any, ProviderClient]]
 CALLBACK_SECRET = "cb-Secret-9981"

@@ -19,12 +19,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from support_simulator import SIM_EMAIL, SIM_PASSWORD, DocumentServer, SimFactory
 
 from gateway.delivery.simulator import MASK, ProviderSimulator
 from gateway.settings import HostPort
 from tests.support_docs import image
 from tests.support_docs import pdf as minimal_pdf
+from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, DocumentServer, SimFactory
 
 
 class CallbackSink:

@@ -10,9 +10,7 @@ import shutil
 import pytest
 
 from tests.support_docs import pdf as make_pdf
-from tests.support_smtp import Raw, Starter, fax_mail, smtp_gateway, transaction
-
-__all__ = ["smtp_gateway"]
+from tests.support_smtp import Raw, Starter, fax_mail, transaction
 
 
 def crlf(message: bytes) -> bytes:

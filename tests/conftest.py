@@ -1,61 +1,31 @@
-"""Shared test fixtures: settings on a temporary spool, a running gateway on loopback.
+"""The test suite's plugins: every ``tests/support_*.py`` module, loaded once, under one name.
 
-Area-specific fixtures live in ``tests/support_*.py`` modules and are imported
-by the tests that use them.
+Fixtures live in those modules and pytest finds them there: a test asks for a
+fixture by naming it as an argument and never imports it. Ordinary helpers
+(classes, functions, constants) are imported by name from the module that
+defines them, always as ``tests.support_*`` (``tests/test_test_hygiene.py`` checks all this).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any
-
 import pytest
 
-from gateway.daemon.app import Gateway
-from gateway.settings import Settings, from_mapping
+pytest_plugins = [
+    "tests.support_clock",
+    "tests.support_delivery",
+    "tests.support_docs",
+    "tests.support_mail",
+    "tests.support_net",
+    "tests.support_ops",
+    "tests.support_proc",
+    "tests.support_receipts",
+    "tests.support_s3",
+    "tests.support_settings",
+    "tests.support_simulator",
+    "tests.support_sink",
+    "tests.support_smtp",
+]
 
-# Area fixture modules loaded for every test (loaded here so their asserts are rewritten).
-pytest_plugins = ["support_simulator"]
-
-SettingsFactory = Callable[..., Settings]
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-@pytest.fixture
-def make_settings(tmp_path: Path) -> SettingsFactory:
-    """Settings for a test: loopback, port 0, a spool under tmp_path; ``table`` overrides (TOML shape)."""
-
-    def factory(table: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Settings:
-        base: dict[str, Any] = {
-            "smtp": {"listen": "127.0.0.1:0", "hostname": "fax-gateway.test"},
-            "spool": {"directory": str(tmp_path / "spool"), "min_free_bytes": 0},
-            "http": {"listen": "127.0.0.1:0"},
-            # Never the real provider: a closed loopback port unless a test points it at the simulator.
-            "provider": {"url": "http://127.0.0.1:9/http.php"},
-            "notify": {"from_address": "fax-gateway@gateway.test"},
-        }
-        return from_mapping(deep_merge(base, table or {}), env or {})
-
-    return factory
-
-
-@pytest.fixture
-async def gateway(make_settings: SettingsFactory) -> AsyncIterator[Gateway]:
-    """The gateway with default test settings, started on loopback."""
-    gw = Gateway(make_settings())
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.stop()
+# Support modules import each other: mark them all for assertion rewriting before the first is
+# imported, so their asserts are rewritten whatever the order above.
+pytest.register_assert_rewrite(*pytest_plugins)

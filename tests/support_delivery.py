@@ -2,7 +2,7 @@
 storage (S3 or local), the real provider client and the worker.
 
 Messages are spooled through the same Spool/Store API intake uses; a
-:class:`FakeClock` shared by the store and the worker moves time for backoff,
+:class:`~tests.support_clock.FakeClock` shared by the store and the worker moves time for backoff,
 grace periods and holds without sleeping; ``await d.worker.drain()`` runs the
 worker until nothing is due.
 """
@@ -20,22 +20,10 @@ from gateway.delivery.worker import Worker
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, RAW_NAME, Spool
 from gateway.store import AsyncStore, Job, NewMessage, Store, new_id
-from tests.support_simulator import minimal_pdf
+from tests.support_clock import FakeClock
+from tests.support_docs import pdf
 
 NUMBER = "+33145678900"
-
-
-class FakeClock:
-    """Epoch seconds that move only when told."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class LoopbackRig:
@@ -88,7 +76,7 @@ class Delivery(LoopbackRig):
     ) -> list[str]:
         """Spool one message with a job per number (as intake does); returns the job ids."""
         numbers = numbers or (NUMBER,)
-        data = minimal_pdf() if document is None else document
+        data = pdf() if document is None else document
         message_id = new_id()
         jobs = [(new_id(), n, "") for n in numbers]
         msg = NewMessage(id=message_id, envelope_from=sender, header_from=sender, reply_to="",

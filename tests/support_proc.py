@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.ops.demo import free_port
 from gateway.spool import Spool
 from gateway.store import Job, Store
+from tests.support_net import free_port
 
 WAIT = 60.0
 

@@ -7,9 +7,9 @@ the same ``Store`` API intake and the worker use; ``rig.get(...)`` calls the
 callback with a real aiohttp client; ``await rig.notifier.drain()`` sends what
 is due, with a clock that moves only when told.
 
-Fixtures (import the function, ask for the name, and import ``sink`` too):
-``make_rig`` (``rig_factory``) starts rigs with settings overrides; ``running``
-(``running_gateway``) starts the whole daemon (:class:`~gateway.app.Gateway`)
+Fixtures (a plugin of ``tests/conftest.py``: ask for them, never import them):
+``make_rig`` starts rigs with settings overrides; ``running`` starts the whole
+daemon (:class:`~gateway.daemon.app.Gateway`)
 for the end-to-end tests: mail in over SMTP, the provider simulator calling
 the receipt callback for real, receipts out through the sink. Its simulator
 holds every receipt while ``sim.gate`` is clear (it is set by default), so a
@@ -22,8 +22,6 @@ import asyncio
 import email.policy
 import smtplib
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from email.message import EmailMessage
-from email.utils import make_msgid
 from typing import Any
 
 import aiohttp
@@ -37,15 +35,15 @@ from gateway.receipts.callback import Receipts
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, RAW_NAME
 from gateway.store import FINAL_STATES, Job, NewMessage, State, Store, new_id
-from tests.conftest import SettingsFactory, deep_merge
-from tests.support_delivery import FakeClock, LoopbackRig
-from tests.support_mail import pdf
-from tests.support_s3 import free_port
+from tests.support_clock import FakeClock
+from tests.support_delivery import NUMBER, LoopbackRig
+from tests.support_net import free_port
+from tests.support_settings import SettingsFactory, deep_merge
 from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, provider_env, provider_table
 from tests.support_sink import Sink
+from tests.support_smtp import fax_mail
 
 SECRET = "cb-Secret-4f9a1c"
-NUMBER = "+33145678900"
 
 
 def rig_table(relay_port: int, **notify: Any) -> dict[str, Any]:
@@ -132,8 +130,8 @@ class ReceiptRig(LoopbackRig):
 RigFactory = Callable[..., Coroutine[Any, Any, ReceiptRig]]
 
 
-@pytest.fixture(name="make_rig")
-async def rig_factory(make_settings: SettingsFactory, sink: Sink) -> AsyncIterator[RigFactory]:
+@pytest.fixture
+async def make_rig(make_settings: SettingsFactory, sink: Sink) -> AsyncIterator[RigFactory]:
     """``await make_rig(table, env=..., **notify)``: a started rig whose relay is the sink (stopped at the end)."""
     rigs: list[ReceiptRig] = []
 
@@ -161,18 +159,10 @@ E2E_TIMEOUT = 20.0
 def send_mail(port: int, sender: str, to: str, pages: int, *, header_from: str = "", reply_to: str = "",
               subject: str = "Invoice 42") -> None:  # fmt: skip
     """Mail a PDF of ``pages`` pages to the gateway over SMTP (blocking: run it in a thread)."""
-    msg = EmailMessage()
-    msg["From"] = header_from or sender
-    if reply_to:
-        msg["Reply-To"] = reply_to
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Date"] = "Mon, 30 Nov 2026 09:00:00 +0100"
-    msg["Message-ID"] = make_msgid(domain="example.com")
-    msg.set_content("Please fax the attached document.\n")
-    msg.add_attachment(pdf(pages), maintype="application", subtype="pdf", filename="invoice.pdf")
+    raw = fax_mail(header_from or sender, to, body="Please fax the attached document.\n", pages=pages, subject=subject,
+                   reply_to=reply_to, date="Mon, 30 Nov 2026 09:00:00 +0100", policy=email.policy.SMTP)  # fmt: skip
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-        client.sendmail(sender, [to], msg.as_bytes(policy=email.policy.SMTP))
+        client.sendmail(sender, [to], raw)
 
 
 class GatedSimulator(ProviderSimulator):
@@ -227,8 +217,8 @@ class Running:
 StartGateway = Callable[..., Coroutine[Any, Any, Running]]
 
 
-@pytest.fixture(name="running")
-async def running_gateway(make_settings: SettingsFactory, sink: Sink) -> AsyncIterator[StartGateway]:
+@pytest.fixture
+async def running(make_settings: SettingsFactory, sink: Sink) -> AsyncIterator[StartGateway]:
     """``await running(table, clock=..., **simulator_keywords)``: the daemon against a simulator and the sink."""
     started: list[Gateway | ProviderSimulator] = []
 

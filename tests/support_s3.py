@@ -1,12 +1,13 @@
 """A real S3 endpoint on loopback (moto's server) behind a switchable TCP relay.
 
-Use: ``from tests.support_s3 import s3, S3_ENV  # noqa: F401`` and ask for the
-``s3`` fixture. boto3 talks to ``s3.endpoint`` (the relay); the relay forwards
-to moto, or plays a broken S3: ``s3.relay.mode = "refuse"`` (every connection
-closed at once: S3 down), ``"hang"`` (connections accepted and never answered:
-a black hole that freezes an upload) or ``"error"`` (every request answered with
-the S3 error in ``s3.relay.error``, e.g. ``(503, "SlowDown")`` or ``(403,
-"RequestTimeTooSkewed")``). Fake credentials are set for the test only.
+A test asks for the ``s3`` fixture (a plugin of ``tests/conftest.py``: never
+imported) and imports helpers such as ``S3_ENV`` by name. boto3 talks to
+``s3.endpoint`` (the relay); the relay forwards to moto, or plays a broken S3:
+``s3.relay.mode = "refuse"`` (every connection closed at once: S3 down),
+``"hang"`` (connections accepted and never answered: a black hole that freezes
+an upload) or ``"error"`` (every request answered with the S3 error in
+``s3.relay.error``, e.g. ``(503, "SlowDown")`` or ``(403, "RequestTimeTooSkewed")``).
+Fake credentials are set for the test only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -152,13 +152,6 @@ class S3:
     def keys(self) -> list[str]:
         listing = self.client.list_objects_v2(Bucket=BUCKET)
         return [o["Key"] for o in listing.get("Contents", [])]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 ``tests/conftest.py`` loads this module as a plugin: any test can ask for the
 fixtures ``simulator``, ``sim_factory`` and ``documents``, and import the
-helpers (``from support_simulator import SIM_PASSWORD, provider_table``).
+helpers (``from tests.support_simulator import SIM_PASSWORD, provider_table``).
 ``provider_table(sim)`` and ``provider_env()`` give the settings that point
 the gateway at the simulator; the password is a canary
 with ``+&=%`` in it, so encoding mistakes and leaks both show.
@@ -26,7 +26,6 @@ import pytest
 from aiohttp import web
 
 from gateway.delivery.simulator import ProviderSimulator
-from tests.support_docs import pdf
 
 SIM_EMAIL = "account@gateway.test"
 # A canary: it must never appear in a log, a record, a spool file or a mail.
@@ -168,8 +167,3 @@ async def documents() -> AsyncIterator[DocumentServer]:
         yield server
     finally:
         await server.stop()
-
-
-def minimal_pdf(pages: int = 1) -> bytes:
-    """A valid PDF with ``pages`` blank A4 pages."""
-    return pdf(pages)

@@ -5,7 +5,7 @@ received", can be taken down (nothing listens: connection refused) and
 brought back on the same port, can refuse chosen recipients with a 5xx or
 answer 4xx to every recipient, and can require AUTH and offer STARTTLS.
 
-Use: ``from tests.support_sink import sink  # noqa: F401`` then ask for ``sink``.
+A test asks for the ``sink`` fixture (a plugin of ``tests/conftest.py``: never imported).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,10 @@ from gateway.replies import Reply, all_replies
 from gateway.smtp.server import SmtpServer
 from gateway.spool import Spool
 from gateway.store import AsyncStore, Job, Store
+from tests.support_clock import FakeClock
 from tests.support_docs import pdf
 
 TIMEOUT = 10.0
-
-
-def make_pdf(pages: int = 1) -> bytes:
-    return pdf(pages)
 
 
 def fax_mail(
@@ -44,24 +42,29 @@ def fax_mail(
     message_id: str | None = None,
     attach: bool = True,
     body: str = "Please fax this.",
+    pages: int = 1,
+    subject: str = "Invoice",
+    reply_to: str = "",
+    date: str = "",
+    policy: Policy | None = None,
 ) -> bytes:
+    """A mail from ``sender`` (the From header) with a ``pages``-page PDF attached, as bytes for DATA.
+
+    Reply-To and Date only when given; ``policy`` serialises it (the message's own, LF line ends, by default).
+    """
     msg = EmailMessage()
     msg["From"] = sender
+    if reply_to:
+        msg["Reply-To"] = reply_to
     msg["To"] = to
-    msg["Subject"] = "Invoice"
+    msg["Subject"] = subject
+    if date:
+        msg["Date"] = date
     msg["Message-ID"] = message_id or make_msgid(domain="example.com")
     msg.set_content(body)
     if attach:
-        msg.add_attachment(make_pdf(), maintype="application", subtype="pdf", filename="invoice.pdf")
-    return msg.as_bytes()
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+        msg.add_attachment(pdf(pages), maintype="application", subtype="pdf", filename="invoice.pdf")
+    return msg.as_bytes(policy=policy)
 
 
 @dataclass

@@ -19,11 +19,12 @@ from gateway.delivery.simulator import ProviderSimulator
 from gateway.ops.demo import free_port, sample_pdf
 from gateway.spool import Spool
 from gateway.store import Store
-from tests.conftest import SettingsFactory
-from tests.support_mail import pdf, plain_with
-from tests.support_s3 import BUCKET, S3, S3_ENV, s3  # noqa: F401
+from tests.support_docs import pdf
+from tests.support_mail import plain_with
+from tests.support_s3 import BUCKET, S3, S3_ENV
+from tests.support_settings import SettingsFactory
 from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, SimFactory, provider_env, provider_table
-from tests.support_sink import Sink, sink  # noqa: F401
+from tests.support_sink import Sink
 
 
 async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -68,7 +69,7 @@ def _checks(out: str) -> dict[str, dict[str, object]]:
     return {c["name"]: c for c in json.loads(out)["checks"]}
 
 
-async def test_check_config_all_good(tmp_path: Path, sim_factory: SimFactory, sink: Sink) -> None:  # noqa: F811
+async def test_check_config_all_good(tmp_path: Path, sim_factory: SimFactory, sink: Sink) -> None:
     sim = await sim_factory()
     config = _config(tmp_path, sim.url, sink.port)
     code, out, err = await _cli("check-config", "--config", str(config), "--json", env=_env())
@@ -101,8 +102,8 @@ async def test_check_config_reports_each_failure(tmp_path: Path, sim_factory: Si
 async def test_check_config_tries_the_s3_bucket(
     tmp_path: Path,
     sim_factory: SimFactory,
-    sink: Sink,  # noqa: F811
-    s3: S3,  # noqa: F811
+    sink: Sink,
+    s3: S3,
 ) -> None:
     sim = await sim_factory()
     storage = "".join(f"{k} = {json.dumps(v)}\n" for k, v in s3.table()["storage"].items())
@@ -142,7 +143,7 @@ async def test_check_config_names_an_unwritable_spool_and_a_dead_relay(tmp_path:
     assert code == 1 and "FAIL  spool" in out and "FAIL  relay" in out
 
 
-async def test_check_config_logs_in_to_the_relay(tmp_path: Path, sim_factory: SimFactory, sink: Sink) -> None:  # noqa: F811
+async def test_check_config_logs_in_to_the_relay(tmp_path: Path, sim_factory: SimFactory, sink: Sink) -> None:
     sim = await sim_factory()
     sink.users = {"fax-gateway": "Relay-Pw-right-1"}
     config = _config(tmp_path, sim.url, sink.port, 'relay_username = "fax-gateway"\n')  # in [notify]

@@ -25,8 +25,9 @@ from typing import Any
 
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.store import State, Store
-from tests.support_s3 import S3, S3_ENV, free_port, s3  # noqa: F401
-from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, SimFactory, sim_factory  # noqa: F401
+from tests.support_net import free_port
+from tests.support_s3 import S3, S3_ENV
+from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, SimFactory
 from tests.support_smtp import fax_mail
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +125,7 @@ def check_after_restart(spool: Path, sim: ProviderSimulator, sent: list[str]) ->
     assert all(n == 1 for n in accepted.values()), accepted
 
 
-def _config(tmp_path: Path, s3: S3, sim: ProviderSimulator) -> tuple[Path, int]:  # noqa: F811
+def _config(tmp_path: Path, s3: S3, sim: ProviderSimulator) -> tuple[Path, int]:
     smtp_port, http_port = free_port(), free_port()
     text = f"""
 [smtp]
@@ -159,7 +160,7 @@ from_address = "fax-gateway@gateway.test"
 
 
 async def test_kill_9_at_every_step_loses_nothing_and_never_submits_twice(
-    tmp_path: Path, s3: S3, sim_factory: SimFactory  # noqa: F811
+    tmp_path: Path, s3: S3, sim_factory: SimFactory
 ) -> None:
     sim = await sim_factory()
     config, smtp = _config(tmp_path, s3, sim)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from gateway.store import State
-from tests.conftest import SettingsFactory, deep_merge
-from tests.support_delivery import Delivery, FakeClock
-from tests.support_s3 import free_port
-from tests.support_simulator import SimFactory, provider_env, provider_table, sim_factory  # noqa: F401
+from tests.support_clock import FakeClock
+from tests.support_delivery import Delivery
+from tests.support_net import free_port
+from tests.support_settings import SettingsFactory, deep_merge
+from tests.support_simulator import SimFactory, provider_env, provider_table
 
 
 def test_paused_is_off_by_default(make_settings: SettingsFactory) -> None:
@@ -25,7 +26,7 @@ def test_paused_must_be_a_boolean(make_settings: SettingsFactory) -> None:
 
 async def test_a_paused_worker_submits_nothing_and_a_restart_sends_the_spooled_jobs(
     make_settings: SettingsFactory,
-    sim_factory: SimFactory,  # noqa: F811
+    sim_factory: SimFactory,
 ) -> None:
     sim = await sim_factory()
     port = free_port()

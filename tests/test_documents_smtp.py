@@ -17,7 +17,7 @@ from gateway.spool import FAX_NAME, RAW_NAME
 from tests.support_docs import image, pdf, pdf_of_size
 from tests.support_mail import CASES, MailCase, plain_with
 from tests.support_simulator import SimFactory, provider_env, provider_table
-from tests.support_smtp import Harness, Starter, smtp_gateway  # noqa: F401  (the fixture)
+from tests.support_smtp import Harness, Starter
 
 NUMBER = "0145678900@fax.local"
 
@@ -56,7 +56,7 @@ def pages_of(document: bytes) -> int:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-async def test_mail_case_over_smtp(case: MailCase, smtp_gateway: Starter) -> None:  # noqa: F811
+async def test_mail_case_over_smtp(case: MailCase, smtp_gateway: Starter) -> None:
     harness = await smtp_gateway()
     code, text = await send_async(harness.port, case.build())
     kind, _, rest = case.expect.partition(":")
@@ -103,7 +103,7 @@ async def test_two_pdfs_and_a_photo_become_one_spooled_pdf(
         await gw.stop()
 
 
-async def test_exact_size_boundary_over_smtp(smtp_gateway: Starter) -> None:  # noqa: F811
+async def test_exact_size_boundary_over_smtp(smtp_gateway: Starter) -> None:
     harness = await smtp_gateway()
     at_limit = pdf_of_size(1_048_576)
     assert (await send_async(harness.port, plain_with([("a.pdf", "application/pdf", at_limit)])))[0] == 250
@@ -115,7 +115,7 @@ async def test_exact_size_boundary_over_smtp(smtp_gateway: Starter) -> None:  # 
 
 
 
-async def test_size_refusal_of_several_documents_says_it_is_their_sum(smtp_gateway: Starter) -> None:  # noqa: F811
+async def test_size_refusal_of_several_documents_says_it_is_their_sum(smtp_gateway: Starter) -> None:
     one = pdf(1)
     limit = len(one) + 50  # each document fits alone, not both together
     harness = await smtp_gateway({"documents": {"max_fax_bytes": limit}})
@@ -128,7 +128,7 @@ async def test_size_refusal_of_several_documents_says_it_is_their_sum(smtp_gatew
     assert len(await harness.jobs()) == 1
 
 
-async def test_decoded_bytes_bound_is_a_setting(smtp_gateway: Starter) -> None:  # noqa: F811
+async def test_decoded_bytes_bound_is_a_setting(smtp_gateway: Starter) -> None:
     document = pdf(2)
     harness = await smtp_gateway({"documents": {"max_decoded_bytes": 2 * len(document) - 1}})
     assert (await send_async(harness.port, plain_with([("a.pdf", "application/pdf", document)])))[0] == 250
@@ -138,7 +138,7 @@ async def test_decoded_bytes_bound_is_a_setting(smtp_gateway: Starter) -> None: 
     assert (code, text) == (554, f"5.6.0 Message too complex to process: attachments larger than {limit} bytes in all")
     assert len(await harness.jobs()) == 1
 
-async def test_skipped_parts_are_recorded_with_the_message(smtp_gateway: Starter) -> None:  # noqa: F811
+async def test_skipped_parts_are_recorded_with_the_message(smtp_gateway: Starter) -> None:
     harness = await smtp_gateway({"documents": {"unsupported": "skip"}})
     raw = plain_with([("notes.txt", "text/plain", b"call me\n"), ("doc.pdf", "application/pdf", pdf(1))])
     assert (await send_async(harness.port, raw))[0] == 250
@@ -151,7 +151,7 @@ async def test_skipped_parts_are_recorded_with_the_message(smtp_gateway: Starter
     assert len(await harness.jobs()) == 1
 
 
-async def test_pdf_behind_an_application_warning_over_smtp(smtp_gateway: Starter) -> None:  # noqa: F811
+async def test_pdf_behind_an_application_warning_over_smtp(smtp_gateway: Starter) -> None:
     harness = await smtp_gateway()
     warning = b"<br />\n<b>Warning</b>:  session_start(): headers already sent in <b>/srv/app/pdf.php</b><br />\n"
     raw = plain_with([("invoice.pdf", "application/pdf", warning + pdf(1))], mailer="PHPMailer 5.2.1")

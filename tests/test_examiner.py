@@ -29,9 +29,7 @@ from gateway.settings import DocumentSettings
 from gateway.spool import Spool
 from tests.support_docs import encrypted_pdf, exe, image, pdf
 from tests.support_mail import plain_with
-from tests.support_smtp import TIMEOUT, Harness, Raw, Starter, fax_mail, smtp_gateway, transaction
-
-__all__ = ["smtp_gateway"]  # the fixture, imported for pytest
+from tests.support_smtp import TIMEOUT, Harness, Raw, Starter, fax_mail, transaction
 
 NUMBER = "0145678900@fax.local"
 _JOB_IDS = re.compile(r"queued as [0-9a-f ]+$")

@@ -14,16 +14,16 @@ from gateway.notify.compose import message_id_header
 from gateway.receipts.callback import record_ar_mail
 from gateway.settings import Secret
 from gateway.store import State
-from tests.conftest import SettingsFactory
-from tests.support_receipts import ReceiptRig, RigFactory, rig_env, rig_factory, rig_table  # noqa: F401
-from tests.support_sink import Sink, sink  # noqa: F401
+from tests.support_receipts import ReceiptRig, RigFactory, rig_env, rig_table
+from tests.support_settings import SettingsFactory
+from tests.support_sink import Sink
 
 
 async def notice_rows(rig: ReceiptRig) -> list[dict[str, Any]]:
     return await rig.rows("SELECT kind, state, recipient, attempts, last_error FROM notifications ORDER BY id")
 
 
-async def test_a_delivered_receipt_mail_says_it_all(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+async def test_a_delivered_receipt_mail_says_it_all(make_rig: RigFactory, sink: Sink) -> None:
     rig = await make_rig()
     job = await rig.add_job(ref="R1", subject="Invoice 42")
     await rig.receipt("R1", "0", 3, heure="14:32")
@@ -47,7 +47,7 @@ async def test_a_delivered_receipt_mail_says_it_all(make_rig: RigFactory, sink: 
     assert "notice sent" in await rig.events(job.id)
 
 
-async def test_a_failure_in_french_with_the_document_attached(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+async def test_a_failure_in_french_with_the_document_attached(make_rig: RigFactory, sink: Sink) -> None:
     rig = await make_rig(language="fr", attach_document=True)
     job = await rig.add_job(ref="R2", document=b"%PDF-1.4 the fax\n")
     await rig.receipt("R2", "31064", 0)
@@ -73,7 +73,7 @@ async def test_a_failure_in_french_with_the_document_attached(make_rig: RigFacto
     assert attachment.get_content() == b"%PDF-1.4 the fax\n" and attachment.get_filename() == f"fax-{job.id}.pdf"
 
 
-async def test_a_worker_failure_and_a_no_credit_delay_are_told(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+async def test_a_worker_failure_and_a_no_credit_delay_are_told(make_rig: RigFactory, sink: Sink) -> None:
     rig = await make_rig()
     failed = await rig.add_job(state=State.FAILED)
     late = await rig.add_job(state=State.HELD, number="+33298765432")
@@ -87,7 +87,7 @@ async def test_a_worker_failure_and_a_no_credit_delay_are_told(make_rig: RigFact
     assert reasons == {"failed": "the provider refused the number (107)", "delayed": "the fax account has no credit"}
 
 
-async def test_no_control_character_reaches_a_header_of_the_mail(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+async def test_no_control_character_reaches_a_header_of_the_mail(make_rig: RigFactory, sink: Sink) -> None:
     rig = await make_rig()
     job = await rig.add_job(subject="Invoice\x85 42\u2028Bcc: evil@example.com",
                             message_id_header="<orig-2@example.com>\r\nBcc: evil@example.com")  # fmt: skip
@@ -105,7 +105,7 @@ async def test_no_control_character_reaches_a_header_of_the_mail(make_rig: RigFa
     assert 'Your mail: "Invoice? 42?Bcc: evil@example.com"' in body
 
 
-async def test_relay_down_then_up_the_notice_arrives_once(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+async def test_relay_down_then_up_the_notice_arrives_once(make_rig: RigFactory, sink: Sink) -> None:
     rig = await make_rig(min_backoff_seconds=60, max_backoff_seconds=600)
     job = await rig.add_job(ref="R3")
     await rig.receipt("R3", "0", 1)
@@ -129,7 +129,7 @@ async def test_relay_down_then_up_the_notice_arrives_once(make_rig: RigFactory, 
     assert (await notice_rows(rig))[0]["state"] == "sent"
 
 
-async def test_a_temporary_refusal_is_retried_and_a_permanent_one_recorded(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+async def test_a_temporary_refusal_is_retried_and_a_permanent_one_recorded(make_rig: RigFactory, sink: Sink) -> None:
     rig = await make_rig()
     await rig.add_job(ref="R4", envelope_from="gone@example.com", header_from="gone@example.com")
     await rig.receipt("R4", "0", 1)
@@ -148,7 +148,7 @@ async def test_a_temporary_refusal_is_retried_and_a_permanent_one_recorded(make_
     assert sink.connections == connections and sink.messages == []
 
 
-async def test_a_notice_is_given_up_after_max_retry_seconds(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+async def test_a_notice_is_given_up_after_max_retry_seconds(make_rig: RigFactory, sink: Sink) -> None:
     rig = await make_rig(max_retry_seconds=7200, max_backoff_seconds=600)
     await rig.add_job(ref="R5")
     await rig.receipt("R5", "0", 1)
@@ -171,7 +171,7 @@ async def test_a_notice_is_given_up_after_max_retry_seconds(make_rig: RigFactory
         (["envelope", "from"], {"envelope_from": ""}, "alice@example.com"),
     ],
 )
-async def test_who_the_sender_is(make_rig: RigFactory, sink: Sink, order: list[str], fields: dict[str, str],  # noqa: F811
+async def test_who_the_sender_is(make_rig: RigFactory, sink: Sink, order: list[str], fields: dict[str, str],
                                  expected: str) -> None:  # fmt: skip
     rig = await make_rig(recipient_order=order)
     job_fields = {"envelope_from": "scanner@example.com", "header_from": "Alice <alice@example.com>", **fields}
@@ -181,7 +181,7 @@ async def test_who_the_sender_is(make_rig: RigFactory, sink: Sink, order: list[s
     assert (await sink.wait_for(1))[0].rcpt_tos == [expected]
 
 
-async def test_a_scanner_address_is_mapped_to_its_team(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+async def test_a_scanner_address_is_mapped_to_its_team(make_rig: RigFactory, sink: Sink) -> None:
     rig = await make_rig(recipient_order=["envelope"], sender_map={"Scanner-3@example.com": "accounts@example.com"})
     await rig.add_job(ref="R7", envelope_from="scanner-3@example.com")
     await rig.receipt("R7", "0", 1)
@@ -189,7 +189,7 @@ async def test_a_scanner_address_is_mapped_to_its_team(make_rig: RigFactory, sin
     assert (await sink.wait_for(1))[0].rcpt_tos == ["accounts@example.com"]
 
 
-async def test_no_usable_sender_skips_the_notice(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+async def test_no_usable_sender_skips_the_notice(make_rig: RigFactory, sink: Sink) -> None:
     rig = await make_rig()
     await rig.add_job(ref="R8", envelope_from="", header_from="mailer-daemon@example.com", reply_to="<>")
     await rig.receipt("R8", "31064", 0)
@@ -199,7 +199,7 @@ async def test_no_usable_sender_skips_the_notice(make_rig: RigFactory, sink: Sin
     assert sink.connections == 0
 
 
-async def test_receipts_limited_to_failures(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+async def test_receipts_limited_to_failures(make_rig: RigFactory, sink: Sink) -> None:
     rig = await make_rig(receipts="failures")
     await rig.add_job(ref="R9")
     await rig.add_job(ref="R10")
@@ -210,7 +210,7 @@ async def test_receipts_limited_to_failures(make_rig: RigFactory, sink: Sink) ->
     assert [r["state"] for r in await notice_rows(rig)] == ["skipped", "sent"]
 
 
-async def test_the_accepted_notice(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+async def test_the_accepted_notice(make_rig: RigFactory, sink: Sink) -> None:
     rig = await make_rig(accepted_notice=True)
     job = await rig.add_job(state=State.QUEUED)
     assert await rig.notifier.drain() == 1
@@ -219,7 +219,7 @@ async def test_the_accepted_notice(make_rig: RigFactory, sink: Sink) -> None:  #
     assert msg["Subject"] == "Fax to +33 1 45 67 89 00 accepted" and msg["X-Fax-Job"] == job.id
 
 
-async def test_admin_alerts_are_rate_limited_and_grouped(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+async def test_admin_alerts_are_rate_limited_and_grouped(make_rig: RigFactory, sink: Sink) -> None:
     rig = await make_rig(admin_address="ops@example.com", admin_alert_interval_seconds=900)
     a = await rig.add_job(state=State.HELD)
     b = await rig.add_job(state=State.AMBIGUOUS)
@@ -237,7 +237,7 @@ async def test_admin_alerts_are_rate_limited_and_grouped(make_rig: RigFactory, s
     assert b.id in text and "url refused (105)" in text
 
 
-async def test_a_provider_receipt_mail_is_forwarded_as_it_came(make_rig: RigFactory, sink: Sink) -> None:  # noqa: F811
+async def test_a_provider_receipt_mail_is_forwarded_as_it_came(make_rig: RigFactory, sink: Sink) -> None:
     rig = await make_rig()
     job = await rig.add_job(ref="R11")
     raw = b"From: ar@123-fax.net\r\nSubject: Accuse de reception\r\n\r\nFax bien recu.\r\n"
@@ -266,7 +266,7 @@ def relay_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("starttls", [True, False])
-async def test_starttls_and_auth_at_the_relay(make_settings: SettingsFactory, sink: Sink,  # noqa: F811
+async def test_starttls_and_auth_at_the_relay(make_settings: SettingsFactory, sink: Sink,
                                               relay_cert: tuple[str, str], starttls: bool) -> None:  # fmt: skip
     cert, key = relay_cert
     if starttls:
@@ -299,7 +299,7 @@ async def test_starttls_and_auth_at_the_relay(make_settings: SettingsFactory, si
 
 async def test_the_running_notifier_is_woken_by_a_receipt_and_stops_cleanly(
     make_settings: SettingsFactory,
-    sink: Sink,  # noqa: F811
+    sink: Sink,
 ) -> None:
     rig = ReceiptRig(make_settings(rig_table(sink.port), rig_env()))
     await rig.start(notifier=True)

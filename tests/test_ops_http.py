@@ -16,11 +16,12 @@ from gateway.daemon.app import Gateway
 from gateway.daemon.run import callback_url
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.ops.demo import free_port
-from tests.conftest import SettingsFactory
-from tests.support_mail import pdf, plain_with
-from tests.support_s3 import S3, S3_ENV, s3  # noqa: F401
+from tests.support_docs import pdf
+from tests.support_mail import plain_with
+from tests.support_s3 import S3, S3_ENV
+from tests.support_settings import SettingsFactory
 from tests.support_simulator import SimFactory, provider_env, provider_table
-from tests.support_sink import Sink, sink  # noqa: F401
+from tests.support_sink import Sink
 
 SECRET = "cb-secret-ops-1234"
 
@@ -42,7 +43,7 @@ async def _gateway(make_settings: SettingsFactory, sim: ProviderSimulator, **tab
 async def running(
     make_settings: SettingsFactory,
     sim_factory: SimFactory,
-    sink: Sink,  # noqa: F811
+    sink: Sink,
 ) -> AsyncIterator[tuple[Gateway, Any]]:
     sim = await sim_factory(callback_delay=0.0)
     gw = await _gateway(make_settings, sim, notify={"relay": f"127.0.0.1:{sink.port}"})
@@ -71,7 +72,7 @@ async def _send(gw: Gateway, rcpt: str) -> None:
                           port=gw.smtp.port, timeout=20)  # fmt: skip
 
 
-async def test_metrics_count_what_happened(running: tuple[Gateway, ProviderSimulator], sink: Sink) -> None:  # noqa: F811
+async def test_metrics_count_what_happened(running: tuple[Gateway, ProviderSimulator], sink: Sink) -> None:
     gw, sim = running
     status, text = await _get(gw, "/metrics")
     before = _samples(text)
@@ -140,7 +141,7 @@ async def test_status_routes_only_for_status_networks(make_settings: SettingsFac
 
 
 async def test_healthz_reports_a_failing_s3(make_settings: SettingsFactory, sim_factory: SimFactory,
-                                            s3: S3) -> None:  # noqa: F811  # fmt: skip
+                                            s3: S3) -> None:  # fmt: skip
     sim = await sim_factory()
     gw = await _gateway(make_settings, sim, **s3.table())
     try:

@@ -15,7 +15,8 @@ import pytest
 from gateway.ops import cli
 from gateway.spool import Spool
 from gateway.store import Store
-from tests.support_mail import pdf, plain_with
+from tests.support_docs import pdf
+from tests.support_mail import plain_with
 from tests.support_proc import Daemon
 
 SIMULATOR = "[provider]\nsimulator = true\n"

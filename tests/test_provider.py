@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
-from support_simulator import SIM_PASSWORD, DocumentServer, minimal_pdf, provider_env, provider_table
 
 from gateway.delivery.provider import ANSWERS, Answer, ProviderClient, parse_answer, wire_number
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailure, Retry, Submission
 from gateway.redact import MASK, redact, secrets_of
 from gateway.settings import Settings
+from tests.support_docs import pdf as minimal_pdf
+from tests.support_net import free_port
+from tests.support_simulator import SIM_PASSWORD, DocumentServer, provider_env, provider_table
 
 ClientFactory = Callable[..., Coroutine[Any, Any, ProviderClient]]
 CALLBACK_SECRET = "cb-Secret-9981"
@@ -55,13 +56,6 @@ def assert_no_secret(texts: list[str]) -> None:
     for text in texts:
         for form in canary_forms():
             assert form not in text
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # --- the answer table ---------------------------------------------------------------

@@ -18,9 +18,8 @@ from gateway.receipts.callback import accuse_email_for, apply_pending, record_ar
 from gateway.sender import choose_recipient
 from gateway.settings import SettingsError
 from gateway.store import State
-from tests.conftest import SettingsFactory
-from tests.support_receipts import SECRET, ReceiptRig, RigFactory, rig_factory  # noqa: F401
-from tests.support_sink import Sink, sink  # noqa: F401
+from tests.support_receipts import SECRET, ReceiptRig, RigFactory
+from tests.support_settings import SettingsFactory
 
 PROVIDER_DOC = Path("/work/shared/provider/123-fax-http-api.fr.txt")
 

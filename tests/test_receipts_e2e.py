@@ -11,10 +11,11 @@ import pytest
 
 from gateway.settings import HostPort
 from gateway.store import State
-from tests.support_mail import pdf, plain_with
-from tests.support_receipts import Running, running_gateway  # noqa: F401
-from tests.support_s3 import S3, s3  # noqa: F401
-from tests.support_sink import Received, sink  # noqa: F401
+from tests.support_docs import pdf
+from tests.support_mail import plain_with
+from tests.support_receipts import Running
+from tests.support_s3 import S3
+from tests.support_sink import Received
 
 TIMEOUT = 20.0
 
@@ -23,7 +24,7 @@ def _subject(got: Received) -> str:
     return str(got.message["Subject"])
 
 
-async def test_a_mailed_pdf_comes_back_as_one_receipt_to_the_right_person(running: Any, s3: S3) -> None:  # noqa: F811
+async def test_a_mailed_pdf_comes_back_as_one_receipt_to_the_right_person(running: Any, s3: S3) -> None:
     r: Running = await running(s3.table())
     await r.send(pages=3, reply_to="Alice <alice@example.com>")
     (job,) = await r.settle()

@@ -16,11 +16,11 @@ import aiohttp
 import pytest
 
 from gateway.store import State
-from tests.support_delivery import FakeClock
-from tests.support_mail import pdf
-from tests.support_receipts import SECRET, Running, running_gateway  # noqa: F401
+from tests.support_clock import FakeClock
+from tests.support_docs import pdf
+from tests.support_receipts import SECRET, Running
 from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, DocumentServer
-from tests.support_sink import Received, sink  # noqa: F401
+from tests.support_sink import Received
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import signal
 import socket
@@ -20,11 +19,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from PIL import Image
-from support_simulator import SIM_EMAIL, SIM_PASSWORD, DocumentServer, SimFactory, minimal_pdf
 
 from gateway.delivery.simulator import MASK, ProviderSimulator
 from gateway.settings import HostPort
+from tests.support_docs import image
+from tests.support_docs import pdf as minimal_pdf
+from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, DocumentServer, SimFactory
 
 
 class CallbackSink:
@@ -96,12 +96,6 @@ async def fax(sim: ProviderSimulator | str, *, url: str = "", number: str = "014
     params.update(extra)
     async with aiohttp.ClientSession() as session, session.get(endpoint, params=params) as resp:
         return resp.status, await resp.text()
-
-
-def image(fmt: str) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (64, 64), "white").save(out, format=fmt)
-    return out.getvalue()
 
 
 FIXED_CLOCK = datetime(2026, 11, 30, 14, 3, 27)

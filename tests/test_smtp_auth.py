@@ -14,9 +14,8 @@ import pytest
 
 from gateway import passwords as auth
 from gateway.settings import SettingsError, from_mapping
-from tests.support_smtp import FakeClock, Raw, Starter, client_tls, fax_mail, make_cert, smtp_gateway
-
-__all__ = ["smtp_gateway"]
+from tests.support_clock import FakeClock
+from tests.support_smtp import Raw, Starter, client_tls, fax_mail, make_cert
 
 PASSWORD = "correct horse battery staple"
 HASH = auth.hash_password(PASSWORD)

@@ -17,9 +17,8 @@ import pytest
 from gateway.daemon.app import Gateway
 from gateway.documents import policy as documents
 from gateway.spool import FAX_NAME, RAW_NAME
-from tests.support_smtp import TIMEOUT, FakeClock, Harness, Raw, Starter, fax_mail, smtp_gateway, transaction
-
-__all__ = ["smtp_gateway"]  # the fixture, imported for pytest
+from tests.support_clock import FakeClock
+from tests.support_smtp import TIMEOUT, Harness, Raw, Starter, fax_mail, transaction
 
 
 async def send(h: Harness, recipients: list[str], message: bytes, sender: str = "alice@example.com") -> list[str]:

@@ -6,9 +6,7 @@ import pytest
 
 from gateway.settings import NumberSettings
 from gateway.smtp.recipients import Domains, FaxRecipient, ReceiptRecipient, classify, split_path
-from tests.support_smtp import Raw, Starter, smtp_gateway
-
-__all__ = ["smtp_gateway"]
+from tests.support_smtp import Raw, Starter
 
 DOMAINS = Domains(("fax.local",), "ar.fax.local")
 FR = NumberSettings()

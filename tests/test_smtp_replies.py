@@ -8,9 +8,7 @@ import pytest
 
 from gateway import replies
 from gateway.store import NewMessage
-from tests.support_smtp import Harness, Raw, Starter, smtp_gateway, transaction
-
-__all__ = ["smtp_gateway"]
+from tests.support_smtp import Harness, Raw, Starter, transaction
 
 # Every refusal the SMTP front door promises (code, enhanced code).
 CONTRACT = {

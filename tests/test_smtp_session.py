@@ -9,9 +9,8 @@ import shutil
 
 import pytest
 
-from tests.support_smtp import Raw, Starter, fax_mail, make_pdf, smtp_gateway, transaction
-
-__all__ = ["smtp_gateway"]
+from tests.support_docs import pdf as make_pdf
+from tests.support_smtp import Raw, Starter, fax_mail, transaction
 
 
 def crlf(message: bytes) -> bytes:

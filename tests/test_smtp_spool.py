@@ -18,8 +18,8 @@ from gateway.daemon.app import Gateway
 from gateway.spool import FAX_NAME, RAW_NAME, Spool
 from gateway.store import NewMessage, Store
 from gateway.store import core as store_mod
-from tests.conftest import SettingsFactory
 from tests.support_proc import Daemon
+from tests.support_settings import SettingsFactory
 from tests.support_smtp import fax_mail
 
 SIMULATOR = "[provider]\nsimulator = true\n"

@@ -8,9 +8,7 @@ import random
 import pytest
 
 from gateway.smtp.data import Data, read_data
-from tests.support_smtp import Raw, Starter, fax_mail, smtp_gateway
-
-__all__ = ["smtp_gateway"]
+from tests.support_smtp import Raw, Starter, fax_mail
 
 MAX_LINE = 1000
 MAX_SIZE = 4000

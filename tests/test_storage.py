@@ -11,10 +11,11 @@ from gateway.delivery.storage import KEY_RE, LocalStorage, S3Storage, content_ty
 from gateway.outcomes import Retry
 from gateway.settings import Settings
 from gateway.store import State
-from tests.conftest import SettingsFactory
 from tests.support_delivery import Delivery
-from tests.support_s3 import BUCKET, S3, free_port, s3  # noqa: F401
-from tests.support_simulator import minimal_pdf
+from tests.support_docs import pdf as minimal_pdf
+from tests.support_net import free_port
+from tests.support_s3 import BUCKET, S3
+from tests.support_settings import SettingsFactory
 
 
 async def _get(url: str) -> tuple[int, bytes, dict[str, str]]:
@@ -22,7 +23,7 @@ async def _get(url: str) -> tuple[int, bytes, dict[str, str]]:
         return resp.status, await resp.read(), dict(resp.headers)
 
 
-def _s3_settings(make_settings: SettingsFactory, s3: S3, **extra: object) -> Settings:  # noqa: F811
+def _s3_settings(make_settings: SettingsFactory, s3: S3, **extra: object) -> Settings:
     return make_settings(s3.table(**extra))
 
 
@@ -42,7 +43,7 @@ def test_content_type_is_detected_from_the_bytes() -> None:
 
 
 async def test_s3_object_is_private_typed_attachment_and_presigned_url_downloads(
-    make_settings: SettingsFactory, s3: S3  # noqa: F811
+    make_settings: SettingsFactory, s3: S3
 ) -> None:
     storage = S3Storage(_s3_settings(make_settings, s3, presign_seconds=600))
     await storage.start()
@@ -68,7 +69,7 @@ async def test_s3_object_is_private_typed_attachment_and_presigned_url_downloads
 
 
 async def test_s3_public_base_url_is_used_instead_of_a_signature(
-    make_settings: SettingsFactory, s3: S3  # noqa: F811
+    make_settings: SettingsFactory, s3: S3
 ) -> None:
     storage = S3Storage(_s3_settings(make_settings, s3, public_base_url="https://cdn.example.com/docs/"))
     await storage.start()
@@ -81,7 +82,7 @@ async def test_s3_public_base_url_is_used_instead_of_a_signature(
 
 @pytest.mark.parametrize("mode", ["refuse", "hang"])
 async def test_s3_down_raises_retry_without_secrets_then_works_when_back(
-    make_settings: SettingsFactory, s3: S3, mode: str  # noqa: F811
+    make_settings: SettingsFactory, s3: S3, mode: str
 ) -> None:
     storage = S3Storage(_s3_settings(make_settings, s3, timeout_seconds=0.3))
     await storage.start()
@@ -104,7 +105,7 @@ async def test_s3_down_raises_retry_without_secrets_then_works_when_back(
 
 @pytest.mark.parametrize(("status", "code"), [(500, "InternalError"), (503, "SlowDown"), (403, "RequestTimeTooSkewed")])
 async def test_s3_errors_and_clock_skew_raise_retry_then_the_upload_works(
-    make_settings: SettingsFactory, s3: S3, status: int, code: str  # noqa: F811
+    make_settings: SettingsFactory, s3: S3, status: int, code: str
 ) -> None:
     storage = S3Storage(_s3_settings(make_settings, s3))
     await storage.start()
@@ -120,7 +121,7 @@ async def test_s3_errors_and_clock_skew_raise_retry_then_the_upload_works(
         await storage.stop()
 
 
-async def test_s3_missing_bucket_is_a_retry_naming_the_error(make_settings: SettingsFactory, s3: S3) -> None:  # noqa: F811
+async def test_s3_missing_bucket_is_a_retry_naming_the_error(make_settings: SettingsFactory, s3: S3) -> None:
     settings = make_settings(s3.table(bucket="no-such-bucket"))
     storage = S3Storage(settings)
     await storage.start()

@@ -19,10 +19,12 @@ from gateway.delivery.provider import ProviderClient
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.outcomes import Accepted, Submission
 from gateway.store import State
-from tests.conftest import SettingsFactory, deep_merge
-from tests.support_delivery import Delivery, FakeClock
-from tests.support_s3 import S3, free_port, s3  # noqa: F401
-from tests.support_simulator import SIM_PASSWORD, SimFactory, provider_env, provider_table, sim_factory  # noqa: F401
+from tests.support_clock import FakeClock
+from tests.support_delivery import Delivery
+from tests.support_net import free_port
+from tests.support_s3 import S3
+from tests.support_settings import SettingsFactory, deep_merge
+from tests.support_simulator import SIM_PASSWORD, SimFactory, provider_env, provider_table
 
 DeliveryFactory = Callable[..., Coroutine[Any, Any, tuple[Delivery, ProviderSimulator]]]
 
@@ -37,7 +39,7 @@ DELIVERY = {
 
 
 @pytest.fixture
-async def make_delivery(make_settings: SettingsFactory, sim_factory: SimFactory) -> AsyncIterator[DeliveryFactory]:  # noqa: F811
+async def make_delivery(make_settings: SettingsFactory, sim_factory: SimFactory) -> AsyncIterator[DeliveryFactory]:
     started: list[Delivery] = []
 
     async def factory(table: dict[str, Any] | None = None, *, start_worker: bool = True,
@@ -85,7 +87,7 @@ async def test_a_job_reaches_submitted_with_one_request_and_a_downloadable_url(m
 
 
 async def test_jobs_of_one_message_share_one_upload_deleted_once_all_are_final(
-    make_delivery: DeliveryFactory, s3: S3  # noqa: F811
+    make_delivery: DeliveryFactory, s3: S3
 ) -> None:
     d, sim = await make_delivery(s3.table())
     jobs = await d.spool_message("+33145678900", "+33145678901", "+33145678902")
@@ -106,7 +108,7 @@ async def test_jobs_of_one_message_share_one_upload_deleted_once_all_are_final(
 
 
 async def test_presigned_url_arrives_intact_and_the_simulator_downloads_it(
-    make_delivery: DeliveryFactory, s3: S3  # noqa: F811
+    make_delivery: DeliveryFactory, s3: S3
 ) -> None:
     d, sim = await make_delivery(s3.table(presign_seconds=3600))
     (job_id,) = await d.spool_message()
@@ -258,7 +260,7 @@ async def test_unreachable_provider_is_retried_with_backoff_then_failed(make_del
 
 
 async def test_s3_down_defers_the_upload_and_it_goes_through_when_back(
-    make_delivery: DeliveryFactory, s3: S3  # noqa: F811
+    make_delivery: DeliveryFactory, s3: S3
 ) -> None:
     d, sim = await make_delivery(s3.table(timeout_seconds=0.5))
     s3.relay.mode = "refuse"
@@ -411,7 +413,7 @@ async def test_a_stop_during_a_submission_is_bounded_and_found_ambiguous_at_rest
 
 
 async def test_stored_documents_are_kept_keep_days_after_the_last_final_state(
-    make_delivery: DeliveryFactory, s3: S3  # noqa: F811
+    make_delivery: DeliveryFactory, s3: S3
 ) -> None:
     d, _ = await make_delivery(s3.table(keep_days=2))
     (job_id,) = await d.spool_message()
@@ -448,7 +450,7 @@ async def test_the_canary_password_never_reaches_logs_store_or_spool(
 
 
 async def test_a_final_job_queued_again_after_its_document_was_deleted_is_uploaded_afresh(
-    make_delivery: DeliveryFactory, s3: S3  # noqa: F811
+    make_delivery: DeliveryFactory, s3: S3
 ) -> None:
     d, sim = await make_delivery(s3.table())
     (job_id,) = await d.spool_message()

@@ -16,11 +16,12 @@ import pytest
 from gateway.daemon.app import Gateway
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.store import Job, State
-from tests.conftest import SettingsFactory, deep_merge
-from tests.support_delivery import FakeClock
-from tests.support_s3 import S3, free_port, s3  # noqa: F401
-from tests.support_simulator import SimFactory, provider_env, provider_table, sim_factory  # noqa: F401
-from tests.support_sink import Sink, sink  # noqa: F401
+from tests.support_clock import FakeClock
+from tests.support_net import free_port
+from tests.support_s3 import S3
+from tests.support_settings import SettingsFactory, deep_merge
+from tests.support_simulator import SimFactory, provider_env, provider_table
+from tests.support_sink import Sink
 from tests.support_smtp import fax_mail
 
 
@@ -59,7 +60,7 @@ async def _gateway(started: list[Gateway], make_settings: SettingsFactory, sim: 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
 async def test_a_mailed_pdf_becomes_one_submission_with_a_downloadable_url(
-    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, s3: S3, backend: str  # noqa: F811
+    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, s3: S3, backend: str
 ) -> None:
     sim = await sim_factory()
     gw = await _gateway(started, make_settings, sim, s3.table() if backend == "s3" else {})
@@ -81,7 +82,7 @@ async def test_a_mailed_pdf_becomes_one_submission_with_a_downloadable_url(
 
 
 async def test_a_receipt_that_comes_before_the_submit_answer_is_applied_once_it_lands(
-    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory  # noqa: F811
+    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory
 ) -> None:
     port = free_port()
     secret = "cb-secret-0123456789"
@@ -101,7 +102,7 @@ async def test_a_receipt_that_comes_before_the_submit_answer_is_applied_once_it_
 
 
 async def test_intake_keeps_accepting_while_s3_is_down_and_the_jobs_go_out_when_it_is_back(
-    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, s3: S3  # noqa: F811
+    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, s3: S3
 ) -> None:
     sim = await sim_factory()
     clock = FakeClock()
@@ -121,7 +122,7 @@ async def test_intake_keeps_accepting_while_s3_is_down_and_the_jobs_go_out_when_
 
 
 async def test_intake_answers_while_an_upload_hangs_on_s3(
-    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, s3: S3  # noqa: F811
+    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, s3: S3
 ) -> None:
     """boto3 blocks; it runs in a thread, so a black-holed S3 call never freezes the daemon's event loop."""
     sim = await sim_factory()
@@ -146,7 +147,7 @@ async def test_intake_answers_while_an_upload_hangs_on_s3(
 
 
 async def test_a_spooled_job_and_the_notice_it_ends_in_go_out_at_once_not_at_the_next_poll(
-    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, sink: Sink  # noqa: F811
+    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, sink: Sink
 ) -> None:
     sim = await sim_factory()
     sim.set_fault("code:107")

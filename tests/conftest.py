@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.support_simulator",
     "tests.support_sink",
     "tests.support_smtp",
+    "tests.support_tools",
 ]
 
 # Support modules import each other: mark them all for assertion rewriting before the first is

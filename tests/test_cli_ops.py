@@ -281,7 +281,7 @@ async def test_send_without_a_running_daemon(tmp_path: Path, make_settings: Sett
 
 
 async def test_check_config_fails_when_no_receipt_can_arrive(
-    tmp_path: Path, sim_factory: SimFactory, sink: Sink  # noqa: F811
+    tmp_path: Path, sim_factory: SimFactory, sink: Sink
 ) -> None:
     sim = await sim_factory()
     config = _config(tmp_path, sim.url, sink.port)
@@ -298,7 +298,7 @@ async def test_check_config_fails_when_no_receipt_can_arrive(
 
 
 async def test_check_config_fails_on_a_loopback_public_url_for_a_real_provider(
-    tmp_path: Path, sim_factory: SimFactory, sink: Sink  # noqa: F811
+    tmp_path: Path, sim_factory: SimFactory, sink: Sink
 ) -> None:
     sim = await sim_factory()
     config = _config(tmp_path, sim.url, sink.port)
@@ -318,7 +318,7 @@ async def test_check_config_fails_on_a_loopback_public_url_for_a_real_provider(
 
 
 async def test_check_config_masks_password_hashes_and_warns_of_an_unreadable_file(
-    tmp_path: Path, sim_factory: SimFactory, sink: Sink  # noqa: F811
+    tmp_path: Path, sim_factory: SimFactory, sink: Sink
 ) -> None:
     from gateway.passwords import hash_password
 

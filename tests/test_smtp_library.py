@@ -1,22 +1,112 @@
-"""aiosmtpd's own reply texts are all translated to the reply table (gateway.smtp.library).
+"""What gateway.smtp.library takes from aiosmtpd and asyncio is still there, and aiosmtpd's texts are all translated.
 
-This fails, naming the text, when an aiosmtpd release writes a reply the table does not know.
+These fail, naming the name or the text, when an aiosmtpd or Python release
+changes what the gateway relies on beyond the public API.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import importlib.metadata
 import inspect
 import re
+import tomllib
+from pathlib import Path
 
 import aiosmtpd.smtp
 import pytest
+from aiosmtpd.smtp import SMTP
 
 from gateway import replies
 from gateway.smtp import library
+from gateway.smtp.server import READ_SIZE, GatewaySMTP
+from tests.support_smtp import Raw, Starter, smtp_gateway
 
+__all__ = ["smtp_gateway"]
+
+ROOT = Path(__file__).resolve().parents[1]
 VERSION = importlib.metadata.version("aiosmtpd")
+
+
+def _problem(owner: object, where: str, private: library.Private, values: dict[str, object]) -> str | None:
+    """What is wrong with one private name on ``owner`` (None: it is as expected)."""
+    label = f"{where}.{private.name} (aiosmtpd {VERSION})"
+    if private.kind == "method":
+        found = inspect.getattr_static(owner, private.name, None)
+        if found is None:
+            return f"{label}: missing"
+        if not inspect.isfunction(found):
+            return f"{label}: expected a method, found {type(found).__name__}"
+        return None
+    if private.name not in values:
+        there = inspect.getattr_static(owner, private.name, None) is not None
+        return f"{label}: expected an attribute, found {'a class member' if there else 'nothing'}"
+    if callable(values[private.name]):
+        return f"{label}: expected an attribute, found a callable"
+    return None
+
+
+def problems(owner: object, where: str, kind: str, values: dict[str, object]) -> list[str]:
+    found = (_problem(owner, where, p, values) for p in library.PRIVATE if p.owner == kind)
+    return [p for p in found if p]
+
+
+async def test_the_private_names_of_smtp_are_there() -> None:
+    instance = SMTP(object(), loop=asyncio.get_running_loop())
+    assert not problems(SMTP, "SMTP", "SMTP", vars(instance))
+
+
+async def test_the_private_names_of_a_connected_session_are_there(smtp_gateway: Starter) -> None:
+    h = await smtp_gateway()
+    raw = await Raw.open(h.port)  # greeted: the session is connected
+    try:
+        (session,) = h.server.sessions
+        assert not problems(session, "SMTP", "SMTP session", vars(session))
+        assert isinstance(session.reader, asyncio.StreamReader) and isinstance(session.writer, asyncio.StreamWriter)
+        assert not problems(session.reader, "asyncio.StreamReader", "StreamReader", vars(session.reader))
+        assert isinstance(vars(session.reader)["_buffer"], bytearray), "StreamReader._buffer is not a bytearray"
+        transport = session.transport
+        assert transport is not None
+        (size,) = [p for p in library.PRIVATE if p.owner == "socket transport"]
+        assert getattr(transport, size.name, None) == READ_SIZE, f"{type(transport).__name__}.max_size is not set"
+    finally:
+        await raw.close()
+
+
+# What the gateway's session class may define that aiosmtpd's SMTP also has: the overrides.
+OVERRIDES = {
+    "connection_made", "connection_lost", "eof_received", "data_received", "push", "handle_exception",
+    "smtp_MAIL", "smtp_RCPT", "smtp_DATA", "auth_PLAIN", "auth_LOGIN",
+    "line_length_limit", "command_size_limits",
+    *(p.name for p in library.PRIVATE if p.owner == "SMTP" and p.kind == "method"),
+}  # fmt: skip
+
+
+async def test_the_gateway_overrides_nothing_of_aiosmtpd_by_chance(smtp_gateway: Starter) -> None:
+    # A name of the gateway's that a new aiosmtpd release also uses would silently replace the library's.
+    names = {n for n in set(vars(GatewaySMTP)) | set(vars(library.Protocol)) if not re.fullmatch(r"__\w+__", n)}
+    clashes = sorted(n for n in names - OVERRIDES if hasattr(SMTP, n))
+    assert not clashes, f"aiosmtpd {VERSION} SMTP also has: {clashes}"
+    h = await smtp_gateway()
+    raw = await Raw.open(h.port)
+    try:
+        (session,) = h.server.sessions
+        plain = SMTP(object(), loop=asyncio.get_running_loop())
+        ours = set(vars(session)) - set(vars(plain)) - OVERRIDES
+        assert ours, "no attribute of the gateway's own found on the session"
+        clashes = sorted(n for n in ours if hasattr(SMTP, n) or hasattr(asyncio.StreamReaderProtocol, n))
+        assert not clashes, f"aiosmtpd {VERSION} SMTP also has: {clashes}"
+    finally:
+        await raw.close()
+
+
+def test_aiosmtpd_is_within_the_tested_releases() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (bound,) = [d for d in project["dependencies"] if d.startswith("aiosmtpd")]
+    assert bound == "aiosmtpd>=1.4.6,<1.5"
+    release = tuple(int(part) for part in re.findall(r"[0-9]+", VERSION)[:3])
+    assert (1, 4, 6) <= release < (1, 5), f"aiosmtpd {VERSION} is installed; the gateway is tested with 1.4.6 to 1.4.x"
 
 
 # -- aiosmtpd's texts ------------------------------------------------------------------

@@ -17,7 +17,8 @@ module owns what happens around those decisions:
 - 451 4.3.0 for any unexpected error: the client never sees the exception,
   the log has it with the session id;
 - aiosmtpd's own answers are translated to entries of the reply table
-  (:mod:`gateway.smtp.library`).
+  (:mod:`gateway.smtp.library`, which is also the only way to aiosmtpd's
+  private names).
 
 The server runs on the daemon's event loop (``loop.create_server``), not in a
 thread.
@@ -57,7 +58,7 @@ _NULL_SENDER = re.compile(r"FROM:\s*<>(?:\s+(?P<params>.*))?", re.IGNORECASE)
 READ_SIZE = 64 * 1024
 
 
-class GatewaySMTP(SMTP):
+class GatewaySMTP(library.Protocol):
     """One client connection: aiosmtpd's protocol with the gateway's limits."""
 
     def __init__(self, server: SmtpServer, loop: asyncio.AbstractEventLoop) -> None:
@@ -87,13 +88,13 @@ class GatewaySMTP(SMTP):
         # aiosmtpd keeps these on the class: give each connection its own.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
 
-    def _create_envelope(self) -> FaxEnvelope:
+    def new_envelope(self) -> FaxEnvelope:
         return FaxEnvelope()
 
     # -- connection life ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        after_starttls = self._original_transport is not None
+        after_starttls = self.tls_started
         if not after_starttls and not self.server.admit(self):
             self._refused = True
             log.warning("session %s: refused, %d connections open", self.conn.id, len(self.server.sessions))
@@ -101,10 +102,9 @@ class GatewaySMTP(SMTP):
             transport.close()
             return
         super().connection_made(transport)
-        if hasattr(transport, "max_size"):
-            # asyncio reads up to 256 KiB per wake-up of a socket; with many sessions sending
-            # at once, smaller reads keep each turn of the event loop short.
-            transport.max_size = READ_SIZE
+        # asyncio reads up to 256 KiB per wake-up of a socket; with many sessions sending
+        # at once, smaller reads keep each turn of the event loop short.
+        library.set_read_size(transport, READ_SIZE)
         if after_starttls:
             self.conn.user = None  # RFC 3207 4.2: forget everything learned before TLS
             return
@@ -112,7 +112,7 @@ class GatewaySMTP(SMTP):
         self.conn.ip = str(peer[0]) if isinstance(peer, tuple) else ""
         self.conn.network = client_network(self.conn.ip, self.server.settings.smtp.trusted_networks)
         if self.conn.network is not None and self.conn.network.plaintext_auth:
-            self._auth_require_tls = False
+            self.allow_auth_without_tls()
             self.conn.tls_possible = True
         log.info("session %s: connection from %s", self.conn.id, self.conn.ip)
 
@@ -132,13 +132,13 @@ class GatewaySMTP(SMTP):
         if self._refused:
             return
         if not self._hook_running:
-            self._reset_timeout()  # idle means silent, also in the middle of DATA
+            self.restart_idle_timer()  # idle means silent, also in the middle of DATA
         super().data_received(data)
 
-    def _timeout_cb(self) -> None:
+    def idle_timed_out(self) -> None:
         if self.transport is None or self._hook_running:
             return
-        log.info("session %s: idle for %.0f s, closing", self.conn.id, self._timeout_duration)
+        log.info("session %s: idle for %.0f s, closing", self.conn.id, self.idle_seconds)
         self.hang_up(replies.IDLE_TIMEOUT)
 
     def hang_up(self, reply: Reply) -> None:
@@ -147,17 +147,16 @@ class GatewaySMTP(SMTP):
             typing.cast(asyncio.WriteTransport, self.transport).write(f"{reply.answer()}\r\n".encode())
             self.transport.close()
 
-    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+    async def call_hook(self, command: str, *args: Any) -> Any:
         # No idle timeout while the gateway itself is working on the message.
         self._hook_running = True
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
+        self.stop_idle_timer()
         try:
-            return await super()._call_handler_hook(command, *args)
+            return await super().call_hook(command, *args)
         finally:
             self._hook_running = False
             if self.transport is not None:
-                self._reset_timeout()
+                self.restart_idle_timer()
 
     # -- replies --------------------------------------------------------------
 
@@ -194,7 +193,7 @@ class GatewaySMTP(SMTP):
         if self.transport is not None:
             self.transport.close()
         current = asyncio.current_task()
-        if current is not None and current is self._handler_coroutine:
+        if current is not None and current is self.session_task:
             current.cancel()
 
     async def handle_exception(self, error: Exception) -> str:
@@ -218,7 +217,7 @@ class GatewaySMTP(SMTP):
             return
         # aiosmtpd answers the null sender with a syntax error; the handler explains it instead.
         options = (m["params"] or "").upper().split()
-        await self.push(await self._call_handler_hook("MAIL", "", options))
+        await self.push(await self.call_hook("MAIL", "", options))
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
@@ -231,7 +230,7 @@ class GatewaySMTP(SMTP):
         if not envelope.sender_given:
             await self.push(replies.NEED_MAIL.answer())
             return
-        rest = self._strip_command_keyword("TO:", arg or "")
+        rest = self.strip_keyword("TO:", arg or "")
         if rest is None:
             await self.push(replies.COMMAND_SYNTAX.format(usage="RCPT TO:<number@fax-domain>"))
             return
@@ -243,7 +242,7 @@ class GatewaySMTP(SMTP):
         if params:
             await self.push(replies.PARAMETERS_UNKNOWN.answer())
             return
-        await self.push(await self._call_handler_hook("RCPT", address, []))
+        await self.push(await self.call_hook("RCPT", address, []))
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -262,10 +261,10 @@ class GatewaySMTP(SMTP):
         smtp = self.server.settings.smtp
         self.in_data = True
         try:
-            data = await read_data(self._reader, max_size=smtp.max_message_size, max_line=smtp.max_line_length)
+            data = await read_data(self.reader, max_size=smtp.max_message_size, max_line=smtp.max_line_length)
         except asyncio.CancelledError:
             log.info("session %s: connection lost during DATA", self.conn.id)
-            self._writer.close()
+            self.writer.close()
             raise
         finally:
             self.in_data = False
@@ -275,15 +274,15 @@ class GatewaySMTP(SMTP):
             status = replies.MESSAGE_TOO_BIG.format(limit=smtp.max_message_size)
         else:
             envelope.content = envelope.original_content = data.content
-            status = await self._call_handler_hook("DATA")
-        self.envelope = self._create_envelope()  # a new transaction may start
+            status = await self.call_hook("DATA")
+        self.envelope = self.new_envelope()  # a new transaction may start
         await self.push(status)
         if self.server.stopping:
             await self.push(replies.SHUTTING_DOWN.answer())
 
     # -- AUTH: aiosmtpd parses PLAIN/LOGIN; the password check runs in a thread --
 
-    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+    def authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         self._credentials = auth_data
         return AuthResult(success=False, handled=True)
 

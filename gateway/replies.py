@@ -1,16 +1,27 @@
 """Every SMTP reply the gateway gives, as one table.
 
 Each reply is a named constant with its basic code, its enhanced status code
-(RFC 3463) and its text. Texts with ``{placeholders}`` are filled with
-:meth:`Reply.format`; whatever is filled in is stripped of control characters
-first, so nothing a client sent can break the reply line. A test checks that
-every enhanced code's class matches its basic code.
+(RFC 3463) and its text; it knows its own name (``QUEUED.name == "QUEUED"``:
+the metrics count refusals by it). What is sent is an :class:`Answer`: the
+table entry, its text with the ``{placeholders}`` filled in (by
+:meth:`Reply.format`, or :meth:`Reply.answer` for a text without any), and what
+it reports (the job ids of QUEUED, from :func:`queued`); ``str()`` of an answer
+is the reply line as sent. Whatever is filled in is stripped of control
+characters first, so nothing a client sent can break the reply line, and the
+line is ASCII (anything else becomes ``?``). Code that decides on an answer
+reads its entry and code (``answer.reply``, ``answer.ok``), never its text.
+
+The answer to EHLO and HELO is not in the table (its lines carry no enhanced
+code): it is a :class:`Hello`, sent as built. A test checks that every
+enhanced code's class matches its basic code.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 # C0, DEL, C1 (NEL \x85 breaks lines too) and the Unicode line and paragraph separators.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -29,19 +40,71 @@ def clean(value: object, limit: int = 200) -> str:
 
 @dataclass(frozen=True)
 class Reply:
+    """One entry of the table; ``name`` is set for every entry when this module loads."""
+
     code: int
     enhanced: str
     text: str
+    name: str = field(default="", compare=False)
 
-    def format(self, **values: object) -> str:
-        return self._line(self.text.format(**{k: clean(v) for k, v in values.items()}))
+    def format(self, **values: object) -> Answer:
+        """This reply with its placeholders filled in."""
+        text = self.text.format(**{k: clean(v) for k, v in values.items()})
+        return Answer(self, text.encode("ascii", "replace").decode("ascii"))
+
+    def answer(self) -> Answer:
+        """This reply as it stands (a text without placeholders)."""
+        return self.format()
 
     def __str__(self) -> str:
-        return self._line(self.text)
+        return self.line(self.text)
 
-    def _line(self, text: str) -> str:
+    def line(self, text: str) -> str:
+        """The reply line for ``text``."""
         # RFC 2034: no enhanced code on the greeting and the 354 go-ahead.
         return f"{self.code} {self.enhanced} {text}" if self.enhanced else f"{self.code} {text}"
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # A table entry unpickles as itself (DocumentRefused comes back from a worker process).
+        if self.name and globals().get(self.name) is self:
+            return self.name
+        return Reply, (self.code, self.enhanced, self.text, self.name)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One reply as sent: the entry it comes from, its filled text, and the job ids it names (QUEUED)."""
+
+    reply: Reply
+    text: str
+    jobs: tuple[str, ...] = ()
+
+    @property
+    def code(self) -> int:
+        return self.reply.code
+
+    @property
+    def ok(self) -> bool:
+        """A positive reply (2xx, 3xx): the command was taken."""
+        return self.reply.code < 400
+
+    @property
+    def refused(self) -> bool:
+        """A negative reply (4xx, 5xx)."""
+        return self.reply.code >= 400
+
+    def __str__(self) -> str:
+        return self.reply.line(self.text)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The answer to EHLO or HELO, line by line: sent as built (the last line without a ``-``)."""
+
+    lines: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return "\r\n".join(self.lines)
 
 
 # -- success -------------------------------------------------------------------
@@ -92,7 +155,7 @@ NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds the limit of {limit} bytes")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long (at most {limit} octets)")
 BAD_SYNTAX = Reply(501, "5.5.4", "Syntax error in parameters: {detail}")
-# Protocol errors (aiosmtpd's own answers, renamed in gateway.smtp).
+# Protocol errors (aiosmtpd's own answers, translated in gateway.smtp.library).
 BAD_SENDER_SYNTAX = Reply(553, "5.1.7", "Malformed sender address")
 COMMAND_SYNTAX = Reply(501, "5.5.4", "Syntax: {usage}")
 UNKNOWN_COMMAND = Reply(500, "5.5.1", "Command not recognized")
@@ -129,6 +192,21 @@ DOC_TNEF = Reply(
 DOC_TOO_BIG = Reply(552, "5.3.4", "Fax document is {size} bytes{what}, over the limit of {limit} bytes")
 
 
+def queued(jobs: Sequence[str]) -> Answer:
+    """QUEUED for these job ids (in the text, and in ``Answer.jobs``)."""
+    return replace(QUEUED.format(jobs=" ".join(jobs)), jobs=tuple(jobs))
+
+
 def all_replies() -> dict[str, Reply]:
     """The table, by name (for the table test and the troubleshooting docs)."""
     return {name: value for name, value in globals().items() if isinstance(value, Reply)}
+
+
+def _name_entries() -> None:
+    for name, entry in all_replies().items():
+        if entry.name:
+            raise RuntimeError(f"reply {entry.name} is in the table twice (also as {name})")
+        object.__setattr__(entry, "name", name)  # frozen: the name is given once, here
+
+
+_name_entries()

@@ -121,7 +121,7 @@ async def smtp_gateway(make_settings: Callable[..., Any], tmp_path: Path) -> Asy
             on_receipt_mail=on_receipt_mail if receipts else None,
         )  # fmt: skip
         harness = Harness(server, store, spool)
-        server.on_reply = harness.said.append
+        server.on_reply = lambda answer: harness.said.append(str(answer))
         try:
             await server.handler.examiner.start()  # the daemon's order: examiner, then SMTP
             await server.start()

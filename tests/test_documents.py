@@ -29,7 +29,7 @@ def outcome(raw: bytes, settings: DocumentSettings = DEFAULT) -> tuple[str, str,
     try:
         result = extract(raw, settings)
     except DocumentRefused as exc:
-        return f"refuse:{exc.reason}", exc.reply, None
+        return f"refuse:{exc.reason}", str(exc.reply), None
     return f"fax:{result.pages}:" + ",".join(d["type"] for d in result.documents), "", result
 
 

@@ -69,10 +69,26 @@ DOCUMENTS: dict[str, Callable[[], bytes]] = {
 
 
 def test_a_refusal_is_rebuilt_whole_from_its_pickle() -> None:
-    refused = DocumentRefused("554 5.6.1 setup.exe: type EXE cannot be faxed", "type")
+    answer = replies.DOC_TYPE.format(name="setup.exe", found="EXE", accepted="PDF", target="PDF")
+    refused = DocumentRefused(answer, "type")
     again = pickle.loads(pickle.dumps(refused))
     assert type(again) is DocumentRefused
-    assert (again.reply, again.reason, str(again)) == (refused.reply, "type", refused.reply)
+    assert (again.reply, again.reason, str(again)) == (refused.reply, "type", str(refused.reply))
+    assert str(again) == "554 5.6.1 setup.exe: type EXE cannot be faxed (accepted: PDF); convert it to PDF"
+    assert again.reply.reply is replies.DOC_TYPE  # the table entry itself, not a copy
+
+
+async def test_a_refusal_from_a_worker_process_carries_its_table_entry() -> None:
+    examiner = Examiner(DocumentSettings(), processes=1)
+    await examiner.start()
+    try:
+        with pytest.raises(DocumentRefused) as caught:
+            await examiner.examine(DOCUMENTS["refused-type"]())
+    finally:
+        await examiner.stop()
+    assert caught.value.reason == "type"
+    assert caught.value.reply.reply is replies.DOC_TYPE and caught.value.reply.reply.name == "DOC_TYPE"
+    assert str(caught.value).startswith("554 5.6.1 setup.exe: type ")
 
 
 async def test_worker_processes_give_the_replies_a_thread_gives(smtp_gateway: Starter, tmp_path: Path) -> None:
@@ -171,7 +187,8 @@ async def test_fax_gateway_send_examines_in_its_own_process(make_settings: Calla
     settings = make_settings({"documents": {"processes": 4}})
     await asyncio.to_thread(Spool(settings.spool.directory).create)
     reply = await spool_local(settings, "ops@example.com", NUMBER, fax_mail(sender="ops@example.com"))
-    assert reply.startswith("250 2.0.0 OK: queued as "), reply
+    assert str(reply).startswith("250 2.0.0 OK: queued as "), reply
+    assert reply.reply is replies.QUEUED and str(reply) == f"250 2.0.0 OK: queued as {' '.join(reply.jobs)}"
     assert workers() == []
 
 

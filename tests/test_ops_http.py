@@ -12,7 +12,9 @@ import aiosmtplib
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import replies
 from gateway.daemon.app import Gateway
+from gateway.daemon.metrics import Metrics
 from gateway.daemon.run import callback_url
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.ops.demo import free_port
@@ -104,6 +106,25 @@ async def test_metrics_count_what_happened(running: tuple[Gateway, ProviderSimul
     # A second scrape does not count the same jobs' latencies again.
     _, text = await _get(gw, "/metrics")
     assert _samples(text)[("faxgw_submit_latency_seconds_count", ())] == 1
+
+
+def test_refusals_are_counted_by_the_name_of_their_reply() -> None:
+    metrics = Metrics()
+    for answer in [
+        replies.RELAY_DENIED.format(domain="fax.local"),
+        replies.RELAY_DENIED.format(domain="other.local"),
+        replies.QUOTA_GLOBAL.answer(),
+        replies.OK.answer(),
+        replies.queued(["0123456789abcdef"]),
+        replies.Reply(554, "", "Something new", name="UNLISTED").answer(),
+    ]:
+        metrics.smtp_reply(answer)
+    counted = {k: v for k, v in _samples(metrics.render().decode()).items() if k[0] == "faxgw_smtp_refusals_total"}
+    assert counted == {
+        ("faxgw_smtp_refusals_total", (("reason", "RELAY_DENIED"),)): 2,
+        ("faxgw_smtp_refusals_total", (("reason", "QUOTA_GLOBAL"),)): 1,
+        ("faxgw_smtp_refusals_total", (("reason", "UNLISTED"),)): 1,
+    }
 
 
 async def test_healthz_reports_parts(running: tuple[Gateway, ProviderSimulator]) -> None:

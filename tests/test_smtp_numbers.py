@@ -45,7 +45,7 @@ def test_anything_but_ascii_digits_dots_dashes_is_a_syntax_error(local: str) -> 
     ],
 )
 def test_a_well_formed_but_invalid_number_is_550_511_with_the_reason(local: str, reason: str) -> None:
-    reply = classify(f"{local}@fax.local", DOMAINS, NumberSettings(allowed_regions=("FR", "DK")))
+    reply = str(classify(f"{local}@fax.local", DOMAINS, NumberSettings(allowed_regions=("FR", "DK"))))
     assert reply == f"550 5.1.1 {local} is not a valid fax number: {reason}"
 
 
@@ -105,14 +105,14 @@ RELAY_TRICKS = [
 
 @pytest.mark.parametrize("address", RELAY_TRICKS)
 def test_relay_tricks_are_refused(address: str) -> None:
-    assert classify(address, DOMAINS, FR) == RELAY
+    assert str(classify(address, DOMAINS, FR)) == RELAY
 
 
 def test_receipt_addresses() -> None:
     token = "0123456789abcdef" * 2
     assert classify(f"ar-{token}@ar.fax.local", DOMAINS, FR) == ReceiptRecipient(token)
-    assert classify("ar-nope@ar.fax.local", DOMAINS, FR) == "550 5.1.1 No such receipt address"
-    assert classify(f"ar-{token}@ar.fax.local", Domains(("fax.local",)), FR) == RELAY
+    assert str(classify("ar-nope@ar.fax.local", DOMAINS, FR)) == "550 5.1.1 No such receipt address"
+    assert str(classify(f"ar-{token}@ar.fax.local", Domains(("fax.local",)), FR)) == RELAY
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,8 @@ def test_receipt_addresses() -> None:
     ],
 )
 def test_the_path_is_split_strictly(arg: str, expected: object) -> None:
-    assert split_path(arg) == expected
+    got = split_path(arg)
+    assert (got if isinstance(got, tuple) else str(got)) == expected
 
 
 @pytest.mark.parametrize("address", RELAY_TRICKS)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import pytest
 
 from gateway import replies
 from gateway.store import NewMessage
-from tests.support_smtp import Harness, Raw, Starter, transaction
+from tests.support_smtp import Harness, Raw, Starter, fax_mail, transaction
 
 # Every refusal the SMTP front door promises (code, enhanced code).
 CONTRACT = {
@@ -60,8 +61,69 @@ def test_the_contract_is_in_the_table() -> None:
 
 
 def test_values_put_in_a_reply_cannot_break_the_line() -> None:
-    line = replies.SENDER_NOT_PERMITTED.format(sender="a\r\n250 OK\x00@example.com")
+    line = str(replies.SENDER_NOT_PERMITTED.format(sender="a\r\n250 OK\x00@example.com"))
     assert "\r" not in line and "\n" not in line and "\x00" not in line
+
+
+def test_every_entry_knows_its_name_and_unpickles_as_itself() -> None:
+    for name, reply in replies.all_replies().items():
+        assert reply.name == name
+        assert pickle.loads(pickle.dumps(reply)) is reply
+    assert replies.QUEUED.name == "QUEUED"
+
+
+def test_an_answer_is_its_entry_its_text_and_the_jobs_it_names() -> None:
+    answer = replies.queued(["0123456789abcdef", "fedcba9876543210"])
+    assert answer.reply is replies.QUEUED and answer.jobs == ("0123456789abcdef", "fedcba9876543210")
+    assert str(answer) == "250 2.0.0 OK: queued as 0123456789abcdef fedcba9876543210"
+    assert (answer.code, answer.ok, answer.refused) == (250, True, False)
+    refusal = replies.TOO_MANY_RECIPIENTS.format(limit=5)
+    assert str(refusal) == "452 4.5.3 Too many recipients (at most 5 per message)"
+    assert (refusal.reply.name, refusal.ok, refusal.refused, refusal.jobs) == ("TOO_MANY_RECIPIENTS", False, True, ())
+    assert str(replies.START_DATA.answer()) == "354 End data with <CR><LF>.<CR><LF>" and replies.START_DATA.answer().ok
+    assert str(replies.OK.answer()) == str(replies.OK) == "250 2.0.0 OK"
+    with pytest.raises(KeyError):
+        replies.QUEUED.answer()  # a text with placeholders needs its values
+
+
+def test_an_answer_is_ascii_whatever_was_filled_in() -> None:
+    answer = replies.SENDER_NOT_PERMITTED.format(sender="jos\u00e9@example.com")
+    assert answer.text == "Sender jos?@example.com is not permitted to send faxes from here"
+    assert str(answer).isascii()
+
+
+def test_the_ehlo_answer_is_its_lines() -> None:
+    assert str(replies.Hello(("250-fax.test", "250 HELP"))) == "250-fax.test\r\n250 HELP"
+
+
+async def test_the_handler_answers_reach_the_server_as_objects(smtp_gateway: Starter) -> None:
+    h = await smtp_gateway()
+    seen: list[replies.Answer] = []
+    told = h.server.on_reply
+    h.server.on_reply = lambda answer: (seen.append(answer), told(answer))[-1]
+    raw = await Raw.open(h.port)
+    await raw.cmd("EHLO mfp")
+    assert await raw.cmd("DATA") == "503 5.5.1 Send RCPT TO first"  # pushed by the gateway as the table entry
+    out = await transaction(raw, "alice@example.com", ["0145678900@fax.local", "0612345678@fax.local"], fax_mail())
+    assert await raw.cmd("NOOP") == "250 2.0.0 OK"  # aiosmtpd's own "250 OK", translated
+    assert await raw.cmd("XYZZY") == "500 5.5.1 Command not recognized"
+    await raw.close()
+    assert [a.reply.name for a in seen] == [
+        "GREETING", "NEED_RCPT", "SENDER_OK", "RECIPIENT_OK", "RECIPIENT_OK", "START_DATA", "QUEUED", "OK",
+        "UNKNOWN_COMMAND",
+    ]  # fmt: skip
+    assert [str(a) for a in seen[2:7]] == out
+    jobs = await h.jobs()
+    assert sorted(seen[6].jobs) == sorted(j.id for j in jobs) and len(jobs) == 2
+    assert all(a.reply is replies.all_replies()[a.reply.name] for a in seen)
+
+
+async def test_helo_is_answered_with_the_hostname_and_opens_the_session(smtp_gateway: Starter) -> None:
+    h = await smtp_gateway()
+    raw = await Raw.open(h.port)
+    assert await raw.cmd("HELO mfp") == "250 fax-gateway.test"
+    assert await raw.cmd("MAIL FROM:<alice@example.com>") == "250 2.1.0 Sender OK"
+    await raw.close()
 
 
 GATEWAY_RECEIPTS = {"provider": {"accuse_email": "gateway"}, "smtp": {"trusted_networks": [{"cidr": "10.0.0.0/8"}]}}

@@ -17,7 +17,6 @@ worker's clients); the last provider and storage results also feed /healthz.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -28,8 +27,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gateway import replies
 from gateway.outcomes import Accepted, DeliveryOutcome, PermanentFailure, Submission
+from gateway.replies import Answer
 from gateway.store import State, Store
 
 if TYPE_CHECKING:
@@ -89,17 +88,6 @@ def snapshot(store: Store, submitted_mark: float, final_mark: float) -> Snapshot
     return snap
 
 
-def _reply_patterns() -> list[tuple[str, re.Pattern[str]]]:
-    """Each refusal in the reply table as a pattern over the sent text (placeholders match anything)."""
-    out = []
-    for name, reply in replies.all_replies().items():
-        if reply.code >= 400:
-            parts = re.split(r"\{[^}]*\}", reply.text)
-            text = ".*".join(re.escape(p) for p in parts)
-            out.append((name, re.compile(rf"^{reply.code} {re.escape(reply.enhanced)} {text}$", re.S)))
-    return out
-
-
 class Metrics:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
@@ -122,19 +110,15 @@ class Metrics:
         )  # fmt: skip
         self._snap = Snapshot(submitted_mark=clock(), final_mark=clock())
         r.register(_StoreCollector(self))
-        self._patterns = _reply_patterns()
         self.last_provider: Result | None = None
         self.last_storage: Result | None = None
 
     # -- counted as it happens --------------------------------------------------
 
-    def smtp_reply(self, text: str) -> None:
+    def smtp_reply(self, answer: Answer) -> None:
         """Every SMTP reply sent; refusals (4xx, 5xx) are counted by their name in the reply table."""
-        if text[:1] not in ("4", "5"):
-            return
-        line = text.splitlines()[-1] if text else text
-        reason = next((name for name, pattern in self._patterns if pattern.match(line)), line[:9].strip() or "other")
-        self.smtp_refusals.labels(reason=reason).inc()
+        if answer.refused:
+            self.smtp_refusals.labels(reason=answer.reply.name).inc()
 
     def provider_answer(self, code: str, *, ok: bool, detail: str) -> None:
         self.provider_answers.labels(code=code).inc()

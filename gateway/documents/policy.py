@@ -3,7 +3,7 @@
 In: the raw bytes of a message and the document settings. Out: an
 :class:`Extraction` (the fax document, always a PDF, its page count, what went
 into it and what was left out), or :class:`DocumentRefused` carrying the SMTP
-reply that tells the sender what to change. Called by SMTP intake in its DATA
+answer (:class:`gateway.replies.Answer`) that tells the sender what to change. Called by SMTP intake in its DATA
 step, before the 250. Blocking (parser, libmagic, pikepdf, Pillow): callers
 run it off the event loop.
 
@@ -30,6 +30,7 @@ from gateway import replies
 from gateway.documents import formats as faxdoc
 from gateway.documents import mime
 from gateway.documents.formats import Document, Unfit
+from gateway.replies import Answer
 from gateway.settings import DocumentSettings
 
 
@@ -45,17 +46,18 @@ class Extraction:
 
 
 class DocumentRefused(Exception):
-    """The message cannot be faxed; ``reply`` is the SMTP reply, ``reason`` the policy reason.
+    """The message cannot be faxed; ``reply`` is the SMTP answer, ``reason`` the policy reason.
 
     Reasons: no-document, type, empty, encoding, corrupt, encrypted, limits, too-big.
+    ``str()`` of the exception is the reply line.
     """
 
-    def __init__(self, reply: str, reason: str) -> None:
-        super().__init__(reply)
+    def __init__(self, reply: Answer, reason: str) -> None:
+        super().__init__(str(reply))
         self.reply = reply
         self.reason = reason
 
-    def __reduce__(self) -> tuple[type[DocumentRefused], tuple[str, str]]:
+    def __reduce__(self) -> tuple[type[DocumentRefused], tuple[Answer, str]]:
         # Raised in a worker process and pickled back: rebuilt from both arguments (``args`` has one).
         return DocumentRefused, (self.reply, self.reason)
 

@@ -36,6 +36,7 @@ import phonenumbers
 
 from gateway import settings as settings_mod
 from gateway.ops import actions as admin
+from gateway.replies import Answer
 from gateway.spool import Spool
 from gateway.store import AsyncStore, Job, Store
 from gateway.text import display
@@ -302,8 +303,8 @@ class OwnedSpool(Spool):
         return final
 
 
-async def spool_local(settings: settings_mod.Settings, sender: str, rcpt: str, raw: bytes) -> str:
-    """Hand one message to the daemon's own intake code on this machine; the reply it gives."""
+async def spool_local(settings: settings_mod.Settings, sender: str, rcpt: str, raw: bytes) -> Answer:
+    """Hand one message to the daemon's own intake code on this machine; its answer (``jobs``: the job ids)."""
     from gateway.documents.examiner import Examiner
     from gateway.smtp.access import AuthThrottle
     from gateway.smtp.intake import Handler
@@ -336,8 +337,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     # Spaces cannot be in an address; the rest of the number is the intake's to judge.
     rcpt = f"{''.join(args.to.split())}@{settings.smtp.fax_domains[0]}"
     raw = build_mail(sender, rcpt, path, args.subject or f"Fax of {path.name}").as_bytes()
-    reply = asyncio.run(spool_local(settings, sender, rcpt, raw))
-    jobs = re.findall(r"[0-9a-f]{16}", reply) if reply.startswith("250") else []
+    answer = asyncio.run(spool_local(settings, sender, rcpt, raw))
+    reply, jobs = str(answer), list(answer.jobs)
     if args.json:
         _print_json({"reply": reply, "jobs": jobs})
     else:

@@ -23,6 +23,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.smtp import library
+
 # Bytes taken from the reader at a time.
 CHUNK = 64 * 1024
 _END = b"\r\n.\r\n"
@@ -117,6 +119,4 @@ def _undot(buf: bytearray) -> bytes:
 
 def _unread(reader: asyncio.StreamReader, rest: bytes) -> None:
     """Give back bytes read past the end of the data: they are the next commands."""
-    # StreamReader has no unread(); its buffer is a bytearray read from the front.
-    buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
-    buffer[0:0] = rest
+    library.unread(reader, rest)  # StreamReader has no unread()

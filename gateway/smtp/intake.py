@@ -7,16 +7,20 @@ that says what to change. Nothing here talks to S3 or the provider.
 - MAIL: 550 5.7.1 null sender or fax-domain sender; 530 5.7.0 / 550 5.7.1
   client not allowed; 550 5.7.1 sender not on the allow-list; 452 4.3.1 low
   spool space; 555 5.5.4 SMTPUTF8.
-- RCPT: see :mod:`gateway.numbers`; 452 4.5.3 too many recipients or fax and
-  receipt addresses mixed; 450 4.7.1 hourly quotas (counted in faxes).
+- RCPT: see :mod:`gateway.smtp.recipients`; 452 4.5.3 too many recipients or
+  fax and receipt addresses mixed; 450 4.7.1 hourly quotas (counted in faxes).
 - DATA: 552 5.3.4 too big; the documents stage's refusal (examined by
-  :mod:`gateway.examiner`); 451 4.3.0 when anything fails before the job rows
-  are committed (the spool directory is removed), also when the process
-  examining the message dies; else ``250 2.0.0 OK: queued as <job ids>``, also
-  for a resent message (same sender, Message-ID and number within the dedupe
-  window; a resend that arrives while the first copy is still being spooled
-  waits for it).
+  :mod:`gateway.documents.examiner`); 451 4.3.0 when anything fails before the
+  job rows are committed (the spool directory is removed), also when the
+  process examining the message dies; else ``250 2.0.0 OK: queued as <job
+  ids>`` (the answer also carries the ids, ``Answer.jobs``), also for a resent
+  message (same sender, Message-ID and number within the dedupe window; a
+  resend that arrives while the first copy is still being spooled waits for it).
 - AUTH: 454 4.7.0 while an address is backing off after failed attempts.
+
+Every hook returns an :class:`~gateway.replies.Answer` (EHLO and HELO: a
+:class:`~gateway.replies.Hello`), which aiosmtpd hands to the server's
+``push`` unchanged.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from gateway import replies
 from gateway.documents import policy as documents
 from gateway.documents.examiner import Examiner
 from gateway.documents.headers import Headers
-from gateway.replies import clean
+from gateway.replies import Answer, Hello, clean
 from gateway.settings import Network, Settings, User
 from gateway.smtp.access import AuthThrottle, sender_allowed
 from gateway.smtp.recipients import Domains, FaxRecipient, ReceiptRecipient, classify
@@ -70,7 +74,7 @@ class FaxEnvelope(Envelope):
         self.sender_given = False
         # Why fax recipients are refused for this sender (None: they are not);
         # kept for RCPT when receipt mail from anyone must still get in.
-        self.sender_refusal: str | None = None
+        self.sender_refusal: Answer | None = None
         self.numbers: list[str] = []
         self.receipt_jobs: list[str] = []
 
@@ -107,7 +111,7 @@ class Handler:
         self.domains = Domains(settings.smtp.fax_domains, receipts_domain)
         self.own_domains = {d.lower() for d in settings.smtp.fax_domains} | {settings.provider.receipts_domain.lower()}
         # Messages being spooled: they finish even if their client goes away.
-        self.inflight: set[asyncio.Task[str]] = set()
+        self.inflight: set[asyncio.Task[Answer]] = set()
         # Dedupe keys being spooled -> (session, set when done): a resend waits for them.
         self._spooling: dict[str, tuple[str, asyncio.Event]] = {}
 
@@ -115,28 +119,32 @@ class Handler:
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
-    ) -> list[str]:
+    ) -> list[Hello]:
         session.host_name = hostname
         # SMTPUTF8 is not offered (addresses are ASCII); PIPELINING is supported;
         # every reply carries an enhanced status code (RFC 2034).
         out = [r for r in responses if r != "250-SMTPUTF8" and r != "250 HELP"]
-        return [*out, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
+        return [Hello((*out, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"))]
+
+    async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> Hello:
+        session.host_name = hostname
+        return Hello((f"250 {server.hostname}",))
 
     async def handle_AUTH(self, server: Any, session: Any, envelope: Any, args: list[str]) -> Any:
         conn: Connection = server.conn
         if self.throttle.blocked(conn.ip):
             log.warning("session %s: AUTH from %s refused while backing off", conn.id, conn.ip)
-            return str(replies.AUTH_BACKOFF)
+            return replies.AUTH_BACKOFF.answer()
         return MISSING
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: FaxEnvelope, address: str, options: list[str]
-    ) -> str:
+    ) -> Answer:
         conn: Connection = server.conn
         if "SMTPUTF8" in options or not address.isascii():
-            return str(replies.SMTPUTF8_UNSUPPORTED)
+            return replies.SMTPUTF8_UNSUPPORTED.answer()
         if address and not _SENDER.fullmatch(address):
-            return str(replies.BAD_SENDER_SYNTAX)
+            return replies.BAD_SENDER_SYNTAX.answer()
         if address and address.rpartition("@")[2].lower().rstrip(".") in self.own_domains:
             return replies.FAX_DOMAIN_SENDER.format(sender=address)
         refusal = self._sender_refusal(conn, session, address)
@@ -146,22 +154,22 @@ class Handler:
         minimum = self.settings.spool.min_free_bytes
         if minimum and await asyncio.to_thread(self.spool.free_bytes) < minimum:
             log.warning("session %s: spool free space below %d bytes: 452", conn.id, minimum)
-            return str(replies.LOW_SPACE)
+            return replies.LOW_SPACE.answer()
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         envelope.sender_given = True
         envelope.sender_refusal = refusal
-        return str(replies.SENDER_OK)
+        return replies.SENDER_OK.answer()
 
-    def _sender_refusal(self, conn: Connection, session: Any, address: str) -> str | None:
+    def _sender_refusal(self, conn: Connection, session: Any, address: str) -> Answer | None:
         if not address:
-            return str(replies.NULL_SENDER)
+            return replies.NULL_SENDER.answer()
         if session.authenticated and conn.user is not None:
             patterns = conn.user.senders
         elif conn.network is not None:
             patterns = conn.network.senders
         elif self.settings.smtp.users and conn.tls_possible:
-            return str(replies.AUTH_REQUIRED)
+            return replies.AUTH_REQUIRED.answer()
         else:
             return replies.NOT_PERMITTED.format(client=conn.ip)
         if not sender_allowed(address, patterns):
@@ -170,32 +178,32 @@ class Handler:
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: FaxEnvelope, address: str, options: list[str]
-    ) -> str:
+    ) -> Answer:
         conn: Connection = server.conn
         result = classify(address, self.domains, self.settings.numbers)
-        if isinstance(result, str):
+        if isinstance(result, Answer):
             log.info("session %s: recipient %s refused: %s", conn.id, clean(address), result)
             return result
         if isinstance(result, ReceiptRecipient):
             return await self._receipt_recipient(envelope, address, result)
         return await self._fax_recipient(conn, envelope, address, result)
 
-    async def _receipt_recipient(self, envelope: FaxEnvelope, address: str, rcpt: ReceiptRecipient) -> str:
+    async def _receipt_recipient(self, envelope: FaxEnvelope, address: str, rcpt: ReceiptRecipient) -> Answer:
         if envelope.numbers:
-            return str(replies.MIXED_RECIPIENTS)
+            return replies.MIXED_RECIPIENTS.answer()
         job_id = await self.store.run(lambda s: s.job_by_ar_token(rcpt.token))
         if job_id is None:
-            return str(replies.UNKNOWN_RECEIPT_ADDRESS)
+            return replies.UNKNOWN_RECEIPT_ADDRESS.answer()
         if job_id not in envelope.receipt_jobs:
             envelope.receipt_jobs.append(job_id)
         envelope.rcpt_tos.append(address)
-        return str(replies.RECEIPT_RECIPIENT_OK)
+        return replies.RECEIPT_RECIPIENT_OK.answer()
 
-    async def _fax_recipient(self, conn: Connection, envelope: FaxEnvelope, address: str, rcpt: FaxRecipient) -> str:
+    async def _fax_recipient(self, conn: Connection, envelope: FaxEnvelope, address: str, rcpt: FaxRecipient) -> Answer:
         if envelope.sender_refusal is not None:
             return envelope.sender_refusal
         if envelope.receipt_jobs:
-            return str(replies.MIXED_RECIPIENTS)
+            return replies.MIXED_RECIPIENTS.answer()
         if rcpt.number not in envelope.numbers:  # the same number twice is one fax
             if len(envelope.numbers) >= self.settings.smtp.max_recipients:
                 return replies.TOO_MANY_RECIPIENTS.format(limit=self.settings.smtp.max_recipients)
@@ -207,7 +215,7 @@ class Handler:
         envelope.rcpt_tos.append(address)
         return replies.RECIPIENT_OK.format(number=rcpt.number)
 
-    async def _quota(self, sender: str, pending: int) -> str | None:
+    async def _quota(self, sender: str, pending: int) -> Answer | None:
         quotas = self.settings.quotas
         if not quotas.per_sender_hourly and not quotas.global_hourly:
             return None
@@ -222,10 +230,10 @@ class Handler:
         if quotas.per_sender_hourly and mine + pending > quotas.per_sender_hourly:
             return replies.QUOTA_SENDER.format(limit=quotas.per_sender_hourly, sender=sender)
         if quotas.global_hourly and everyone + pending > quotas.global_hourly:
-            return str(replies.QUOTA_GLOBAL)
+            return replies.QUOTA_GLOBAL.answer()
         return None
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: FaxEnvelope) -> str:
+    async def handle_DATA(self, server: Any, session: Any, envelope: FaxEnvelope) -> Answer:
         conn: Connection = server.conn
         raw: bytes = envelope.original_content or b""
         if len(raw) > self.settings.smtp.max_message_size:
@@ -241,20 +249,20 @@ class Handler:
 
     # -- the work behind DATA ------------------------------------------------
 
-    async def _deliver_receipt(self, conn: Connection, job_ids: list[str], raw: bytes) -> str:
+    async def _deliver_receipt(self, conn: Connection, job_ids: list[str], raw: bytes) -> Answer:
         callback = self.on_receipt_mail
         if callback is None:  # pragma: no cover - RCPT refuses these without a callback
-            return str(replies.UNKNOWN_RECEIPT_ADDRESS)
+            return replies.UNKNOWN_RECEIPT_ADDRESS.answer()
         try:
             for job_id in job_ids:
                 await callback(job_id, raw)
         except Exception:
             log.exception("session %s: receipt mail for %s could not be stored", conn.id, " ".join(job_ids))
-            return str(replies.ERROR)
+            return replies.ERROR.answer()
         log.info("session %s: receipt mail for %s stored", conn.id, " ".join(job_ids))
-        return str(replies.RECEIPT_ACCEPTED)
+        return replies.RECEIPT_ACCEPTED.answer()
 
-    async def _accept(self, conn: Connection, sender: str, numbers: list[str], raw: bytes) -> str:
+    async def _accept(self, conn: Connection, sender: str, numbers: list[str], raw: bytes) -> Answer:
         try:
             extraction, headers = await self.examiner.examine(raw)
         except documents.DocumentRefused as exc:
@@ -262,10 +270,10 @@ class Handler:
             return exc.reply
         except BrokenProcessPool:
             log.error("session %s: the process examining the message died (a crash, or out of memory): 451", conn.id)
-            return str(replies.ERROR)
+            return replies.ERROR.answer()
         except Exception:
             log.exception("session %s: unexpected error while reading the message", conn.id)
-            return str(replies.ERROR)
+            return replies.ERROR.answer()
         keys = {n: dedupe_key(sender, headers.message_id, n) if headers.message_id else "" for n in numbers}
         # A client that gave up waiting may resend while the first copy is still
         # being spooled: it waits for that copy and then gets its job ids.
@@ -277,7 +285,7 @@ class Handler:
             return await self._spool(conn, sender, keys, raw, extraction, headers)
         except Exception:
             log.exception("session %s: message could not be spooled: 451", conn.id)
-            return str(replies.ERROR)
+            return replies.ERROR.answer()
         finally:
             for k in claimed:
                 self._spooling.pop(k, None)
@@ -297,7 +305,7 @@ class Handler:
         raw: bytes,
         extraction: documents.Extraction,
         headers: Headers,
-    ) -> str:
+    ) -> Answer:
         """Spool the message and commit one job per number (``keys``: number -> dedupe key) not yet queued."""
         numbers = list(keys)
         since = self.clock() - self.settings.smtp.dedupe_window_seconds
@@ -310,7 +318,7 @@ class Handler:
         jobs = [(new_id(), n, keys[n]) for n in numbers if n not in existing]
         new = {n: job_id for job_id, n, _ in jobs}
         ids = [existing.get(n) or new[n] for n in numbers]
-        reply = replies.QUEUED.format(jobs=" ".join(ids))
+        reply = replies.queued(ids)
         if jobs:
             message_id = new_id()
             await asyncio.to_thread(self.spool.write, message_id, {RAW_NAME: raw, FAX_NAME: extraction.document})
@@ -338,8 +346,8 @@ class Handler:
 
     # -- a file handed over on this machine -----------------------------------
 
-    async def take_local(self, sender: str, address: str, raw: bytes) -> str:
-        """Judge and spool one message given on this machine (``fax-gateway send``); the reply.
+    async def take_local(self, sender: str, address: str, raw: bytes) -> Answer:
+        """Judge and spool one message given on this machine (``fax-gateway send``); the answer (its ``jobs``).
 
         The MAIL, RCPT and DATA hooks themselves judge it, as for a client on a
         trusted network that may use any sender: the sender's form, the number
@@ -351,12 +359,12 @@ class Handler:
         session = _LocalSession()
         envelope = FaxEnvelope()
         reply = await self.handle_MAIL(server, session, envelope, sender, [])
-        if reply.startswith("250"):
+        if reply.ok:
             reply = await self.handle_RCPT(server, session, envelope, address, [])
-        if reply.startswith("250") and envelope.numbers:
+        if reply.ok and envelope.numbers:
             envelope.original_content = raw
             reply = await self.handle_DATA(server, session, envelope)
-        elif reply.startswith("250"):  # a receipt address: not a fax
+        elif reply.ok:  # a receipt address: not a fax
             reply = replies.RELAY_DENIED.format(domain=self.domains.fax[0])
         return reply
 

@@ -3,7 +3,7 @@
 In: the raw argument of ``RCPT TO:`` as the client sent it. Out: a
 :class:`FaxRecipient` (an E.164 number, the only part of the address that may
 ever reach a URL), a :class:`ReceiptRecipient` (the gateway's own receipt
-address), or the reply line (from :mod:`gateway.replies`) that refuses it:
+address), or the answer (from :mod:`gateway.replies`) that refuses it:
 
 - 501 5.5.4 the path is not ``<address>`` at all;
 - 550 5.7.1 relaying: not a fax domain, or a relay trick (source route,
@@ -27,6 +27,7 @@ import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType, ValidationResult, shortnumberinfo
 
 from gateway import replies
+from gateway.replies import Answer
 from gateway.settings import NumberSettings
 
 # What people type: ASCII digits, dots and dashes between digits, a leading +
@@ -82,7 +83,7 @@ class Domains:
     receipts: str = ""
 
 
-def split_path(arg: str) -> tuple[str, str] | str:
+def split_path(arg: str) -> tuple[str, str] | Answer:
     """``<address> [params]`` (the text after ``TO:``) -> (address, params), strictly.
 
     The address is taken verbatim between the angle brackets: no comment,
@@ -104,7 +105,7 @@ def split_path(arg: str) -> tuple[str, str] | str:
     return address, rest.strip()
 
 
-def classify(address: str, domains: Domains, numbers: NumberSettings) -> Recipient | str:
+def classify(address: str, domains: Domains, numbers: NumberSettings) -> Recipient | Answer:
     """Judge one recipient address (the text between the angle brackets)."""
     relay = replies.RELAY_DENIED.format(domain=domains.fax[0])
     # Source routes (<@a,@b:user@c>), several @ (quoted "a@b"@fax.local), IP
@@ -122,7 +123,7 @@ def classify(address: str, domains: Domains, numbers: NumberSettings) -> Recipie
     if domains.receipts and domain == domains.receipts.lower():
         if m := _RECEIPT_LOCAL.fullmatch(local):
             return ReceiptRecipient(m["token"])
-        return str(replies.UNKNOWN_RECEIPT_ADDRESS)
+        return replies.UNKNOWN_RECEIPT_ADDRESS.answer()
     return relay
 
 
@@ -131,7 +132,7 @@ def _routed(local: str) -> bool:
     return len(parts) > 1 and any(_HOST.fullmatch(part) for part in parts)
 
 
-def parse_number(local: str, settings: NumberSettings) -> FaxRecipient | str:
+def parse_number(local: str, settings: NumberSettings) -> FaxRecipient | Answer:
     """The local part of a fax address -> the E.164 number, or the refusal."""
     if len(local) > MAX_LOCAL_LENGTH or not _SPELLING.fullmatch(local):
         return replies.BAD_NUMBER_SYNTAX.format(local=local)
@@ -153,7 +154,7 @@ def parse_number(local: str, settings: NumberSettings) -> FaxRecipient | str:
     return _policy(parsed, number, settings)
 
 
-def _policy(parsed: phonenumbers.PhoneNumber, number: str, settings: NumberSettings) -> FaxRecipient | str:
+def _policy(parsed: phonenumbers.PhoneNumber, number: str, settings: NumberSettings) -> FaxRecipient | Answer:
     region = phonenumbers.region_code_for_number(parsed)
     allowed = settings.allowed_regions or (settings.default_region,)
     if region not in allowed:

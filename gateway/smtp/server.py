@@ -1,9 +1,11 @@
 """The SMTP front door: the aiosmtpd server, its limits and its replies.
 
 In: TCP connections on ``smtp.listen``. Out: messages spooled by the handler
-in :mod:`gateway.intake` (which decides every MAIL, RCPT and DATA), and one
-reply from :mod:`gateway.replies` for every command. This module owns what
-happens around those decisions:
+in :mod:`gateway.smtp.intake` (which decides every MAIL, RCPT and DATA), and
+one reply from :mod:`gateway.replies` for every command; each one pushed in
+the session also goes to ``SmtpServer.on_reply`` as its
+:class:`~gateway.replies.Answer` (the metrics count refusals by name). This
+module owns what happens around those decisions:
 
 - 421 4.7.0 past ``max_connections`` (at connect), past ``max_errors`` refused
   commands, past ``max_commands`` uses of one command; 421 4.4.2 after
@@ -14,7 +16,9 @@ happens around those decisions:
   allows plaintext AUTH); 535 5.7.8 for bad credentials;
 - 451 4.3.0 for any unexpected error: the client never sees the exception,
   the log has it with the session id;
-- aiosmtpd's own answers are renamed to entries of the reply table.
+- aiosmtpd's own answers are translated to entries of the reply table
+  (:mod:`gateway.smtp.library`, which is also the only way to aiosmtpd's
+  private names).
 
 The server runs on the daemon's event loop (``loop.create_server``), not in a
 thread.
@@ -36,8 +40,9 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
 from gateway import replies
 from gateway.documents.examiner import Examiner
-from gateway.replies import Reply
+from gateway.replies import Answer, Hello, Reply
 from gateway.settings import Settings
+from gateway.smtp import library
 from gateway.smtp.access import AuthThrottle, check_user, client_network
 from gateway.smtp.data import read_data
 from gateway.smtp.intake import Connection, FaxEnvelope, Handler, ReceiptCallback
@@ -47,53 +52,13 @@ from gateway.store import AsyncStore, new_id
 
 log = logging.getLogger("gateway.smtp")
 
-# aiosmtpd's own answers -> the reply table (the first match wins). Only the
-# EHLO/HELO lines and the AUTH challenges pass as aiosmtpd writes them.
-_LIBRARY_REPLIES: tuple[tuple[re.Pattern[str], Reply], ...] = tuple(
-    (re.compile(pattern), reply)
-    for pattern, reply in [
-        (r"220 (?P<hostname>\S+) fax-gateway ESMTP", replies.GREETING),
-        (r"220 Ready to start TLS", replies.TLS_READY),
-        (r"250 OK", replies.OK),
-        (r"221 Bye", replies.BYE),
-        (r"354 End data with <CR><LF>\.<CR><LF>", replies.START_DATA),
-        (r"250 Syntax: (?P<usage>.*)", replies.HELP_SYNTAX),
-        (r"250 Supported commands: (?P<commands>.*)", replies.HELP),
-        (r"501 Supported commands: (?P<commands>.*)", replies.HELP_UNKNOWN),
-        (r"252 Cannot VRFY .*", replies.CANNOT_VRFY),
-        (r"500 Error: command .* not recognized", replies.UNKNOWN_COMMAND),
-        (r"500 Line too long .*", replies.LINE_TOO_LONG),
-        (r"500 Error: \(.*|500 Error: Cannot describe error", replies.ERROR),
-        (r"500 (?:Error: bad syntax|Command line too long|Error: strict ASCII mode)", replies.BAD_COMMAND),
-        (r"501 Syntax: (?P<usage>.*)", replies.COMMAND_SYNTAX),
-        (r"501 (?:Not enough value|Too many values)", replies.COMMAND_SYNTAX),
-        (r"501 Error: BODY can only be .*", replies.BAD_BODY),
-        (r"501 Error: SMTPUTF8 .*", replies.SMTPUTF8_UNSUPPORTED),
-        (r"501 5\.7\.0 Auth aborted", replies.AUTH_ABORTED),
-        (r"501 5\.5\.2 Can't (?:decode base64|split auth value)", replies.AUTH_BAD_BASE64),
-        (r"502 5\.5\.1 Too many unrecognized commands.*", replies.TOO_MANY_UNKNOWN),
-        (r"502 (?:EXPN not implemented|Could not VRFY .*)", replies.NOT_IMPLEMENTED),
-        (r"503 Error: send \w+ first", replies.NEED_HELO),
-        (r"503 Error: need MAIL command", replies.NEED_MAIL),
-        (r"503 Error: need RCPT command", replies.NEED_RCPT),
-        (r"503 Error: nested MAIL command", replies.NESTED_MAIL),
-        (r"503 Already authenticated", replies.ALREADY_AUTHENTICATED),
-        (r"552 Error: .*", replies.MESSAGE_TOO_BIG),
-        (r"553 5\.1\.3 Error: malformed address", replies.BAD_SENDER_SYNTAX),
-        (r"555 (?:MAIL FROM|RCPT TO) parameters not recognized or not implemented", replies.PARAMETERS_UNKNOWN),
-        (r"454 TLS not available", replies.TLS_UNAVAILABLE),
-        (r"421 4\.7\.0 (?P<command>\S+) sent too many times", replies.TOO_MANY_COMMANDS),
-    ]
-)
 _NULL_SENDER = re.compile(r"FROM:\s*<>(?:\s+(?P<params>.*))?", re.IGNORECASE)
-_HANG_UP_CODES = ("421", "502 5.5.1 Too many unrecognized")
-
 
 # Bytes read from a client's socket per wake-up.
 READ_SIZE = 64 * 1024
 
 
-class GatewaySMTP(SMTP):
+class GatewaySMTP(library.Protocol):
     """One client connection: aiosmtpd's protocol with the gateway's limits."""
 
     def __init__(self, server: SmtpServer, loop: asyncio.AbstractEventLoop) -> None:
@@ -123,13 +88,13 @@ class GatewaySMTP(SMTP):
         # aiosmtpd keeps these on the class: give each connection its own.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
 
-    def _create_envelope(self) -> FaxEnvelope:
+    def new_envelope(self) -> FaxEnvelope:
         return FaxEnvelope()
 
     # -- connection life ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        after_starttls = self._original_transport is not None
+        after_starttls = self.tls_started
         if not after_starttls and not self.server.admit(self):
             self._refused = True
             log.warning("session %s: refused, %d connections open", self.conn.id, len(self.server.sessions))
@@ -137,10 +102,9 @@ class GatewaySMTP(SMTP):
             transport.close()
             return
         super().connection_made(transport)
-        if hasattr(transport, "max_size"):
-            # asyncio reads up to 256 KiB per wake-up of a socket; with many sessions sending
-            # at once, smaller reads keep each turn of the event loop short.
-            transport.max_size = READ_SIZE
+        # asyncio reads up to 256 KiB per wake-up of a socket; with many sessions sending
+        # at once, smaller reads keep each turn of the event loop short.
+        library.set_read_size(transport, READ_SIZE)
         if after_starttls:
             self.conn.user = None  # RFC 3207 4.2: forget everything learned before TLS
             return
@@ -148,7 +112,7 @@ class GatewaySMTP(SMTP):
         self.conn.ip = str(peer[0]) if isinstance(peer, tuple) else ""
         self.conn.network = client_network(self.conn.ip, self.server.settings.smtp.trusted_networks)
         if self.conn.network is not None and self.conn.network.plaintext_auth:
-            self._auth_require_tls = False
+            self.allow_auth_without_tls()
             self.conn.tls_possible = True
         log.info("session %s: connection from %s", self.conn.id, self.conn.ip)
 
@@ -168,59 +132,60 @@ class GatewaySMTP(SMTP):
         if self._refused:
             return
         if not self._hook_running:
-            self._reset_timeout()  # idle means silent, also in the middle of DATA
+            self.restart_idle_timer()  # idle means silent, also in the middle of DATA
         super().data_received(data)
 
-    def _timeout_cb(self) -> None:
+    def idle_timed_out(self) -> None:
         if self.transport is None or self._hook_running:
             return
-        log.info("session %s: idle for %.0f s, closing", self.conn.id, self._timeout_duration)
+        log.info("session %s: idle for %.0f s, closing", self.conn.id, self.idle_seconds)
         self.hang_up(replies.IDLE_TIMEOUT)
 
     def hang_up(self, reply: Reply) -> None:
         """Say ``reply`` and close, from outside the session's own task."""
         if self.transport is not None:
-            typing.cast(asyncio.WriteTransport, self.transport).write(f"{reply}\r\n".encode())
+            typing.cast(asyncio.WriteTransport, self.transport).write(f"{reply.answer()}\r\n".encode())
             self.transport.close()
 
-    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+    async def call_hook(self, command: str, *args: Any) -> Any:
         # No idle timeout while the gateway itself is working on the message.
         self._hook_running = True
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
+        self.stop_idle_timer()
         try:
-            return await super()._call_handler_hook(command, *args)
+            return await super().call_hook(command, *args)
         finally:
             self._hook_running = False
             if self.transport is not None:
-                self._reset_timeout()
+                self.restart_idle_timer()
 
     # -- replies --------------------------------------------------------------
 
-    def _rename(self, text: str) -> str:
-        for pattern, reply in _LIBRARY_REPLIES:
-            if m := pattern.fullmatch(text):
-                smtp = self.server.settings.smtp
-                limit = smtp.max_line_length if reply is replies.LINE_TOO_LONG else smtp.max_message_size
-                values = {"limit": limit, "usage": "see HELP", "command": "a command"}
-                return reply.format(**(values | {k: v for k, v in m.groupdict().items() if v}))
-        return text
+    async def push(self, status: Answer | Hello | str | bytes) -> None:
+        """Send one reply: the gateway's own (an Answer, or the EHLO/HELO lines), or aiosmtpd's.
 
-    async def push(self, status: str | bytes) -> None:
+        aiosmtpd hands a hook's return value to ``push`` unchanged, so the
+        handler's answers arrive here as they were made; what aiosmtpd writes
+        itself comes as text and is translated to the table (bytes: the AUTH
+        challenges, sent as they are).
+        """
         if isinstance(status, bytes):  # AUTH challenges
             await super().push(status)
             return
+        if isinstance(status, str):
+            smtp = self.server.settings.smtp
+            status = library.translate(status, max_line=smtp.max_line_length, max_size=smtp.max_message_size)
         # Replies are ASCII: nothing a client sent may reach them otherwise.
-        text = self._rename(status).encode("ascii", "replace").decode("ascii")
-        await super().push(text)
-        self.server.on_reply(text)
-        if text.startswith(_HANG_UP_CODES):
+        await super().push(str(status).encode("ascii", "replace"))
+        if isinstance(status, Hello):
+            return
+        self.server.on_reply(status)
+        if status.code == 421 or status.reply is replies.TOO_MANY_UNKNOWN:  # the session ends here
             self._close_from_inside()
-        elif text[:1] in ("4", "5") and text[3:4] == " ":
+        elif status.refused:
             self.errors += 1
             if self.errors >= self.server.settings.smtp.max_errors:
                 log.warning("session %s: %d errors, closing", self.conn.id, self.errors)
-                await super().push(str(replies.TOO_MANY_ERRORS))
+                await super().push(str(replies.TOO_MANY_ERRORS.answer()).encode("ascii"))
                 self._close_from_inside()
 
     def _close_from_inside(self) -> None:
@@ -228,12 +193,12 @@ class GatewaySMTP(SMTP):
         if self.transport is not None:
             self.transport.close()
         current = asyncio.current_task()
-        if current is not None and current is self._handler_coroutine:
+        if current is not None and current is self.session_task:
             current.cancel()
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("session %s: unexpected error: 451", self.conn.id, exc_info=error)
-        return str(replies.ERROR)
+        return library.status(replies.ERROR.answer())
 
     # -- commands -------------------------------------------------------------
 
@@ -244,7 +209,7 @@ class GatewaySMTP(SMTP):
         envelope = self.envelope
         assert isinstance(envelope, FaxEnvelope)
         if envelope.sender_given:
-            await self.push(str(replies.NESTED_MAIL))
+            await self.push(replies.NESTED_MAIL.answer())
             return
         m = _NULL_SENDER.fullmatch((arg or "").strip())
         if m is None:
@@ -252,54 +217,54 @@ class GatewaySMTP(SMTP):
             return
         # aiosmtpd answers the null sender with a syntax error; the handler explains it instead.
         options = (m["params"] or "").upper().split()
-        await self.push(await self._call_handler_hook("MAIL", "", options))
+        await self.push(await self.call_hook("MAIL", "", options))
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         # Replaces aiosmtpd's lenient address parsing: the handler judges the
-        # address exactly as written (see gateway.numbers.split_path).
+        # address exactly as written (see gateway.smtp.recipients.split_path).
         if await self.check_helo_needed():
             return
         envelope = self.envelope
         assert isinstance(envelope, FaxEnvelope)
         if not envelope.sender_given:
-            await self.push(str(replies.NEED_MAIL))
+            await self.push(replies.NEED_MAIL.answer())
             return
-        rest = self._strip_command_keyword("TO:", arg or "")
+        rest = self.strip_keyword("TO:", arg or "")
         if rest is None:
             await self.push(replies.COMMAND_SYNTAX.format(usage="RCPT TO:<number@fax-domain>"))
             return
         parsed = split_path(rest)
-        if isinstance(parsed, str):
+        if isinstance(parsed, Answer):
             await self.push(parsed)
             return
         address, params = parsed
         if params:
-            await self.push(str(replies.PARAMETERS_UNKNOWN))
+            await self.push(replies.PARAMETERS_UNKNOWN.answer())
             return
-        await self.push(await self._call_handler_hook("RCPT", address, []))
+        await self.push(await self.call_hook("RCPT", address, []))
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        # aiosmtpd's checks and replies, with the data read in chunks (gateway.smtpdata).
+        # aiosmtpd's checks and replies, with the data read in chunks (gateway.smtp.data).
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         envelope = self.envelope
         assert isinstance(envelope, FaxEnvelope)
         if not envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            await self.push(replies.NEED_RCPT.answer())
             return
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push(replies.COMMAND_SYNTAX.format(usage="DATA"))
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(replies.START_DATA.answer())
         smtp = self.server.settings.smtp
         self.in_data = True
         try:
-            data = await read_data(self._reader, max_size=smtp.max_message_size, max_line=smtp.max_line_length)
+            data = await read_data(self.reader, max_size=smtp.max_message_size, max_line=smtp.max_line_length)
         except asyncio.CancelledError:
             log.info("session %s: connection lost during DATA", self.conn.id)
-            self._writer.close()
+            self.writer.close()
             raise
         finally:
             self.in_data = False
@@ -309,15 +274,15 @@ class GatewaySMTP(SMTP):
             status = replies.MESSAGE_TOO_BIG.format(limit=smtp.max_message_size)
         else:
             envelope.content = envelope.original_content = data.content
-            status = await self._call_handler_hook("DATA")
-        self.envelope = self._create_envelope()  # a new transaction may start
+            status = await self.call_hook("DATA")
+        self.envelope = self.new_envelope()  # a new transaction may start
         await self.push(status)
         if self.server.stopping:
-            await self.push(str(replies.SHUTTING_DOWN))
+            await self.push(replies.SHUTTING_DOWN.answer())
 
     # -- AUTH: aiosmtpd parses PLAIN/LOGIN; the password check runs in a thread --
 
-    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+    def authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         self._credentials = auth_data
         return AuthResult(success=False, handled=True)
 
@@ -336,11 +301,11 @@ class GatewaySMTP(SMTP):
         if user is None:
             self.server.throttle.failed(self.conn.ip)
             log.warning("session %s: AUTH failed from %s", self.conn.id, self.conn.ip)
-            return AuthResult(success=False, handled=False, message=str(replies.AUTH_FAILED))
+            return AuthResult(success=False, handled=False, message=library.status(replies.AUTH_FAILED.answer()))
         self.server.throttle.succeeded(self.conn.ip)
         self.conn.user = user
         log.info("session %s: authenticated as %s", self.conn.id, user.name)
-        return AuthResult(success=True, auth_data=user.name, message=str(replies.AUTH_OK))
+        return AuthResult(success=True, auth_data=user.name, message=library.status(replies.AUTH_OK.answer()))
 
 
 class SmtpServer:
@@ -368,8 +333,8 @@ class SmtpServer:
         self.sessions: set[GatewaySMTP] = set()
         self.port = 0
         self.stopping = False
-        # Sees every reply sent (the metrics count refusals by reply).
-        self.on_reply: Callable[[str], None] = lambda text: None
+        # Sees every reply of the table sent (the metrics count refusals by reply name).
+        self.on_reply: Callable[[Answer], None] = lambda answer: None
         self._server: asyncio.Server | None = None
         self._all_closed = asyncio.Event()
 

@@ -21,9 +21,7 @@ from aiosmtpd.smtp import SMTP
 from gateway import replies
 from gateway.smtp import library
 from gateway.smtp.server import READ_SIZE, GatewaySMTP
-from tests.support_smtp import Raw, Starter, smtp_gateway
-
-__all__ = ["smtp_gateway"]
+from tests.support_smtp import Raw, Starter
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = importlib.metadata.version("aiosmtpd")

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from gateway.replies import Reply, all_replies
+from gateway.smtp.intake import Handler
 from gateway.smtp.server import SmtpServer
 from gateway.spool import Spool
 from gateway.store import AsyncStore, Job, Store
@@ -116,10 +117,9 @@ async def smtp_gateway(make_settings: Callable[..., Any], tmp_path: Path) -> Asy
                 raise receipt_error
             harness.receipts.append((job_id, raw))
 
-        server = SmtpServer(
-            settings, store, spool, on_spooled=lambda: harness.spooled.append(1), clock=clock,
-            on_receipt_mail=on_receipt_mail if receipts else None,
-        )  # fmt: skip
+        handler = Handler(settings, store, spool, on_spooled=lambda: harness.spooled.append(1), clock=clock,
+                          on_receipt_mail=on_receipt_mail if receipts else None)  # fmt: skip
+        server = SmtpServer(settings, handler)
         harness = Harness(server, store, spool)
         server.on_reply = lambda answer: harness.said.append(str(answer))
         try:

@@ -59,6 +59,7 @@ class Gateway:
         from gateway.documents.examiner import Examiner
         from gateway.notify.notifier import Notifier
         from gateway.receipts.callback import Receipts
+        from gateway.smtp.intake import Handler
         from gateway.smtp.server import SmtpServer
 
         self.http = HttpServer(self.settings)
@@ -75,16 +76,16 @@ class Gateway:
         self.receipts = Receipts(self.settings, self.store, wake=self.notifier.wake)
         self.http.add_routes(self.receipts.routes())
         self.examiner = Examiner(self.settings.documents)
-        self.smtp = SmtpServer(self.settings, self.store, self.spool, on_spooled=self._on_spooled, clock=self.clock,
-                               on_receipt_mail=self.receipts.on_receipt_mail, examiner=self.examiner)  # fmt: skip
+        intake = Handler(self.settings, self.store, self.spool, on_spooled=self._on_spooled, clock=self.clock,
+                         on_receipt_mail=self.receipts.on_receipt_mail, examiner=self.examiner)  # fmt: skip
+        self.smtp = SmtpServer(self.settings, intake)
         self.smtp.on_reply = self.metrics.smtp_reply
         self.components = [self.http, self.storage, self.provider, self.worker, self.receipts, self.notifier,
                            self.examiner, self.smtp]  # fmt: skip
 
     def _smtp_listening(self) -> bool:
-        smtp = getattr(self, "smtp", None)
-        server = getattr(smtp, "_server", None)
-        return bool(server is not None and server.is_serving() and not getattr(smtp, "stopping", True))
+        smtp = getattr(self, "smtp", None)  # health may be asked before SMTP is built
+        return smtp is not None and smtp.listening
 
     def _on_spooled(self) -> None:
         self.spooled.set()  # the worker

@@ -92,7 +92,7 @@ class Handler:
         *,
         on_spooled: Callable[[], None],
         clock: Callable[[], float],
-        throttle: AuthThrottle,
+        throttle: AuthThrottle | None = None,
         on_receipt_mail: ReceiptCallback | None = None,
         examiner: Examiner | None = None,
     ) -> None:
@@ -104,7 +104,9 @@ class Handler:
         self.spool = spool
         self.on_spooled = on_spooled
         self.clock = clock
-        self.throttle = throttle
+        smtp = settings.smtp
+        # Failed AUTH per client address: the server counts them, MAIL and AUTH look them up.
+        self.throttle = throttle or AuthThrottle(smtp.auth_failures_before_backoff, smtp.auth_backoff_seconds, clock)
         self.on_receipt_mail = on_receipt_mail
         self.receipt_mode = settings.provider.accuse_email == "gateway" and on_receipt_mail is not None
         receipts_domain = settings.provider.receipts_domain if self.receipt_mode else ""

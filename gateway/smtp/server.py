@@ -1,7 +1,8 @@
 """The SMTP front door: the aiosmtpd server, its limits and its replies.
 
-In: TCP connections on ``smtp.listen``. Out: messages spooled by the handler
-in :mod:`gateway.smtp.intake` (which decides every MAIL, RCPT and DATA), and
+In: TCP connections on ``smtp.listen``, and the :class:`~gateway.smtp.intake.Handler`
+the daemon built for them. Out: messages spooled by that handler (which
+decides every MAIL, RCPT and DATA), and
 one reply from :mod:`gateway.replies` for every command; each one pushed in
 the session also goes to ``SmtpServer.on_reply`` as its
 :class:`~gateway.replies.Answer` (the metrics count refusals by name). This
@@ -31,7 +32,6 @@ import collections
 import logging
 import re
 import ssl
-import time
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -39,16 +39,14 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
 from gateway import replies
-from gateway.documents.examiner import Examiner
 from gateway.replies import Answer, Hello, Reply
 from gateway.settings import Settings
 from gateway.smtp import library
-from gateway.smtp.access import AuthThrottle, check_user, client_network
+from gateway.smtp.access import check_user, client_network
 from gateway.smtp.data import read_data
-from gateway.smtp.intake import Connection, FaxEnvelope, Handler, ReceiptCallback
+from gateway.smtp.intake import Connection, FaxEnvelope, Handler
 from gateway.smtp.recipients import split_path
-from gateway.spool import Spool
-from gateway.store import AsyncStore, new_id
+from gateway.store import new_id
 
 log = logging.getLogger("gateway.smtp")
 
@@ -311,24 +309,10 @@ class GatewaySMTP(library.Protocol):
 class SmtpServer:
     """The listener: ``start()`` returns once bound (``port`` is then real); ``stop()`` is idempotent."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: AsyncStore,
-        spool: Spool,
-        *,
-        on_spooled: Callable[[], None],
-        clock: Callable[[], float] = time.time,
-        on_receipt_mail: ReceiptCallback | None = None,
-        examiner: Examiner | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, handler: Handler) -> None:
         self.settings = settings
-        smtp = settings.smtp
-        self.throttle = AuthThrottle(smtp.auth_failures_before_backoff, smtp.auth_backoff_seconds, clock)
-        self.handler = Handler(
-            settings, store, spool, on_spooled=on_spooled, clock=clock, throttle=self.throttle,
-            on_receipt_mail=on_receipt_mail, examiner=examiner,
-        )  # fmt: skip
+        self.handler = handler  # decides every MAIL, RCPT and DATA; its examiner is started by whoever made it
+        self.throttle = handler.throttle
         self.tls_context: ssl.SSLContext | None = None
         self.sessions: set[GatewaySMTP] = set()
         self.port = 0
@@ -337,6 +321,11 @@ class SmtpServer:
         self.on_reply: Callable[[Answer], None] = lambda answer: None
         self._server: asyncio.Server | None = None
         self._all_closed = asyncio.Event()
+
+    @property
+    def listening(self) -> bool:
+        """Whether new connections are taken right now (for /healthz)."""
+        return self._server is not None and self._server.is_serving() and not self.stopping
 
     def admit(self, session: GatewaySMTP) -> bool:
         if self.stopping or len(self.sessions) >= self.settings.smtp.max_connections:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway import dates
+
 
 class SettingsError(ValueError):
     """A configuration problem; the message names the key."""
@@ -248,6 +250,8 @@ class NotifySettings:
     # At most one alert mail per interval; alerts raised meanwhile go out together.
     admin_alert_interval_seconds: float = 900.0
     language: Literal["en", "fr"] = "en"
+    # The zone of the times receipts and alerts give (an IANA name such as "Europe/Paris"; empty: the system's).
+    timezone: str = ""
     # Who "the sender" is, first usable wins: reply-to, from, envelope.
     recipient_order: tuple[str, ...] = ("reply-to", "from", "envelope")
     # Scanner address -> person or team that gets its receipts.
@@ -512,6 +516,10 @@ def _validate_notify(notify: NotifySettings) -> None:
         raise SettingsError("notify.min_backoff_seconds: larger than notify.max_backoff_seconds")
     if notify.relay_ca_file and not Path(notify.relay_ca_file).is_file():
         raise SettingsError(f"notify.relay_ca_file: {notify.relay_ca_file!r} does not exist")
+    try:
+        dates.zone(notify.timezone)
+    except ValueError as exc:
+        raise SettingsError(f"notify.timezone: {exc}") from None
 
 
 def _validate_delivery(delivery: DeliverySettings) -> None:

@@ -40,7 +40,8 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
             "http": {"listen": "127.0.0.1:0"},
             # Never the real provider: a closed loopback port unless a test points it at the simulator.
             "provider": {"url": "http://127.0.0.1:9/http.php"},
-            "notify": {"from_address": "fax-gateway@gateway.test"},
+            # A zone of its own, so that the times in mails read the same on every machine.
+            "notify": {"from_address": "fax-gateway@gateway.test", "timezone": "Europe/Paris"},
         }
         return from_mapping(deep_merge(base, table or {}), env or {})
 

@@ -39,7 +39,8 @@ async def test_a_delivered_receipt_mail_says_it_all(make_rig: RigFactory, sink: 
     assert (msg["X-Fax-Pages"], msg["X-Fax-Code"], msg["X-Fax-Received"]) == ("3", "0", "14:32")
     body = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     for words in ("Status: delivered", "Fax number: +33 1 45 67 89 00", "Pages: 3", "Received at: 14:32",
-                  f"Job: {job.id}", 'Your mail: "Invoice 42"', "Sent on: Mon, 30 Nov 2026 09:00:00 +0100",
+                  f"Job: {job.id}", 'Your mail: "Invoice 42"',
+                  "Sent on: Monday 30 November 2026, 09:00 CET (UTC+01:00)",
                   "Provider code: 0 (received)", "What to do: Nothing"):  # fmt: skip
         assert words in body
     assert not msg.is_multipart()  # the document is not attached by default
@@ -63,7 +64,7 @@ async def test_a_failure_in_french_with_the_document_attached(make_rig: RigFacto
         "Tentative à : 14:32",
         f"Tâche : {job.id}",
         'Votre message : "Invoice 42"',
-        "Envoyé le : Mon, 30 Nov 2026 09:00:00 +0100",
+        "Envoyé le : lundi 30 novembre 2026 à 09:00 CET (UTC+01:00)",
         "Code fournisseur : 31064 (occupé)",
         "Que faire : La ligne était occupée. Renvoyez le message",
     ):

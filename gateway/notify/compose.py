@@ -7,6 +7,12 @@ with a subject that says it all, a plain-words body, RFC 3834 headers
 original mail), a Message-ID stable per (job, outcome), and ``X-Fax-*``
 headers a program can parse. Pure: no I/O.
 
+All of a mail is in ``notify.language``, its times included, in
+``notify.timezone`` with the zone said (:mod:`gateway.dates`); the provider's
+``heure`` is the recipient machine's clock and is said to be. What the sender
+should do comes from one table: each :class:`Situation` (and each category of
+a failing receipt) has its text per language.
+
 The ``X-Fax-*`` headers, for applications that read receipts by program:
 
 - ``X-Fax-Status``: delivered, failed, delayed, accepted, receipt (a copy of the
@@ -25,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import enum
 import json
 import re
 from collections.abc import Sequence
@@ -34,6 +41,7 @@ from email.utils import format_datetime
 
 import phonenumbers
 
+from gateway import dates
 from gateway.arcodes import Category, ReceiptCode, lookup
 from gateway.replies import clean
 from gateway.sender import Row
@@ -47,9 +55,37 @@ _STATUS = {
     "fr": {"delivered": "remis", "failed": "non remis", "delayed": "retardé", "accepted": "accepté",
            "receipt": "accusé de réception du fournisseur"},
 }  # fmt: skip
-_NEXT = {
+
+
+class Situation(enum.StrEnum):
+    """Where a job stands when a mail tells of it: each has its own "what to do" text, per language."""
+
+    DELIVERED = "delivered"  # the recipient's machine confirmed (a receipt with code 0)
+    CONFIRMED = "confirmed"  # no receipt; the administrator confirmed it from the provider's records
+    NOT_SENT = "not-sent"  # refused by the provider, or could not be sent in time: the reason says why
+    CANCELLED = "cancelled"  # cancelled by the administrator
+    DELAYED_CREDIT = "delayed-credit"  # the fax account needs credit
+    DELAYED = "delayed"  # not final yet for another reason (checked, retried, waiting for the administrator)
+    ACCEPTED = "accepted"  # notify.accepted_notice
+    RECEIPT = "receipt"  # a copy of the provider's own receipt mail
+
+
+# What to do, per language: by Situation, or by the category of the provider's receipt that failed the fax.
+_NEXT: dict[str, dict[str, str]] = {
     "en": {
-        Category.DELIVERED: "Nothing. The recipient's machine confirmed the fax.",
+        Situation.DELIVERED: "Nothing. The recipient's machine confirmed the fax.",
+        Situation.CONFIRMED: "Nothing. No receipt came from the recipient's machine, but the fax administrator "
+        "confirmed from the provider's records that the fax went through.",
+        Situation.NOT_SENT: "The fax was not sent, for the reason above. If it names something to change (the "
+        "number, the document), correct it; then send the mail again.",
+        Situation.CANCELLED: "Nothing to correct: the fax administrator cancelled this fax, so it was not sent. "
+        "Send the mail again if it is still needed.",
+        Situation.DELAYED_CREDIT: "Nothing for now. The fax goes out as soon as the fax account is credited again, "
+        "and you will get its receipt.",
+        Situation.DELAYED: "Nothing for now. The gateway makes sure the fax is sent once and only once; you will "
+        "get its receipt, or a mail that says what went wrong.",
+        Situation.ACCEPTED: "Nothing for now. You will get another mail when the recipient's machine answers.",
+        Situation.RECEIPT: "The provider's own mail is attached as it came.",
         Category.BUSY: "The line was busy. Send the mail again later.",
         Category.NO_ANSWER: "No fax machine answered. Check with the recipient that the machine is on and that "
         "the number is a fax line, then send the mail again.",
@@ -62,14 +98,21 @@ _NEXT = {
         Category.BARRED: "The number refuses faxes (do-not-call list or EcoFAX). Contact the recipient another way.",
         Category.UNKNOWN: "The provider gave a code the gateway does not know. Ask the fax administrator, "
         "quoting the job id.",
-        "failed": "Correct what the reason says, then send the mail again.",
-        "delayed": "Nothing for now. The fax goes out as soon as the fax account is credited again, and you "
-        "will get its receipt.",
-        "accepted": "Nothing for now. You will get another mail when the recipient's machine answers.",
-        "receipt": "The provider's own mail is attached as it came.",
     },
     "fr": {
-        Category.DELIVERED: "Rien. Le fax distant a confirmé la réception.",
+        Situation.DELIVERED: "Rien. Le fax distant a confirmé la réception.",
+        Situation.CONFIRMED: "Rien. Aucun accusé n'est venu du fax distant, mais l'administrateur fax a confirmé, "
+        "d'après le relevé du fournisseur, que le fax est bien parti.",
+        Situation.NOT_SENT: "Le fax n'a pas été envoyé, pour le motif ci-dessus. S'il désigne quelque chose à "
+        "changer (le numéro, le document), corrigez-le, puis renvoyez le message.",
+        Situation.CANCELLED: "Rien à corriger : l'administrateur fax a annulé ce fax, il n'a donc pas été envoyé. "
+        "Renvoyez le message s'il est toujours nécessaire.",
+        Situation.DELAYED_CREDIT: "Rien pour l'instant. Le fax partira dès que le compte fax sera recrédité, et "
+        "vous recevrez son accusé de réception.",
+        Situation.DELAYED: "Rien pour l'instant. La passerelle veille à ce que le fax parte une fois et une seule ; "
+        "vous recevrez son accusé de réception, ou un message qui dit ce qui n'a pas marché.",
+        Situation.ACCEPTED: "Rien pour l'instant. Vous recevrez un autre message quand le fax distant aura répondu.",
+        Situation.RECEIPT: "Le message du fournisseur est joint tel quel.",
         Category.BUSY: "La ligne était occupée. Renvoyez le message plus tard.",
         Category.NO_ANSWER: "Aucun fax n'a répondu. Vérifiez avec le destinataire que son fax est allumé et que "
         "le numéro est bien une ligne de fax, puis renvoyez le message.",
@@ -82,22 +125,19 @@ _NEXT = {
         Category.BARRED: "Ce numéro refuse les fax (liste rouge ou EcoFAX). Contactez le destinataire autrement.",
         Category.UNKNOWN: "Le fournisseur a donné un code inconnu de la passerelle. Contactez l'administrateur "
         "fax en citant le numéro de tâche.",
-        "failed": "Corrigez ce qu'indique le motif, puis renvoyez le message.",
-        "delayed": "Rien pour l'instant. Le fax partira dès que le compte fax sera recrédité, et vous recevrez son "
-        "accusé de réception.",
-        "accepted": "Rien pour l'instant. Vous recevrez un autre message quand le fax distant aura répondu.",
-        "receipt": "Le message du fournisseur est joint tel quel.",
     },
 }
 _LABEL_KEYS = ("status", "number", "pages", "received", "attempt", "job", "subject", "date", "code", "next",
-               "left_out", "in_document")  # fmt: skip
+               "left_out", "in_document", "clock", "recorded")  # fmt: skip
 _LABELS = {
     "en": dict(zip(_LABEL_KEYS, ("Status", "Fax number", "Pages", "Received at", "Attempt at", "Job", "Your mail",
                                  "Sent on", "Provider code", "What to do", "Left out (cannot be faxed)",
-                                 " in the document"), strict=True)),
+                                 " in the document", "by the recipient machine's clock",
+                                 "receipt recorded"), strict=True)),
     "fr": dict(zip(_LABEL_KEYS, ("État", "Numéro de fax", "Pages", "Reçu à", "Tentative à", "Tâche",
                                  "Votre message", "Envoyé le", "Code fournisseur", "Que faire",
-                                 "Non faxé (type refusé)", " dans le document"), strict=True)),
+                                 "Non faxé (type refusé)", " dans le document", "à l'horloge du fax distant",
+                                 "accusé enregistré le"), strict=True)),
 }  # fmt: skip
 _MSGID_SAFE = re.compile(r"[^A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]")
 
@@ -134,6 +174,19 @@ def _status_of(f: Facts) -> tuple[str, str]:
     return f.kind, f.kind
 
 
+def situation(f: Facts) -> Situation:
+    """Where the job of ``f`` stands, for the "what to do" text."""
+    if f.kind.startswith("ar-mail:"):
+        return Situation.RECEIPT
+    if f.kind == "delivered":
+        return Situation.DELIVERED if f.job.receipt_code else Situation.CONFIRMED
+    if f.kind == "failed":
+        return Situation.CANCELLED if f.job.state == "cancelled" else Situation.NOT_SENT
+    if f.kind == "delayed":
+        return Situation.DELAYED_CREDIT if f.job.hold_kind == "credit" else Situation.DELAYED
+    return Situation.ACCEPTED
+
+
 def _subject(lang: str, f: Facts, status: str, reason: str, pages: int) -> str:
     number = pretty_number(f.job.number)
     word = _STATUS[lang].get(status, status)
@@ -159,8 +212,6 @@ def left_out(message: Row) -> str:
     return ", ".join(f"{clean(s.get('name', ''), 120)} ({clean(s.get('type', ''), 80)})" for s in skipped)
 
 
-def _when(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if ts else ""
 
 
 @dataclass(frozen=True)
@@ -184,16 +235,17 @@ def _outcome(lang: str, f: Facts) -> _Outcome:
     status, key = _status_of(f)
     code = lookup(f.job.receipt_code) if f.job.receipt_code and status in ("delivered", "failed") else None
     if code is not None:
-        reason, next_step = (code.french if lang == "fr" else code.english), _NEXT[lang][code.category]
+        reason = code.french if lang == "fr" else code.english
+        next_step = _NEXT[lang][Situation.DELIVERED if code.delivered else code.category]
     else:
-        reason, next_step = clean(f.detail, 200), _NEXT[lang].get(key, "")
+        reason, next_step = clean(f.detail, 200), _NEXT[lang][situation(f)]
     delivered = status == "delivered"
     pages = f.job.pages_sent if delivered and f.job.pages_sent else int(f.job.doc_pages or 0)
     heure = clean(f.receipt["heure"], 40) if f.receipt is not None else ""
     return _Outcome(status, key, code, reason, next_step, pages, heure)
 
 
-def _body(lang: str, f: Facts, o: _Outcome) -> str:
+def _body(lang: str, f: Facts, o: _Outcome, tz: dt.tzinfo) -> str:
     label = _LABELS[lang]
     colon = " : " if lang == "fr" else ": "  # French typography: a space before the colon
     word = _STATUS[lang].get(o.key, o.key)
@@ -204,12 +256,15 @@ def _body(lang: str, f: Facts, o: _Outcome) -> str:
     ]
     if skipped := left_out(f.message):  # the sender must know a part of the mail was not faxed
         lines.append(f"{label['left_out']}{colon}{skipped}")
-    if o.heure:
-        lines.append(f"{label['received' if o.delivered else 'attempt']}{colon}{o.heure}")
+    if o.heure:  # the provider's time is the recipient machine's clock: said so, beside when it was recorded
+        recorded = f.receipt["received_at"] if f.receipt is not None else 0
+        when = f", {label['recorded']} {dates.at(recorded, lang, tz)}" if recorded else ""
+        lines.append(f"{label['received' if o.delivered else 'attempt']}{colon}{o.heure} ({label['clock']}{when})")
     lines.append(f"{label['job']}{colon}{f.job.id}")
     lines.append(f'{label["subject"]}{colon}"{clean(f.message["subject"], 200)}"')
     if f.message["date_header"]:
-        lines.append(f"{label['date']}{colon}{clean(f.message['date_header'], 80)}")
+        sent = dates.header_date(f.message["date_header"], lang, tz) or clean(f.message["date_header"], 80)
+        lines.append(f"{label['date']}{colon}{sent}")
     if o.code is not None:
         meaning = o.code.french if lang == "fr" else o.code.english
         lines.append(f"{label['code']}{colon}{clean(o.code.code, 12)} ({meaning})")
@@ -251,7 +306,8 @@ def compose(settings: Settings, f: Facts, recipient: str, *, document: bytes | N
     msg["Auto-Submitted"] = "auto-replied"  # RFC 3834 5
     msg["X-Auto-Response-Suppress"] = "All"  # no out-of-office answers to a receipt
     _set_fax_headers(msg, f, o)
-    msg.set_content(_body(lang, f, o), charset="utf-8", cte="quoted-printable")
+    msg.set_content(_body(lang, f, o, dates.zone(settings.notify.timezone)), charset="utf-8",
+                    cte="quoted-printable")
     if source:
         # message/rfc822 is never base64 (RFC 2046 5.2.1): the mail goes in whole, 7bit or 8bit as it came.
         msg.add_attachment(email.message_from_bytes(source, policy=email.policy.default), filename="receipt.eml")
@@ -281,7 +337,8 @@ def compose_alerts(settings: Settings, alerts: Sequence[Alert], message_id: str,
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Fax-Status"] = "alert"
     msg["X-Fax-Alert"] = ", ".join(kinds)
-    body = [f"{_when(a.at)}  {a.kind}  job {a.job_id or '-'}: {clean(a.detail, 500)}" for a in alerts]
+    tz = dates.zone(settings.notify.timezone)
+    body = [f"{dates.at(a.at, 'en', tz)}  {a.kind}  job {a.job_id or '-'}: {clean(a.detail, 500)}" for a in alerts]
     body += ["", "Details of a job: fax-gateway show <job>. Held jobs: fax-gateway jobs --state held.", ""]
     msg.set_content("\n".join(body), charset="utf-8", cte="quoted-printable")
     return msg

@@ -343,3 +343,18 @@ async def test_check_config_masks_password_hashes_and_warns_of_an_unreadable_fil
             "name": "config", "ok": True, "detail": f"{readable} is readable by the service's user"}  # fmt: skip
     finally:
         shutil.rmtree(shared)
+
+
+async def test_send_says_a_refusal_once_and_logs_only_with_verbose(tmp_path: Path, running: Gateway) -> None:
+    document = tmp_path / "letter.pdf"
+    document.write_bytes(sample_pdf())
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[spool]\ndirectory = "{running.settings.spool.directory}"\n')
+    base = ("send", "--config", str(config), "--from", "ops@example.com")
+    code, out, err = await _cli(*base, "--to", "12ab", str(document))
+    assert code == 1 and (out + err).count("553 5.1.3") == 1, out + err
+    assert " INFO " not in out + err
+    code, out, err = await _cli(*base, "--to", "0145678900", str(document))
+    assert code == 0 and out.startswith("250 2.0.0 OK: queued as ") and " INFO " not in out + err
+    code, out, err = await _cli(*base, "--to", "0145678900", "-v", "--subject", "again", str(document))
+    assert code == 0 and " INFO " in err, err

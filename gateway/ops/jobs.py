@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import mimetypes
 import os
 import re
@@ -337,14 +338,16 @@ def cmd_send(args: argparse.Namespace) -> int:
     # Spaces cannot be in an address; the rest of the number is the intake's to judge.
     rcpt = f"{''.join(args.to.split())}@{settings.smtp.fax_domains[0]}"
     raw = build_mail(sender, rcpt, path, args.subject or f"Fax of {path.name}").as_bytes()
+    if not args.verbose:  # the intake's log lines are for the daemon's journal; the reply says it all here
+        logging.getLogger("gateway").setLevel(logging.WARNING)
     answer = asyncio.run(spool_local(settings, sender, rcpt, raw))
     reply, jobs = str(answer), list(answer.jobs)
+    if not jobs:  # said once, by the error (with --json, as JSON too)
+        raise admin.AdminError(f"the gateway refused the fax: {reply}")
     if args.json:
         _print_json({"reply": reply, "jobs": jobs})
     else:
         print(reply)
-    if not jobs:
-        raise admin.AdminError(f"the gateway refused the fax: {reply}")
     return 0
 
 
@@ -403,6 +406,7 @@ def add_parsers(sub: Any) -> None:
         "--from", dest="sender", metavar="ADDRESS", help="who gets the receipt (default notify.admin_address)"
     )
     p.add_argument("--subject", help="the subject, shown in the receipt")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print the intake's log lines")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("file")
     p.set_defaults(func=cmd_send)

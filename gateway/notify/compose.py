@@ -38,7 +38,7 @@ from gateway.arcodes import Category, ReceiptCode, lookup
 from gateway.replies import clean
 from gateway.sender import Row
 from gateway.settings import Settings
-from gateway.store import Job
+from gateway.store import Job, alert_subject, is_ar_mail
 
 # Status words, What-to-do texts, per language. Keys: category values, plus notice kinds.
 _STATUS = {
@@ -129,7 +129,7 @@ def message_id_header(message_id: str, from_address: str) -> str:
 
 def _status_of(f: Facts) -> tuple[str, str]:
     """(X-Fax-Status value, the key of the status and next-step texts)."""
-    if f.kind.startswith("ar-mail:"):
+    if is_ar_mail(f.kind):
         return "receipt", "receipt"
     return f.kind, f.kind
 
@@ -270,7 +270,7 @@ class Alert:
 
 def compose_alerts(settings: Settings, alerts: Sequence[Alert], message_id: str, now: float) -> EmailMessage:
     """One mail to the administrator for the alerts due together (they are rate-limited)."""
-    kinds = sorted({a.kind.removeprefix("alert:") for a in alerts})
+    kinds = sorted({alert_subject(a.kind) for a in alerts})
     msg = EmailMessage()
     msg["From"] = settings.notify.from_address
     msg["To"] = settings.notify.admin_address

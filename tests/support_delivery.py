@@ -1,10 +1,12 @@
 """The delivery stages assembled on loopback without SMTP intake: store, spool,
-storage (S3 or local), the real provider client and the worker.
+storage (S3 or local), the real provider client, the worker, and the receipt
+stage it wakes (receipts that came before a submit answer are applied there).
 
 Messages are spooled through the same Spool/Store API intake uses; a
 :class:`~tests.support_clock.FakeClock` shared by the store and the worker moves time for backoff,
-grace periods and holds without sleeping; ``await d.worker.drain()`` runs the
-worker until nothing is due.
+grace periods and holds without sleeping; ``await d.drain()`` runs the worker
+and the receipt stage until neither has anything to do now
+(:func:`drain_stages`, also for a whole :class:`~gateway.daemon.app.Gateway`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from gateway.daemon.http import HttpServer
 from gateway.delivery.provider import ProviderClient
 from gateway.delivery.storage import LocalStorage, build_storage
 from gateway.delivery.worker import Worker
+from gateway.receipts.callback import Receipts
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, RAW_NAME, Spool
 from gateway.store import AsyncStore, Job, NewMessage, Store, new_id
@@ -50,8 +53,9 @@ class Delivery(LoopbackRig):
             self.http.add_routes(self.storage.routes())
         self.provider = ProviderClient(settings)
         self.wake_event = asyncio.Event()
-        self.worker = Worker(settings, self.store, self.spool, self.storage, self.provider,
-                             clock=self.clock, wake_event=self.wake_event, stop_timeout=2.0)  # fmt: skip
+        self.receipts = Receipts(settings, self.store)
+        self.worker = Worker(settings, self.store, self.spool, self.storage, self.provider, clock=self.clock,
+                             wake_event=self.wake_event, on_submitted=self.receipts.wake, stop_timeout=2.0)  # fmt: skip
         self._started: list[Any] = []
 
     async def start(self, *, worker: bool = True) -> None:
@@ -103,7 +107,15 @@ class Delivery(LoopbackRig):
         await self.store.run(lambda s: s.update_job(job_id, **columns))
 
     async def drain(self, timeout: float = 20.0) -> None:
-        await asyncio.wait_for(self.worker.drain(), timeout)
+        await asyncio.wait_for(drain_stages(self.worker, self.receipts), timeout)
+
+
+async def drain_stages(worker: Worker, receipts: Receipts) -> None:
+    """Run the worker and the receipt stage until neither has anything to do now (no sleeping)."""
+    while True:
+        await worker.drain()
+        if not await receipts.drain():
+            return
 
 
 def sync_store(settings: Settings) -> Store:

@@ -36,7 +36,7 @@ from gateway.settings import Settings
 from gateway.spool import FAX_NAME, RAW_NAME
 from gateway.store import FINAL_STATES, Job, NewMessage, State, Store, new_id
 from tests.support_clock import FakeClock
-from tests.support_delivery import NUMBER, LoopbackRig
+from tests.support_delivery import NUMBER, LoopbackRig, drain_stages
 from tests.support_net import free_port
 from tests.support_settings import SettingsFactory, deep_merge
 from tests.support_simulator import SIM_EMAIL, SIM_PASSWORD, provider_env, provider_table
@@ -59,7 +59,7 @@ class ReceiptRig(LoopbackRig):
     def __init__(self, settings: Settings, clock: FakeClock | None = None) -> None:
         super().__init__(settings, clock)
         self.notifier = Notifier(settings, self.store, self.spool, clock=self.clock)
-        self.receipts = Receipts(settings, self.store, wake=self.notifier.wake)
+        self.receipts = Receipts(settings, self.store, on_notice=self.notifier.wake)
         self.http.add_routes(self.receipts.routes())
         self.session: aiohttp.ClientSession | None = None
 
@@ -199,12 +199,13 @@ class Running:
         return await self.gw.store.run(lambda s: [dict(r) for r in s.db.execute(sql, args)])
 
     async def settle(self, jobs: int = 1) -> list[Job]:
-        """Drive the worker and the notifier until ``jobs`` jobs are final and their notices are out."""
+        """Drive the worker, the receipt stage and the notifier until ``jobs`` jobs are final and their notices
+        are out."""
 
         async def loop() -> list[Job]:
             while True:
                 seen = len(self.sim.callbacks)
-                await self.gw.worker.drain()
+                await drain_stages(self.gw.worker, self.gw.receipts)
                 found = await self.jobs()
                 if len(found) >= jobs and all(j.state in FINAL_STATES for j in found):
                     await self.gw.notifier.drain()

@@ -18,6 +18,7 @@ from gateway.daemon.metrics import Metrics
 from gateway.daemon.run import callback_url
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.ops.demo import free_port
+from tests.support_delivery import drain_stages
 from tests.support_docs import pdf
 from tests.support_mail import plain_with
 from tests.support_s3 import S3, S3_ENV
@@ -86,7 +87,8 @@ async def test_metrics_count_what_happened(running: tuple[Gateway, ProviderSimul
     with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
         await _send(gw, "someone@example.com")
     await sim.wait_callbacks(1)  # answered 200: the receipt is stored, and applied if its job was submitted
-    await asyncio.wait_for(gw.worker.drain(), 20)  # an early receipt is applied when the submission is recorded
+    # An early receipt is applied once the submission is recorded (the receipt stage, woken by the worker).
+    await asyncio.wait_for(drain_stages(gw.worker, gw.receipts), 20)
     assert [j.state for j in await gw.store.run(lambda s: s.list_jobs())] == ["delivered"]
     await asyncio.wait_for(gw.notifier.drain(), 30)  # the receipt mail, its state recorded
     await sink.wait_for(1, timeout=30)

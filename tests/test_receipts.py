@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 
 from gateway.arcodes import CODES, Category, lookup
-from gateway.receipts.callback import accuse_email_for, apply_pending, record_ar_mail
+from gateway.delivery.worker import accuse_email_for
+from gateway.receipts.callback import Receipts, apply_pending, record_ar_mail
 from gateway.sender import choose_recipient
 from gateway.settings import SettingsError
 from gateway.store import State
@@ -362,3 +363,28 @@ async def test_receipts_left_unapplied_by_a_crash_are_applied_at_start(rig: Rece
     await rig.receipts.start()
     assert (await rig.job(job.id)).state == State.DELIVERED
     assert await notices(rig, job.id) == ["delivered"]
+
+
+async def test_the_receipt_stage_applies_an_early_receipt_once_woken(make_rig: RigFactory) -> None:
+    rig = await make_rig({"delivery": {"poll_seconds": 3600.0}})  # an hour between polls: only the wake-up counts
+    await rig.receipts.stop()  # this test runs a stage of its own, to watch the notices it queues
+    noticed = asyncio.Event()
+    stage = Receipts(rig.settings, rig.store, on_notice=noticed.set)
+    job = await rig.add_job(state=State.SUBMITTING)
+    assert (await rig.receipt("R650", "0", 2))[0] == 200
+    await stage.start()
+    try:
+        assert not noticed.is_set()  # nothing waits yet: the answer is not recorded
+        # What the worker does: record the answer, and wake the receipt stage.
+        await rig.store.run(lambda s: s.transition(job.id, State.SUBMITTED, "accepted", expect=[State.SUBMITTING],
+                                                   provider_ref="R650"))  # fmt: skip
+        stage.wake()
+        await asyncio.wait_for(noticed.wait(), 10)
+        after = await rig.job(job.id)
+        assert (after.state, after.pages_sent) == (State.DELIVERED, 2)
+        assert await notices(rig, job.id) == ["delivered"]
+        assert await stage.drain() == 0  # applied once
+    finally:
+        await stage.stop()
+        await stage.stop()  # idempotent
+

@@ -17,7 +17,7 @@ import pytest
 from gateway.daemon.app import Gateway
 from gateway.spool import FAX_NAME, RAW_NAME, Spool
 from gateway.store import NewMessage, Store
-from gateway.store import core as store_mod
+from gateway.store import schema as store_mod
 from tests.support_proc import Daemon
 from tests.support_settings import SettingsFactory
 from tests.support_smtp import fax_mail

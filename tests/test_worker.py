@@ -481,3 +481,40 @@ async def test_a_receipt_stored_before_a_crash_resolves_the_job_recovered_as_amb
     job = await d.job(job_id)
     assert job.state == State.DELIVERED and job.provider_ref == "77001"
     assert "recovered" in kinds(await d.events(job_id)) and sim.requests == []
+
+
+def _receipt_on_file(ref: str) -> Any:
+    return lambda s: s.add_receipt(source="callback", ref_accuse=ref, etat_e="0", numero="0145678900", nb_page=1,
+                                   heure="12:00", validated="1")  # fmt: skip
+
+
+async def test_the_worker_leaves_a_receipt_on_file_to_the_receipt_stage(make_delivery: DeliveryFactory) -> None:
+    d, sim = await make_delivery()
+    sim.set_fault("no-ref", once=True)  # the fax went out, the answer did not say its reference
+    await d.store.run(_receipt_on_file("77002"))  # the provider called back before answering
+    (job_id,) = await d.spool_message()
+    await d.worker.drain()
+    assert (await d.job(job_id)).state == State.AMBIGUOUS  # the worker only records the answer
+    assert await d.store.run(lambda s: s.jobs_with_pending_receipts()) == [job_id]
+    assert await d.receipts.drain() == 1
+    job = await d.job(job_id)
+    assert (job.state, job.provider_ref) == (State.DELIVERED, "77002") and len(sim.requests) == 1
+    assert "receipt matched" in kinds(await d.events(job_id))
+
+
+async def test_the_receipt_stage_applies_at_start_a_receipt_for_a_job_recovered_ambiguous(
+    make_delivery: DeliveryFactory,
+) -> None:
+    d, sim = await make_delivery(start_worker=False)
+    (job_id,) = await d.spool_message()
+    await d.set_state(job_id, state="submitting", submitted_at=d.clock.now - 5)
+    await d.store.run(_receipt_on_file("77003"))
+    await d.start_worker()  # recovery writes the state only
+    assert (await d.job(job_id)).state == State.AMBIGUOUS
+    await d.receipts.start()
+    try:
+        job = await d.job(job_id)
+        assert (job.state, job.provider_ref) == (State.DELIVERED, "77003") and sim.requests == []
+    finally:
+        await d.receipts.stop()
+

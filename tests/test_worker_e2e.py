@@ -17,6 +17,7 @@ from gateway.daemon.app import Gateway
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.store import Job, State
 from tests.support_clock import FakeClock
+from tests.support_delivery import drain_stages
 from tests.support_net import free_port
 from tests.support_s3 import S3
 from tests.support_settings import SettingsFactory, deep_merge
@@ -94,7 +95,7 @@ async def test_a_receipt_that_comes_before_the_submit_answer_is_applied_once_it_
     await gw.start()
     started.append(gw)
     job_id = await asyncio.to_thread(_send, gw.smtp.port, "0145678900@fax.local")
-    await asyncio.wait_for(gw.worker.drain(), 20)
+    await asyncio.wait_for(drain_stages(gw.worker, gw.receipts), 20)
     job = await gw.store.run(lambda s: s.get_job(job_id))
     assert sim.callbacks and sim.callbacks[0].status == 200
     assert job is not None and job.state == State.DELIVERED and job.provider_ref
@@ -159,6 +160,30 @@ async def test_a_spooled_job_and_the_notice_it_ends_in_go_out_at_once_not_at_the
     (got,) = await sink.wait_for(1, timeout=30)
     assert got.message["X-Fax-Job"] == job_id and got.message["X-Fax-Status"] == "failed"
     assert (await _job(gw, job_id)).state == State.FAILED
+
+
+
+async def test_an_early_receipt_is_applied_and_mailed_on_wake_ups_alone(
+    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, sink: Sink  # noqa: F811
+) -> None:
+    port = free_port()
+    secret = "cb-secret-0123456789"
+    sim = await sim_factory(callback_url=f"http://127.0.0.1:{port}/receipt/{secret}")
+    sim.set_fault("early-callback")  # the receipt is on file before the submit answer
+    # An hour between polls: only wake-ups get it out. The worker records the answer and wakes the
+    # receipt stage, which applies the receipt and wakes the notifier.
+    table = deep_merge(provider_table(sim), {
+        "http": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"},
+        "delivery": {"poll_seconds": 3600.0}, "notify": {"relay": f"127.0.0.1:{sink.port}"},
+    })  # fmt: skip
+    gw = Gateway(make_settings(table, {**provider_env(), "FAX_GATEWAY_CALLBACK_SECRET": secret}))
+    await gw.start()
+    started.append(gw)
+    job_id = await asyncio.to_thread(_send, gw.smtp.port, "0145678900@fax.local")
+    (got,) = await sink.wait_for(1, timeout=30)
+    assert got.message["X-Fax-Job"] == job_id and got.message["X-Fax-Status"] == "delivered"
+    assert (await _job(gw, job_id)).state == State.DELIVERED and len(sim.requests) == 1
+
 
 
 async def _job(gw: Gateway, job_id: str) -> Job:

@@ -46,7 +46,9 @@ class Gateway:
         """Create the components in start order (imports kept local: stages stay apart).
 
         The HTTP listener comes first (stages register routes on it), then the
-        back-end stages, then the document examiner (its worker processes are up
+        back-end stages (the worker's start-up recovery runs before the receipt
+        stage applies the receipts that jobs recovered ambiguous may have on
+        file), then the document examiner (its worker processes are up
         before the first mail, and stop only once intake has closed and finished
         spooling), and SMTP intake last: it opens last and closes first.
         """
@@ -71,10 +73,11 @@ class Gateway:
         self.provider = ProviderClient(self.settings)
         metered = MeteredStorage(self.storage, self.metrics), MeteredProvider(self.provider, self.metrics)
         self.notifier = Notifier(self.settings, self.store, self.spool, clock=self.clock)
-        self.worker = Worker(self.settings, self.store, self.spool, *metered, clock=self.clock,
-                             wake_event=self.spooled, on_notice=self.notifier.wake)  # fmt: skip
-        self.receipts = Receipts(self.settings, self.store, wake=self.notifier.wake)
+        # The stages meet only in the store: a wake-up says there is something new to read there.
+        self.receipts = Receipts(self.settings, self.store, on_notice=self.notifier.wake)
         self.http.add_routes(self.receipts.routes())
+        self.worker = Worker(self.settings, self.store, self.spool, *metered, clock=self.clock, wake_event=self.spooled,
+                             on_notice=self.notifier.wake, on_submitted=self.receipts.wake)  # fmt: skip
         self.examiner = Examiner(self.settings.documents)
         intake = Handler(self.settings, self.store, self.spool, on_spooled=self._on_spooled, clock=self.clock,
                          on_receipt_mail=self.receipts.on_receipt_mail, examiner=self.examiner)  # fmt: skip

@@ -26,11 +26,11 @@ from aiohttp import web
 from gateway.daemon.metrics import CONTENT_TYPE, Metrics, Result, snapshot
 from gateway.networks import Networks
 from gateway.settings import Settings
-from gateway.store import AsyncStore, Store
+from gateway.store import AsyncStore, State, Store
 
 log = logging.getLogger("gateway.health")
 
-_WAITING = ("held", "ambiguous", "quarantined")
+_WAITING = (State.HELD, State.AMBIGUOUS, State.QUARANTINED)
 
 
 def _result(r: Result | None) -> dict[str, Any] | None:
@@ -68,7 +68,7 @@ class Health:
             raise web.HTTPNotFound()
         smtp_ok = self.smtp_listening()
         store_ok, counts, store_detail = await self._counts()
-        waiting = {state: counts.get(state, 0) for state in _WAITING}
+        waiting = {str(state): counts.get(state, 0) for state in _WAITING}
         last = [self.metrics.last_provider, self.metrics.last_storage]
         if not (smtp_ok and store_ok):
             status = "failing"

@@ -17,7 +17,6 @@ worker's clients); the last provider and storage results also feed /healthz.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.outcomes import Accepted, DeliveryOutcome, PermanentFailure, Submission
 from gateway.replies import Answer
-from gateway.store import State, Store
+from gateway.store import State, Store, kind_family
 
 if TYPE_CHECKING:
     from gateway.delivery.storage import Storage
@@ -63,28 +62,22 @@ class Snapshot:
     final_mark: float = 0.0
 
 
-def _latencies(db: sqlite3.Connection, column: str, condition: str, mark: float) -> tuple[list[float], float]:
-    """Seconds from receipt of the mail to ``jobs.<column>``, for jobs past ``mark``; and the new mark."""
-    rows = db.execute(
-        f"SELECT j.{column}, m.received_at FROM jobs j JOIN messages m ON m.id = j.message_id"
-        f" WHERE j.{column} > ?{condition} ORDER BY j.{column}",
-        (mark,),
-    ).fetchall()
-    return [max(0.0, at - received) for at, received in rows], max([mark, *(at for at, _ in rows)])
+def _latencies(times: list[tuple[float, float]], mark: float) -> tuple[list[float], float]:
+    """Seconds from receipt of the mail to each (event, received) pair past ``mark``; and the new mark."""
+    return [max(0.0, at - received) for at, received in times], max([mark, *(at for at, _ in times)])
 
 
 def snapshot(store: Store, submitted_mark: float, final_mark: float) -> Snapshot:
     """Counts, and the latencies of jobs submitted / finished by a receipt after the marks."""
-    db = store.db
     snap = Snapshot(submitted_mark=submitted_mark, final_mark=final_mark)
-    snap.accepted = int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    snap.accepted = store.count_messages()
     snap.jobs = store.count_by_state()
-    snap.receipts = {str(r[0]): int(r[1]) for r in db.execute("SELECT etat_e, COUNT(*) FROM receipts GROUP BY etat_e")}
-    for kind, state, n in db.execute("SELECT kind, state, COUNT(*) FROM notifications GROUP BY kind, state"):
-        key = (str(kind).split(":", 1)[0], str(state))
-        snap.notifications[key] = snap.notifications.get(key, 0) + int(n)
-    snap.submit_latencies, snap.submitted_mark = _latencies(db, "submitted_at", "", submitted_mark)
-    snap.receipt_latencies, snap.final_mark = _latencies(db, "final_at", " AND j.receipt_code != ''", final_mark)
+    snap.receipts = store.count_receipts_by_code()
+    for (kind, state), n in store.count_notices().items():
+        key = (kind_family(kind), state)
+        snap.notifications[key] = snap.notifications.get(key, 0) + n
+    snap.submit_latencies, snap.submitted_mark = _latencies(store.submitted_after(submitted_mark), submitted_mark)
+    snap.receipt_latencies, snap.final_mark = _latencies(store.settled_by_receipt_after(final_mark), final_mark)
     return snap
 
 

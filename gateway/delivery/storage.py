@@ -28,7 +28,7 @@ from aiohttp import web
 from gateway.outcomes import Retry
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, Spool
-from gateway.store import FINAL_STATES, AsyncStore, Store
+from gateway.store import AsyncStore
 
 log = logging.getLogger("gateway.storage")
 
@@ -183,18 +183,6 @@ class S3Storage:
         return f"s3: bucket {bucket!r} reachable at {where}"
 
 
-def _served_message(store: Store, key: str) -> str | None:
-    """The message whose document ``key`` is, while one of its jobs is not final."""
-    finals = [str(s) for s in FINAL_STATES]
-    marks = ",".join("?" * len(finals))
-    row = store.db.execute(
-        "SELECT m.id FROM messages m WHERE m.upload_key = ? AND m.object_deleted_at = 0"
-        f" AND EXISTS (SELECT 1 FROM jobs j WHERE j.message_id = m.id AND j.state NOT IN ({marks}))",
-        (key, *finals),
-    ).fetchone()
-    return None if row is None else str(row["id"])
-
-
 class LocalStorage:
     """The spool is the storage; the HTTP listener serves the document to the provider."""
 
@@ -231,7 +219,7 @@ class LocalStorage:
         key = request.match_info["key"]
         if not KEY_RE.match(key):
             raise web.HTTPNotFound()
-        message_id = await self.store.run(lambda s: _served_message(s, key))
+        message_id = await self.store.run(lambda s: s.served_message(key))
         if message_id is None:
             raise web.HTTPNotFound()
         try:

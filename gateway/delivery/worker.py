@@ -2,13 +2,15 @@
 
 In: job rows (queued, deferred, credit holds, ambiguous past their grace) and
 the spooled fax documents. Out: every step as a state change with its time and
-reason (``Store.transition`` writes the timeline), and notices for the notifier
-(``failed``, ``delayed``, ``alert:*``).
+reason (``Store.transition`` writes the timeline), notices for the notifier
+(``failed``, ``delayed``, ``alert:*``), and a wake-up for the receipt stage
+(``on_submitted``) once a job is recorded submitted or ambiguous: a receipt
+that came before the answer is applied there, never here.
 
 The provider client and the storage raise outcome types; this module alone
 turns them into state, backoff and give-up (the tables below). ``submitting``
 is recorded before each request, so a job found in it at start-up may have
-been sent and becomes ``ambiguous`` (:mod:`gateway.recovery`): no job is
+been sent and becomes ``ambiguous`` (:mod:`gateway.delivery.recovery`): no job is
 submitted twice without the ambiguity on record. At most
 ``provider.concurrency`` jobs are in flight.
 """
@@ -25,11 +27,10 @@ from gateway.backoff import doubling, jittered
 from gateway.delivery.recovery import recover
 from gateway.delivery.storage import Storage, content_type
 from gateway.outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailure, Retry, Submission
-from gateway.receipts.callback import accuse_email_for, apply_pending
-from gateway.sender import Row
+from gateway.sender import Row, recipient_of_message
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, Spool
-from gateway.store import FINAL_STATES, AsyncStore, Job, State, Store
+from gateway.store import AsyncStore, Job, NoticeKind, State, Store, alert
 
 log = logging.getLogger("gateway.worker")
 
@@ -42,7 +43,7 @@ class Provider(Protocol):
 
 # What each kind of hold does: the administrator alert it raises and whether a
 # timer retries it (credit) or a person/restart releases it (config, URL).
-HOLD_ALERTS = {HoldKind.CONFIG: "alert:config", HoldKind.URL: "alert:url", HoldKind.CREDIT: "alert:credit"}
+HOLD_ALERTS = {kind: alert(kind) for kind in (HoldKind.CONFIG, HoldKind.URL, HoldKind.CREDIT)}
 TIMED_HOLDS = frozenset({HoldKind.CREDIT})
 
 
@@ -58,6 +59,7 @@ class Worker:
         clock: Callable[[], float],
         wake_event: asyncio.Event,
         on_notice: Callable[[], None] = lambda: None,
+        on_submitted: Callable[[], None] = lambda: None,
         stop_timeout: float | None = None,
     ) -> None:
         self.settings = settings
@@ -69,6 +71,7 @@ class Worker:
         self.clock = clock
         self._wake = wake_event
         self._on_notice = on_notice  # wakes the notifier: a queued notice goes out now, not at its next poll
+        self._on_submitted = on_submitted  # wakes the receipt stage: a receipt on file may settle the job
         # By default a stop waits out the provider's own timeout: an answer that
         # still comes spares an ambiguous job.
         self._stop_timeout = settings.provider.total_timeout + 5.0 if stop_timeout is None else stop_timeout
@@ -86,7 +89,8 @@ class Worker:
     async def start(self) -> None:
         """Recover jobs left mid-step by a crash, then run (returns at once)."""
         delivery = self.delivery
-        await self.store.run(lambda s: recover(s, delivery))
+        if await self.store.run(lambda s: recover(s, delivery)):
+            self._on_submitted()  # recovered ambiguous: a receipt recorded before the crash may settle them
         self._stopping = False
         self._loop_task = asyncio.create_task(self._run(), name="worker")
 
@@ -182,14 +186,14 @@ class Worker:
             if self.delivery.ambiguous_action != "resubmit" or job.ambiguities >= 2:
                 await self._record(job, State.AMBIGUOUS, f"{reason}; left for an operator", expect=[State.AMBIGUOUS],
                                    event="left for an operator", next_attempt_at=0)  # fmt: skip
-                await self._notice(job, "alert:ambiguous-operator", f"{reason}; resolve it with fax-gateway resolve")
+                await self._notice(job, alert("ambiguous-operator"), f"{reason}; resolve it with fax-gateway resolve")
                 return None
             reason += ": submitting once more with the same reference"
             event = "resubmitting"
         else:
             reason, event = "storing the document", "uploading"
         attempts = job.attempts + 1
-        if not await self._record(job, State.UPLOADING, reason, expect=[State(job.state)], event=event,
+        if not await self._record(job, State.UPLOADING, reason, expect=[job.state], event=event,
                                   attempts=attempts, hold_kind="", next_attempt_at=0):  # fmt: skip
             return None
         return dataclasses.replace(job, state=State.UPLOADING, attempts=attempts, hold_kind="", next_attempt_at=0)
@@ -211,7 +215,7 @@ class Worker:
             await self._retry(job, exc.reason, sent)
         except FileNotFoundError:
             await self._record(job, State.QUARANTINED, "the document is missing from the spool")
-            await self._notice(job, "alert:quarantined", "the document is missing from the spool")
+            await self._notice(job, alert("quarantined"), "the document is missing from the spool")
         except (PermanentFailure, Hold, Ambiguous) as exc:
             await self._settle(job, exc)
         except asyncio.CancelledError:
@@ -255,15 +259,15 @@ class Worker:
         ref = accepted.ref_accuse
         reason = f"accepted by the provider (code {accepted.code}, reference {ref})"
         if await self._record(job, State.SUBMITTED, reason, expect=[State.SUBMITTING], provider_ref=ref):
-            await self._apply_pending(job)
+            self._on_submitted()  # a receipt that came before this answer is applied by the receipt stage
 
     async def _settle(self, job: Job, exc: PermanentFailure | Hold | Ambiguous) -> None:
         reason = exc.reason  # words for a person; the provider code is in them
         if isinstance(exc, PermanentFailure):
             await self._record(job, State.FAILED, reason)
-            await self._notice(job, "failed", reason)
+            await self._notice(job, NoticeKind.FAILED, reason)
             if exc.bug_alert:
-                await self._notice(job, "alert:bug", f"the gateway should have refused this document: {reason}")
+                await self._notice(job, alert("bug"), f"the gateway should have refused this document: {reason}")
         elif isinstance(exc, Hold):
             timed = exc.kind in TIMED_HOLDS
             retry_at = self.clock() + self.delivery.credit_retry_seconds if timed else 0.0
@@ -272,14 +276,15 @@ class Worker:
             await self._record(job, State.HELD, held, hold_kind=str(exc.kind), next_attempt_at=retry_at)
             await self._notice(job, HOLD_ALERTS[exc.kind], reason)
             if exc.kind == HoldKind.CREDIT:
-                await self._notice(job, "delayed", "the fax service account needs credit; the fax will be sent later")
+                delayed = "the fax service account needs credit; the fax will be sent later"
+                await self._notice(job, NoticeKind.DELAYED, delayed)
         else:
             grace = self.delivery.ambiguous_grace_seconds
             await self._record(job, State.AMBIGUOUS, f"outcome unknown: {reason}; waiting for a matching receipt",
                                ambiguities=job.ambiguities + 1, next_attempt_at=self.clock() + grace)  # fmt: skip
-            kind = "alert:ambiguous" if job.ambiguities == 0 else "alert:ambiguous-again"
+            kind = alert("ambiguous") if job.ambiguities == 0 else alert("ambiguous-again")
             await self._notice(job, kind, reason)
-            await self._apply_pending(job)  # a receipt already on file may resolve it
+            self._on_submitted()  # a receipt already on file may resolve it (the receipt stage decides)
 
     async def _retry(self, job: Job, reason: str, sent: bool) -> None:
         """The step surely did not happen: defer with backoff, or fail past the queue lifetime."""
@@ -290,7 +295,7 @@ class Worker:
         if now >= give_up_at:
             failed = f"could not be sent within {duration(d.max_queue_lifetime_seconds)}; last error: {reason}"
             if await self._record(job, State.FAILED, failed, expect=expect):
-                await self._notice(job, "failed", failed)
+                await self._notice(job, NoticeKind.FAILED, failed)
             return
         delay = jittered(doubling(d.min_backoff_seconds, job.attempts - 1, d.max_backoff_seconds))
         retry_at = min(now + delay, give_up_at)
@@ -312,11 +317,6 @@ class Worker:
         log.log(level, "job %s: %s: %s%s", job.id, event or state, reason, note, extra={"job_id": job.id})
         return changed
 
-    async def _apply_pending(self, job: Job) -> None:
-        """Apply receipts that came before the answer was recorded (the receipts stage decides)."""
-        delivery = self.delivery
-        await asyncio.shield(self.store.run(lambda s: apply_pending(s, job.id, delivery)))
-
     async def _notice(self, job: Job, kind: str, detail: str) -> None:
         await asyncio.shield(self.store.run(lambda s: s.queue_notice(job.id, kind, detail)))
         self._on_notice()
@@ -332,7 +332,7 @@ class Worker:
         now = self.clock()
         keep = self.settings.storage.keep_days * 86400.0
         async with self._sweep_lock:
-            for message_id, key in await self.store.run(lambda s: finished_uploads(s, now - keep)):
+            for message_id, key in await self.store.run(lambda s: s.finished_uploads(now - keep)):
                 try:
                     await self.storage.delete(key)
                 except Retry as exc:
@@ -356,24 +356,25 @@ def duration(seconds: float) -> str:
     return f"{round(seconds)} seconds"
 
 
-def config_held(store: Store) -> bool:
-    """Whether submissions are paused: a job is held for a configuration error."""
-    row = store.db.execute("SELECT 1 FROM jobs WHERE state = 'held' AND hold_kind = 'config' LIMIT 1").fetchone()
-    return row is not None
 
 
 def _due(now: float, limit: int) -> Callable[[Store], tuple[list[Job], bool]]:
-    return lambda s: (s.due_for_delivery(now, limit), config_held(s))
+    """The jobs due now, and whether submissions are paused (a job is held for a configuration error)."""
+    return lambda s: (s.due_for_delivery(now, limit), s.has_held(HoldKind.CONFIG))
 
 
-def finished_uploads(store: Store, final_before: float) -> list[tuple[str, str]]:
-    """(message id, key) of stored documents whose jobs all ended before ``final_before``."""
-    finals = [str(s) for s in FINAL_STATES]
-    marks = ",".join("?" * len(finals))
-    rows = store.db.execute(
-        "SELECT m.id, m.upload_key FROM messages m WHERE m.upload_key != '' AND m.object_deleted_at = 0"
-        f" AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.message_id = m.id AND (j.state NOT IN ({marks})"
-        " OR j.final_at > ?)) LIMIT 100",
-        (*finals, final_before),
-    )
-    return [(str(r[0]), str(r[1])) for r in rows]
+def accuse_email_for(settings: Settings, job: Job, message: Row) -> str:
+    """The ``accuse_email`` to send with the job's submission ("" for none).
+
+    ``off``: none; ``sender``: the sender (as the notifier picks them);
+    ``address``: the fixed archive address; ``gateway``: the job's own address
+    ``ar-<token>@<receipts_domain>``, which the gateway's SMTP server accepts.
+    """
+    mode = settings.provider.accuse_email
+    if mode == "sender":
+        return recipient_of_message(settings, message)
+    if mode == "address":
+        return settings.provider.accuse_email_address
+    if mode == "gateway":
+        return f"ar-{job.ar_token}@{settings.provider.receipts_domain}"
+    return ""

@@ -43,10 +43,11 @@ import phonenumbers
 
 from gateway import dates
 from gateway.arcodes import Category, ReceiptCode, lookup
+from gateway.outcomes import HoldKind
 from gateway.replies import clean
 from gateway.sender import Row
 from gateway.settings import Settings
-from gateway.store import Job
+from gateway.store import Job, NoticeKind, State, alert_subject, is_ar_mail
 
 # Status words, What-to-do texts, per language. Keys: category values, plus notice kinds.
 _STATUS = {
@@ -169,21 +170,21 @@ def message_id_header(message_id: str, from_address: str) -> str:
 
 def _status_of(f: Facts) -> tuple[str, str]:
     """(X-Fax-Status value, the key of the status and next-step texts)."""
-    if f.kind.startswith("ar-mail:"):
+    if is_ar_mail(f.kind):
         return "receipt", "receipt"
     return f.kind, f.kind
 
 
 def situation(f: Facts) -> Situation:
     """Where the job of ``f`` stands, for the "what to do" text."""
-    if f.kind.startswith("ar-mail:"):
+    if is_ar_mail(f.kind):
         return Situation.RECEIPT
-    if f.kind == "delivered":
+    if f.kind == NoticeKind.DELIVERED:
         return Situation.DELIVERED if f.job.receipt_code else Situation.CONFIRMED
-    if f.kind == "failed":
-        return Situation.CANCELLED if f.job.state == "cancelled" else Situation.NOT_SENT
-    if f.kind == "delayed":
-        return Situation.DELAYED_CREDIT if f.job.hold_kind == "credit" else Situation.DELAYED
+    if f.kind == NoticeKind.FAILED:
+        return Situation.CANCELLED if f.job.state == State.CANCELLED else Situation.NOT_SENT
+    if f.kind == NoticeKind.DELAYED:
+        return Situation.DELAYED_CREDIT if f.job.hold_kind == HoldKind.CREDIT else Situation.DELAYED
     return Situation.ACCEPTED
 
 
@@ -326,7 +327,7 @@ class Alert:
 
 def compose_alerts(settings: Settings, alerts: Sequence[Alert], message_id: str, now: float) -> EmailMessage:
     """One mail to the administrator for the alerts due together (they are rate-limited)."""
-    kinds = sorted({a.kind.removeprefix("alert:") for a in alerts})
+    kinds = sorted({alert_subject(a.kind) for a in alerts})
     msg = EmailMessage()
     msg["From"] = settings.notify.from_address
     msg["To"] = settings.notify.admin_address

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.policy
-import functools
 import logging
 import sqlite3
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import aiosmtplib
 
@@ -34,7 +33,7 @@ from gateway.replies import clean
 from gateway.sender import recipient_of_message
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, Spool
-from gateway.store import FINAL_STATES, AsyncStore, Store
+from gateway.store import AsyncStore, Notice, NoticeKind, NoticeState, Store
 
 log = logging.getLogger("gateway.notify")
 
@@ -44,17 +43,6 @@ _BATCH = 50
 WIRE = email.policy.SMTP.clone(max_line_length=998)
 
 
-@dataclass(frozen=True)
-class Outbound:
-    id: int
-    job_id: str
-    kind: str
-    recipient: str
-    payload: bytes
-    attempts: int
-    created_at: float
-
-
 class _Refused(Exception):
     """The relay refused for good (5xx on the recipient or the content)."""
 
@@ -62,90 +50,55 @@ class _Refused(Exception):
 # -- store side (store thread) ------------------------------------------------------
 
 
-def _finish(store: Store, row_id: int, job_id: str, state: str, why: str) -> None:
-    with store.transaction() as db:
-        db.execute("UPDATE notifications SET state = ?, last_error = ? WHERE id = ?", (state, why, row_id))
-        if job_id:
-            store.add_event(job_id, f"notice {state}", why)
+def _finish(notice: Notice, state: NoticeState, why: str, *, job_id: str | None = None) -> Callable[[Store], None]:
+    """End ``notice`` unsent, said on the timeline of ``job_id`` (default: the notice's job)."""
+    job = notice.job_id if job_id is None else job_id
+    return lambda s: s.finish_notice(notice.id, state, why, job_id=job)
 
 
-def _prepare(store: Store, settings: Settings, spool: Spool, item: Outbound) -> Outbound | None:
-    """Compose a ``new`` row: it becomes ``pending`` with its payload (returned), or ``skipped`` (None)."""
-    row_id = item.id
-    row = store.db.execute("SELECT * FROM notifications WHERE id = ?", (row_id,)).fetchone()
-    job = store.get_job(row["job_id"])
+def _mark_sent(notice: Notice, what: str) -> Callable[[Store], None]:
+    """``notice`` went out; ``what`` goes on its job's timeline."""
+    return lambda s: s.mark_notice_sent(notice.id, notice.job_id, what)
+
+
+def _prepare(store: Store, settings: Settings, spool: Spool, item: Notice) -> Notice | None:
+    """Compose a ``new`` notice: it becomes ``pending`` with its payload (returned), or ``skipped`` (None)."""
+    notice = store.notice(item.id)
+    if notice is None:
+        return None
+    job = store.get_job(notice.job_id)
     message = store.message(job.message_id) if job is not None else None
-    kind = row["kind"]
+    kind = notice.kind
     if job is None or message is None:
-        _finish(store, row_id, row["job_id"], "skipped", "the job is not in the store")
+        _finish(notice, NoticeState.SKIPPED, "the job is not in the store")(store)
         return None
-    if kind == "delivered" and settings.notify.receipts == "failures":
-        _finish(store, row_id, job.id, "skipped", "notify.receipts is 'failures'")
+    if kind == NoticeKind.DELIVERED and settings.notify.receipts == "failures":
+        _finish(notice, NoticeState.SKIPPED, "notify.receipts is 'failures'", job_id=job.id)(store)
         return None
-    recipient = row["recipient"] or recipient_of_message(settings, message)
+    recipient = notice.recipient or recipient_of_message(settings, message)
     if not recipient:
-        _finish(store, row_id, job.id, "skipped", "no usable sender address (null, MAILER-DAEMON or a fax domain)")
+        why = "no usable sender address (null, MAILER-DAEMON or a fax domain)"
+        _finish(notice, NoticeState.SKIPPED, why, job_id=job.id)(store)
         return None
-    receipt = store.db.execute(
-        "SELECT * FROM receipts WHERE job_id = ? AND applied_at > 0 ORDER BY id DESC LIMIT 1", (job.id,)
-    ).fetchone()
+    receipt = store.latest_applied_receipt(job.id)
     document = None
-    if settings.notify.attach_document and kind in ("delivered", "failed"):
+    if settings.notify.attach_document and kind in (NoticeKind.DELIVERED, NoticeKind.FAILED):
         with contextlib.suppress(OSError):
             document = spool.read(job.message_id, FAX_NAME)
-    facts = Facts(kind, row["detail"], row["message_id"], job, message, receipt)
-    mail = compose(settings, facts, recipient, document=document, source=bytes(row["source"]), now=store.clock())
+    facts = Facts(kind, notice.detail, notice.message_id, job, message, receipt)
+    mail = compose(settings, facts, recipient, document=document, source=notice.source, now=store.clock())
     payload = mail.as_bytes(policy=WIRE)
-    with store.transaction() as db:
-        db.execute(
-            "UPDATE notifications SET state = 'pending', recipient = ?, payload = ?, next_attempt_at = ? WHERE id = ?",
-            (recipient, payload, store.clock(), row_id),
-        )
-    return Outbound(item.id, item.job_id, kind, recipient, payload, item.attempts, item.created_at)
-
-
-def _due(store: Store, now: float) -> list[Outbound]:
-    rows = store.db.execute(
-        "SELECT * FROM notifications WHERE state IN ('new', 'pending') AND next_attempt_at <= ?"
-        " AND kind NOT LIKE 'alert:%' ORDER BY id LIMIT ?",
-        (now, _BATCH),
-    )
-    return [
-        Outbound(r["id"], r["job_id"], r["kind"], r["recipient"], bytes(r["payload"]), r["attempts"], r["created_at"])
-        for r in rows
-    ]
-
-
-def _due_alerts(store: Store, now: float) -> list[tuple[int, Alert, str, int, float]]:
-    rows = store.db.execute(
-        "SELECT * FROM notifications WHERE state IN ('new', 'pending') AND next_attempt_at <= ?"
-        " AND kind LIKE 'alert:%' ORDER BY id LIMIT ?",
-        (now, _BATCH),
-    )
-    return [
-        (r["id"], Alert(r["kind"], r["job_id"], r["detail"], r["created_at"]), r["message_id"], r["attempts"],
-         r["created_at"])
-        for r in rows
-    ]  # fmt: skip
-
-
-def _last_alert_sent(store: Store) -> float:
-    row = store.db.execute("SELECT MAX(sent_at) FROM notifications WHERE kind LIKE 'alert:%' AND state = 'sent'")
-    return float(row.fetchone()[0] or 0.0)
+    store.mark_notice_composed(notice.id, recipient, payload)
+    return dataclasses.replace(item, recipient=recipient, payload=payload)
 
 
 def _queue_accepted(store: Store, since: float) -> None:
     """``notify.accepted_notice``: one ``accepted`` notice per open job taken in since ``since``."""
-    finals = [str(s) for s in FINAL_STATES]
-    rows = store.db.execute(
-        "SELECT j.id FROM jobs j LEFT JOIN notifications n ON n.message_id = j.id || '.accepted'"
-        f" WHERE n.id IS NULL AND j.created_at >= ? AND j.state NOT IN ({','.join('?' * len(finals))})",
-        (since, *finals),
-    ).fetchall()
-    if rows:
+    job_ids = store.open_jobs_without_notice(NoticeKind.ACCEPTED, since)
+    if job_ids:
         with store.transaction():
-            for row in rows:
-                store.queue_notice(row["id"], "accepted", "queued for sending")
+            for job_id in job_ids:
+                store.queue_notice(job_id, NoticeKind.ACCEPTED, "queued for sending")
 
 
 class Notifier:
@@ -200,7 +153,7 @@ class Notifier:
             if self.settings.notify.accepted_notice:
                 since = self._since
                 await self.store.run(lambda s: _queue_accepted(s, since))
-            while not self._stopping and (batch := await self.store.run(lambda s: _due(s, self.clock()))):
+            while not self._stopping and (batch := await self.store.run(lambda s: s.due_notices(self.clock(), _BATCH))):
                 for item in batch:
                     if self._stopping:
                         break
@@ -209,7 +162,7 @@ class Notifier:
                 sent += await self._send_alerts()
         return sent
 
-    async def _send_one(self, item: Outbound) -> int:
+    async def _send_one(self, item: Notice) -> int:
         if not item.payload:
             try:
                 prepared = await self.store.run(lambda s: _prepare(s, self.settings, self.spool, item))
@@ -218,8 +171,7 @@ class Notifier:
             except Exception:  # a bug in composing this one: record it, do not block the others
                 log.exception("job %s: %s notice could not be composed", item.job_id, item.kind,
                               extra={"job_id": item.job_id})  # fmt: skip
-                why = "could not be composed (a bug: see the log)"
-                await self.store.run(lambda s: _finish(s, item.id, item.job_id, "failed", why))
+                await self.store.run(_finish(item, NoticeState.FAILED, "could not be composed (a bug: see the log)"))
                 return 0
             if prepared is None:
                 return 0
@@ -230,58 +182,45 @@ class Notifier:
         except _Refused as exc:
             why = f"refused by the relay: {exc}"
             log.warning("%s %s; not retried", what, why, extra={"job_id": item.job_id})
-            await self.store.run(lambda s: _finish(s, item.id, item.job_id, "failed", why))
+            await self.store.run(_finish(item, NoticeState.FAILED, why))
             return 0
         except Exception as exc:
             await self._reschedule(item.id, item.job_id, item.attempts, item.created_at, what, exc)
             return 0
         # Shielded: once the relay took it, a stop must not leave it to be sent twice.
-        await asyncio.shield(
-            self.store.run(lambda s: self._mark_sent(s, item.id, item.job_id, f"{item.kind} to {item.recipient}"))
-        )
+        await asyncio.shield(self.store.run(_mark_sent(item, f"{item.kind} to {item.recipient}")))
         log.info("%s sent", what, extra={"job_id": item.job_id})
         return 1
 
     async def _send_alerts(self) -> int:
-        due = await self.store.run(lambda s: _due_alerts(s, self.clock()))
+        due = await self.store.run(lambda s: s.due_alerts(self.clock(), _BATCH))
         if not due:
             return 0
         notify = self.settings.notify
         if not notify.admin_address:
-            for row_id, alert, *_ in due:
-                log.warning("alert %s for job %s (no notify.admin_address): %s", alert.kind, alert.job_id or "-",
-                            clean(alert.detail), extra={"job_id": alert.job_id})  # fmt: skip
-                await self.store.run(functools.partial(_finish, row_id=row_id, job_id="", state="skipped",
-                                                       why="no notify.admin_address"))  # fmt: skip
+            for notice in due:
+                log.warning("alert %s for job %s (no notify.admin_address): %s", notice.kind, notice.job_id or "-",
+                            clean(notice.detail), extra={"job_id": notice.job_id})  # fmt: skip
+                await self.store.run(_finish(notice, NoticeState.SKIPPED, "no notify.admin_address", job_id=""))
             return 0
         now = self.clock()
-        not_before = await self.store.run(_last_alert_sent) + notify.admin_alert_interval_seconds
+        not_before = await self.store.run(lambda s: s.last_alert_sent_at()) + notify.admin_alert_interval_seconds
         if now < not_before:  # rate limit: the alerts wait and go out together
-            ids = [d[0] for d in due]
-            await self.store.run(lambda s: _postpone(s, ids, not_before))
+            ids = [n.id for n in due]
+            await self.store.run(lambda s: s.postpone_notices(ids, not_before))
             return 0
-        mail = compose_alerts(self.settings, [d[1] for d in due], due[0][2], now)
+        alerts = [Alert(n.kind, n.job_id, n.detail, n.created_at) for n in due]
+        mail = compose_alerts(self.settings, alerts, due[0].message_id, now)
         try:
             await self._deliver(notify.admin_address, mail.as_bytes(policy=WIRE))
         except Exception as exc:
-            for row_id, alert, _mid, attempts, created in due:
-                await self._reschedule(row_id, "", attempts, created, f"alert {alert.kind}", exc)
+            for notice in due:
+                await self._reschedule(notice.id, "", notice.attempts, notice.created_at, f"alert {notice.kind}", exc)
             return 0
-        for row_id, alert, *_ in due:
-            await self.store.run(functools.partial(self._mark_sent, row_id=row_id, job_id=alert.job_id,
-                                                   what=f"{alert.kind} to admin"))  # fmt: skip
+        for notice in due:
+            await self.store.run(_mark_sent(notice, f"{notice.kind} to admin"))
         log.info("admin alert sent: %s", mail["Subject"])
         return 1
-
-    def _mark_sent(self, store: Store, row_id: int, job_id: str, what: str) -> None:
-        with store.transaction() as db:
-            db.execute(
-                "UPDATE notifications SET state = 'sent', sent_at = ?, attempts = attempts + 1, last_error = ''"
-                " WHERE id = ?",
-                (store.clock(), row_id),
-            )
-            if job_id:
-                store.add_event(job_id, "notice sent", what)
 
     async def _reschedule(self, row_id: int, job_id: str, attempts: int, created: float, what: str,
                           exc: Exception) -> None:  # fmt: skip
@@ -290,11 +229,12 @@ class Notifier:
         error = clean(f"{type(exc).__name__}: {exc}", 300)
         if now - created >= notify.max_retry_seconds:
             log.error("%s: given up after %d tries: %s", what, attempts + 1, error, extra={"job_id": job_id})
-            await self.store.run(lambda s: _finish(s, row_id, job_id, "failed", f"relay unreachable: {error}"))
+            why = f"relay unreachable: {error}"
+            await self.store.run(lambda s: s.finish_notice(row_id, NoticeState.FAILED, why, job_id=job_id))
             return
         delay = doubling(notify.min_backoff_seconds, attempts, notify.max_backoff_seconds)
         log.warning("%s: relay did not take it (%s); next try in %.0f s", what, error, delay, extra={"job_id": job_id})
-        await self.store.run(lambda s: _retry_later(s, row_id, now + delay, error))
+        await self.store.run(lambda s: s.retry_notice_later(row_id, now + delay, error))
 
     async def _deliver(self, recipient: str, payload: bytes) -> None:
         """One mail to the relay; raises :class:`_Refused` for a permanent refusal, anything else is transient."""
@@ -321,16 +261,3 @@ class Notifier:
                     raise _Refused(f"{exc.code} {clean(exc.message)}") from None
                 raise
 
-
-def _postpone(store: Store, ids: list[int], until: float) -> None:
-    with store.transaction() as db:
-        for row_id in ids:
-            db.execute("UPDATE notifications SET state = 'pending', next_attempt_at = ? WHERE id = ?", (until, row_id))
-
-
-def _retry_later(store: Store, row_id: int, when: float, error: str) -> None:
-    with store.transaction() as db:
-        db.execute(
-            "UPDATE notifications SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
-            (when, error, row_id),
-        )

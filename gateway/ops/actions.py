@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from gateway.store import FINAL_STATES, Job, State, Store
+from gateway.store import FINAL_STATES, Job, NoticeKind, State, Store
 
 
 class AdminError(Exception):
@@ -51,7 +51,7 @@ def _job(store: Store, job_id: str) -> Job:
 
 
 def _refuse(job: Job, action: str) -> AdminError:
-    why = _WHY_NOT.get(State(job.state), f"it is {job.state}")
+    why = _WHY_NOT.get(job.state, f"it is {job.state}")
     return AdminError(f"cannot {action} job {job.id} ({job.state}): {why}")
 
 
@@ -82,23 +82,13 @@ def show(store: Store, job_id: str) -> dict[str, Any]:
             except (TypeError, ValueError):
                 pass
     detail = job_dict(job)
-    receipts = store.db.execute(
-        "SELECT received_at, source, ref_accuse, etat_e, numero, nb_page, heure, applied_at FROM receipts"
-        " WHERE job_id = ? ORDER BY id",
-        (job.id,),
-    )
-    notices = store.db.execute(
-        "SELECT kind, recipient, state, attempts, created_at, sent_at, last_error, detail FROM notifications"
-        " WHERE job_id = ? ORDER BY id",
-        (job.id,),
-    )
     return {
         "job": detail,
         "message": msg,
         "siblings": [j.id for j in store.jobs_of_message(job.message_id) if j.id != job.id],
         "timeline": [dict(at=r["at"], kind=r["kind"], detail=r["detail"]) for r in store.timeline(job.id)],
-        "receipts": [{k: r[k] for k in r.keys()} for r in receipts],
-        "notifications": [{k: r[k] for k in r.keys()} for r in notices],
+        "receipts": store.receipts_of_job(job.id),
+        "notifications": store.notices_of_job(job.id),
     }
 
 
@@ -118,7 +108,7 @@ def _act(
     words the refusal of a job in another state (default: why that state).
     """
     job = _job(store, job_id)
-    if State(job.state) not in allowed:
+    if job.state not in allowed:
         if only:
             raise AdminError(f"cannot {action} job {job.id} ({job.state}): only {only}")
         raise _refuse(job, action)
@@ -134,7 +124,7 @@ def _requeue(store: Store, job: Job) -> bool:
         job.id,
         State.QUEUED,
         f"retry requested by the operator (was {job.state}: {job.reason})",
-        expect=[State(job.state)],
+        expect=[job.state],
         event="operator: retry",
         next_attempt_at=0,
         final_at=0,
@@ -151,10 +141,10 @@ def _requeue(store: Store, job: Job) -> bool:
 
 def _cancel(store: Store, job: Job) -> bool:
     moved = store.transition(
-        job.id, State.CANCELLED, "cancelled by the operator", expect=[State(job.state)], event="operator: cancel"
+        job.id, State.CANCELLED, "cancelled by the operator", expect=[job.state], event="operator: cancel"
     )
     if moved:
-        store.queue_notice(job.id, "failed", "cancelled by the gateway's administrator; the fax was not sent")
+        store.queue_notice(job.id, NoticeKind.FAILED, "cancelled by the gateway's administrator; the fax was not sent")
     return moved
 
 
@@ -218,7 +208,7 @@ def resolve(store: Store, job_id: str, *, sent: bool) -> Job:
             event="operator: resolve --sent",
         )
         if moved:
-            store.queue_notice(job.id, "delivered", "confirmed by the gateway's administrator")
+            store.queue_notice(job.id, NoticeKind.DELIVERED, "confirmed by the gateway's administrator")
         return moved
 
     return _act(store, job_id, "resolve", [State.AMBIGUOUS], settle, only="ambiguous jobs are resolved")
@@ -230,4 +220,4 @@ def summary(store: Store) -> dict[str, int]:
 
 
 def is_final(job: Job) -> bool:
-    return State(job.state) in FINAL_STATES
+    return job.state in FINAL_STATES

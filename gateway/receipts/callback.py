@@ -2,7 +2,8 @@
 
 In: ``GET /receipt/<callback secret>?etat_e=..&ref_accuse=..&numero=..&nb_page=..&heure=..``
 from the provider, and (``provider.accuse_email = "gateway"``) the provider's
-AR mails, which SMTP intake hands over for a known per-job token. Out: the
+AR mails, which SMTP intake hands over for a known per-job token; a wake-up
+from the worker once it records a job submitted or ambiguous. Out: the
 receipt stored durably (``receipts`` table), the job moved forward
 (``delivered``, ``failed``, or ``deferred`` for an automatic resubmission on
 busy / no answer), and a notice queued for the notifier.
@@ -13,15 +14,20 @@ other path, a wrong secret or a source outside ``http.callback_networks``;
 503 when the store cannot take the receipt (the provider may try again).
 
 Matching runs on the store thread (:func:`record_receipt`, :func:`apply_pending`):
-by ``ref_accuse``; a receipt that comes before the submit answer is kept and
-applied when the worker records the answer; a receipt with an unknown
-reference resolves an ``ambiguous`` job with the same number whose attempt
-came before it. State only moves forward: a final job never changes.
+by ``ref_accuse``; a receipt with an unknown reference resolves an
+``ambiguous`` job with the same number whose attempt came before it. A
+receipt that comes before the submit answer is kept; the worker only records
+the answer, and wakes this stage (:meth:`Receipts.wake`), which applies what
+the store says is waiting (:meth:`~gateway.store.Store.jobs_with_pending_receipts`:
+early receipts of submitted jobs, receipts on file for the number of a job
+recorded ambiguous, also after a restart). State only moves forward: a final
+job never changes.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -37,9 +43,9 @@ from gateway.arcodes import RETRYABLE, lookup
 from gateway.networks import Networks
 from gateway.receipts.armail import receipt_in_mail
 from gateway.replies import clean, has_control
-from gateway.sender import Row, recipient_of_message
+from gateway.sender import Row
 from gateway.settings import DeliverySettings, Settings
-from gateway.store import AsyncStore, Job, State, Store
+from gateway.store import AsyncStore, Job, NoticeKind, State, Store, number_tail
 
 log = logging.getLogger("gateway.receipts")
 
@@ -47,6 +53,10 @@ log = logging.getLogger("gateway.receipts")
 _OPEN_STATES = (State.SUBMITTED, State.AMBIGUOUS)
 # A receipt for an ambiguous job may come this long after the attempt (the provider retries busy lines).
 _MATCH_WINDOW_SECONDS = 2 * 86400.0
+# The timeline event of an automatic resubmission (counted against delivery.busy_retries).
+_BUSY_RETRY = "busy retry"
+# How long a stop waits for a pass under way (one store call).
+_STOP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -71,24 +81,18 @@ class ReceiptParams:
     validated: str = ""
 
 
-def _digits_tail(number: str) -> str:
-    """The last nine digits: the same line whatever the format (0145.., +33145.., 0033145..)."""
-    return re.sub(r"\D", "", number)[-9:]
-
-
 # -- applying a receipt (store thread) ------------------------------------------
 
 
 def _retries_used(store: Store, job_id: str) -> int:
-    row = store.db.execute("SELECT COUNT(*) FROM events WHERE job_id = ? AND kind = 'busy retry'", (job_id,)).fetchone()
-    return int(row[0])
+    return store.count_events(job_id, _BUSY_RETRY)
 
 
 def _apply(store: Store, job: Job, receipt_id: int, r: ReceiptParams, policy: RetryPolicy) -> str:
     """Apply one stored receipt to its job, inside the caller's transaction; returns what happened."""
     code = lookup(r.etat_e)
     now = store.clock()
-    store.db.execute("UPDATE receipts SET job_id = ?, applied_at = ? WHERE id = ?", (job.id, now, receipt_id))
+    store.mark_receipt_applied(receipt_id, job.id)
     said = f"receipt {clean(r.etat_e, 12)} ({code.english}), {r.nb_page} page(s), received {clean(r.heure, 40)}"
     if job.state not in _OPEN_STATES:
         store.add_event(job.id, "receipt ignored", f"{said}; the job is already {job.state}")
@@ -99,35 +103,27 @@ def _apply(store: Store, job: Job, receipt_id: int, r: ReceiptParams, policy: Re
             job.id, State.DELIVERED, f"delivered, {r.nb_page} page(s)", expect=expect, event="delivered",
             receipt_code=r.etat_e, pages_sent=r.nb_page,
         )  # fmt: skip
-        store.queue_notice(job.id, "delivered", said)
-        return "delivered"
+        store.queue_notice(job.id, NoticeKind.DELIVERED, said)
+        return NoticeKind.DELIVERED
     used = _retries_used(store, job.id)
     if code.category in RETRYABLE and used < policy.tries:
         store.transition(
             job.id, State.DEFERRED, f"{code.english}: resubmission {used + 1} of {policy.tries}", expect=expect,
-            event="busy retry", next_attempt_at=now + policy.delay, receipt_code=r.etat_e,
+            event=_BUSY_RETRY, next_attempt_at=now + policy.delay, receipt_code=r.etat_e,
             provider_ref="",  # a later receipt for this attempt matches nothing
         )  # fmt: skip
         return "deferred"
     reason = f"not delivered: {code.english}" + (f" (after {used} resubmissions)" if used else "")
     store.transition(job.id, State.FAILED, reason, expect=expect, receipt_code=r.etat_e, pages_sent=r.nb_page)
-    store.queue_notice(job.id, "failed", said)
-    return "failed"
+    store.queue_notice(job.id, NoticeKind.FAILED, said)
+    return NoticeKind.FAILED
 
 
 def _match_ambiguous(store: Store, numero: str, received_at: float) -> Job | None:
     """The oldest ambiguous job to ``numero`` whose attempt came before the receipt."""
-    tail = _digits_tail(numero)
-    if len(tail) < 6:
+    if len(number_tail(numero)) < 6:
         return None
-    rows = store.db.execute(
-        "SELECT id, number FROM jobs WHERE state = ? AND updated_at BETWEEN ? AND ? ORDER BY updated_at, id",
-        (str(State.AMBIGUOUS), received_at - _MATCH_WINDOW_SECONDS, received_at + 60.0),
-    )
-    for row in rows:
-        if _digits_tail(row["number"]) == tail:
-            return store.get_job(row["id"])
-    return None
+    return store.ambiguous_job_for_number(numero, received_at - _MATCH_WINDOW_SECONDS, received_at + 60.0)
 
 
 def record_receipt(store: Store, r: ReceiptParams, source: str, policy: RetryPolicy) -> tuple[str, str]:
@@ -137,19 +133,14 @@ def record_receipt(store: Store, r: ReceiptParams, source: str, policy: RetryPol
     replay of a stored receipt (same reference, code, time and pages) changes
     nothing.
     """
-    with store.transaction() as db:
-        cur = db.execute(
-            "INSERT OR IGNORE INTO receipts"
-            " (received_at, source, ref_accuse, etat_e, numero, nb_page, heure, validated)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (store.clock(), source, r.ref_accuse, r.etat_e, r.numero, r.nb_page, r.heure, r.validated),
-        )
-        if cur.rowcount != 1 or cur.lastrowid is None:
+    with store.transaction():
+        receipt_id = store.add_receipt(
+            source=source, ref_accuse=r.ref_accuse, etat_e=r.etat_e, numero=r.numero, nb_page=r.nb_page,
+            heure=r.heure, validated=r.validated,
+        )  # fmt: skip
+        if receipt_id is None:
             return "duplicate: nothing changes", ""
-        receipt_id = cur.lastrowid
-        by_ref = "SELECT id FROM jobs WHERE provider_ref = ? AND provider_ref != ''"
-        row = db.execute(by_ref, (r.ref_accuse,)).fetchone()
-        job = store.get_job(row["id"]) if row is not None else None
+        job = store.job_by_provider_ref(r.ref_accuse)
         if job is None and r.numero:
             job = _match_ambiguous(store, r.numero, store.clock())
             if job is not None:
@@ -165,60 +156,49 @@ def _params_of(row: Row) -> ReceiptParams:
     return ReceiptParams(*(row[n] for n in names))
 
 
-def apply_pending(store: Store, job_id: str, delivery: DeliverySettings | None = None) -> None:
-    """Apply receipts that arrived before the worker recorded this job's submit answer.
+def apply_pending(store: Store, job_id: str, delivery: DeliverySettings | None = None) -> int:
+    """Apply receipts that arrived before this job's submit answer was recorded; returns how many.
 
-    Sync, on the store thread. The worker calls it right after it records the
-    job as ``submitted`` with its ``provider_ref`` (and may call it after
-    recording ``ambiguous``: a receipt already on file for the number then
-    resolves the job). ``delivery`` gives the busy / no-answer resubmission
-    policy (none: report the failure at once).
+    Sync, on the store thread. For a ``submitted`` job, the receipts on file for
+    its ``provider_ref``; for an ``ambiguous`` one, the oldest receipt on file
+    for its number that came after the attempt
+    (:meth:`~gateway.store.Store.receipt_for_ambiguous`). Any other state: none.
+    ``delivery`` gives the busy / no-answer resubmission policy (none: report
+    the failure at once).
     """
-    policy = RetryPolicy() if delivery is None else RetryPolicy.of(delivery)
-    with store.transaction() as db:
+    return _apply_pending(store, job_id, RetryPolicy() if delivery is None else RetryPolicy.of(delivery))
+
+
+def _apply_pending(store: Store, job_id: str, policy: RetryPolicy) -> int:
+    with store.transaction():
         job = store.get_job(job_id)
         if job is None:
-            return
+            return 0
         if job.state == State.SUBMITTED and job.provider_ref:
-            pending = "SELECT * FROM receipts WHERE ref_accuse = ? AND applied_at = 0 ORDER BY id"
-            rows = list(db.execute(pending, (job.provider_ref,)))
+            rows = store.unapplied_receipts(job.provider_ref)
         elif job.state == State.AMBIGUOUS:
-            since = (job.submitted_at or job.updated_at) - 60.0
-            candidates = db.execute(
-                "SELECT * FROM receipts WHERE job_id = '' AND applied_at = 0 AND received_at >= ? ORDER BY id", (since,)
-            )
-            rows = [r for r in candidates if _digits_tail(r["numero"]) == _digits_tail(job.number)][:1]
-            if rows:
-                store.update_job(job.id, provider_ref=rows[0]["ref_accuse"])
-                store.add_event(job.id, "receipt matched", f"by number and time: reference {rows[0]['ref_accuse']}")
+            found = store.receipt_for_ambiguous(job)
+            rows = [] if found is None else [found]
+            if found is not None:
+                store.update_job(job.id, provider_ref=found["ref_accuse"])
+                store.add_event(job.id, "receipt matched", f"by number and time: reference {found['ref_accuse']}")
         else:
-            return
+            return 0
         for row in rows:
             current = store.get_job(job_id)
             if current is not None:
                 outcome = _apply(store, current, row["id"], _params_of(row), policy)
                 what = f"job {job_id}: early receipt {row['etat_e']} applied: {outcome}"
                 log.info("%s", what, extra={"job_id": job_id})
+        return len(rows)
+
+
+def apply_waiting(store: Store, policy: RetryPolicy) -> int:
+    """Apply every receipt the store says a job waits for (:func:`apply_pending` for each); returns how many."""
+    return sum(_apply_pending(store, job_id, policy) for job_id in store.jobs_with_pending_receipts())
 
 
 # -- AR copies by mail ------------------------------------------------------------
-
-
-def accuse_email_for(settings: Settings, job: Job, message: Row) -> str:
-    """The ``accuse_email`` to send with the job's submission ("" for none).
-
-    ``off``: none; ``sender``: the sender (as the notifier picks them);
-    ``address``: the fixed archive address; ``gateway``: the job's own address
-    ``ar-<token>@<receipts_domain>``, which the gateway's SMTP server accepts.
-    """
-    mode = settings.provider.accuse_email
-    if mode == "sender":
-        return recipient_of_message(settings, message)
-    if mode == "address":
-        return settings.provider.accuse_email_address
-    if mode == "gateway":
-        return f"ar-{job.ar_token}@{settings.provider.receipts_domain}"
-    return ""
 
 
 def record_ar_mail(store: Store, job_id: str, raw: bytes, policy: RetryPolicy | None = None) -> bool:
@@ -235,7 +215,7 @@ def record_ar_mail(store: Store, job_id: str, raw: bytes, policy: RetryPolicy | 
     subject = clean(str(BytesHeaderParser(policy=default_policy).parsebytes(raw).get("Subject", "")), 120)
     found = receipt_in_mail(raw)
     parsed = parse_params(found) if found is not None else None
-    with store.transaction() as db:
+    with store.transaction():
         job = store.get_job(job_id)
         if job is None:
             return False
@@ -247,21 +227,13 @@ def record_ar_mail(store: Store, job_id: str, raw: bytes, policy: RetryPolicy | 
                 store.add_event(job.id, "receipt matched", f"by its mail address: reference {parsed.ref_accuse}")
             outcome, matched = record_receipt(store, parsed, "mail", policy or RetryPolicy())
             store.add_event(job_id, "receipt mail received", f"{subject}: {outcome}")
-            if matched == job_id and outcome in ("delivered", "failed"):
-                db.execute(
-                    "UPDATE notifications SET source = ? WHERE job_id = ? AND kind = ? AND state = 'new'",
-                    (raw, job_id, outcome),
-                )
+            if matched == job_id and outcome in (NoticeKind.DELIVERED, NoticeKind.FAILED):
+                store.attach_source(job_id, NoticeKind(outcome), raw)
             return not outcome.startswith("duplicate")
-        kind = f"ar-mail:{digest}"
-        cur = db.execute(
-            "INSERT OR IGNORE INTO notifications (job_id, kind, message_id, detail, source, state, created_at)"
-            " VALUES (?, ?, ?, ?, ?, 'new', ?)",
-            (job_id, kind, f"{job_id}.{kind}", subject, raw, store.clock()),
-        )
-        if cur.rowcount == 1:
+        new = store.queue_ar_mail(job_id, digest, subject, raw)
+        if new:
             store.add_event(job_id, "receipt mail received", f"{subject}: forwarded as it came")
-    return cur.rowcount == 1
+    return new
 
 
 # -- the callback ------------------------------------------------------------------
@@ -300,30 +272,67 @@ def parse_params(query: Sequence[tuple[str, str]]) -> ReceiptParams | str:
 
 
 class Receipts:
-    """The receipt stage: the callback route on the shared HTTP listener and the AR-mail hook."""
+    """The receipt stage: the callback route on the shared HTTP listener, the AR-mail hook, and
+    a task that applies the receipts jobs wait for (``wake()`` once a job is recorded submitted or
+    ambiguous; ``drain()`` in tests)."""
 
-    def __init__(self, settings: Settings, store: AsyncStore, *, wake: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, settings: Settings, store: AsyncStore, *, on_notice: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.store = store
         self.policy = RetryPolicy.of(settings.delivery)
-        self._wake = wake
+        self._on_notice = on_notice  # wakes the notifier: a queued notice goes out now, not at its next poll
         self._networks = Networks(settings.http.callback_networks)
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/receipt/{secret}", self.callback, allow_head=False)]
 
     async def start(self) -> None:
+        """Apply what a crash left waiting (early receipts of submitted jobs, receipts on file for
+        jobs recovered ambiguous at start-up), then run (returns at once)."""
         if not self.settings.http.callback_secret:
             log.warning("receipt callback disabled: FAX_GATEWAY_CALLBACK_SECRET is not set")
-        # A crash between the worker's "submitted" and its apply_pending leaves early receipts unapplied.
-        waiting = await self.store.run(_jobs_with_pending_receipts)
-        for job_id in waiting:
-            await self.store.run(functools.partial(apply_pending, job_id=job_id, delivery=self.settings.delivery))
-        if waiting:
-            self._wake()
+        await self.drain()
+        if self._task is None:  # started once: a second start only applies what waits
+            self._stopping = False
+            self._task = asyncio.create_task(self._loop(), name="receipts")
 
     async def stop(self) -> None:
-        return None
+        """Let a pass under way finish (bounded), then stop; idempotent. What waits is applied at the next start."""
+        if self._task is not None:
+            task, self._task = self._task, None
+            self._stopping = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(task, _STOP_TIMEOUT)
+            except (TimeoutError, asyncio.CancelledError):
+                pass  # wait_for cancelled it; the store call itself runs to its end on the store thread
+
+    def wake(self) -> None:
+        """A job was recorded submitted or ambiguous: a receipt on file may settle it."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self.drain()
+            except Exception:  # the store locked or unavailable, a bug: log, and try again on the next tick
+                log.exception("receipts: applying waiting receipts failed; trying again later")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.delivery.poll_seconds)
+
+    async def drain(self) -> int:
+        """Apply every receipt a job waits for now; returns how many were applied."""
+        async with self._lock:
+            # Shielded: a stop never leaves a pass half-way (it is one store call, in transactions).
+            applied = await asyncio.shield(self.store.run(lambda s: apply_waiting(s, self.policy)))
+        if applied:
+            self._on_notice()
+        return applied
 
     def _source_allowed(self, remote: str | None) -> bool:
         return self._networks.allows(remote)
@@ -348,20 +357,12 @@ class Receipts:
             return web.Response(status=503, text="receipt not stored, try again later\n")
         what = f"job {job_id}: {outcome}" if job_id else outcome
         log.info("receipt %s for %s: %s", parsed.etat_e, parsed.ref_accuse, what, extra={"job_id": job_id})
-        self._wake()
+        self._on_notice()
         return web.Response(text="OK\n")
 
     async def on_receipt_mail(self, job_id: str, raw: bytes) -> None:
         """An AR mail for ``job_id`` (gateway mode): recorded durably before intake answers 250."""
         new = await self.store.run(lambda s: record_ar_mail(s, job_id, raw, self.policy))
         log.info("job %s: receipt mail %s", job_id, "recorded" if new else "already recorded", extra={"job_id": job_id})
-        self._wake()
+        self._on_notice()
 
-
-def _jobs_with_pending_receipts(store: Store) -> list[str]:
-    rows = store.db.execute(
-        "SELECT DISTINCT j.id FROM jobs j JOIN receipts r ON r.ref_accuse = j.provider_ref"
-        " WHERE j.state = ? AND j.provider_ref != '' AND r.applied_at = 0",
-        (str(State.SUBMITTED),),
-    )
-    return [str(r["id"]) for r in rows]

@@ -1,20 +1,24 @@
 """The job store: the only link between the stages, and the only code that speaks SQL."""
 
-from gateway.store.core import (
-    FINAL_STATES,
-    IN_FLIGHT_STATES,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    AsyncStore,
-    Job,
-    NewMessage,
-    State,
-    Store,
-    StoreError,
-    new_id,
+from gateway.store.core import AsyncStore, Store
+from gateway.store.jobs import Job, NewMessage, new_id
+from gateway.store.outbox import (
+    Notice,
+    NoticeKind,
+    NoticeState,
+    alert,
+    alert_subject,
+    ar_mail,
+    is_alert,
+    is_ar_mail,
+    kind_family,
 )
+from gateway.store.receipts import number_tail
+from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreError
+from gateway.store.states import FINAL_STATES, IN_FLIGHT_STATES, State
 
 __all__ = [
-    "FINAL_STATES", "IN_FLIGHT_STATES", "MIGRATIONS", "SCHEMA_VERSION", "AsyncStore", "Job", "NewMessage",
-    "State", "Store", "StoreError", "new_id",
+    "FINAL_STATES", "IN_FLIGHT_STATES", "MIGRATIONS", "SCHEMA_VERSION", "AsyncStore", "Job", "NewMessage", "Notice",
+    "NoticeKind", "NoticeState", "State", "Store", "StoreError", "alert", "alert_subject", "ar_mail", "is_alert",
+    "is_ar_mail", "kind_family", "new_id", "number_tail",
 ]

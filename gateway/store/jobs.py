@@ -1,0 +1,310 @@
+"""Jobs and messages: what intake commits, the worker claims and moves, and the timeline.
+
+In: accepted messages (after their files are on disk) and state changes from
+the worker, the receipt stage and operators. Out: :class:`Job` rows (their
+``state`` a :class:`~gateway.store.states.State`), each with a timeline of
+events a person can read, and the questions the stages ask about them (which
+jobs are due, whether submissions are paused, which stored documents are done
+with).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from gateway.outcomes import HoldKind
+from gateway.store.base import Connection
+from gateway.store.states import FINAL_STATES, State
+
+
+def new_id() -> str:
+    """An id with 64 random bits: unguessable enough to name, never a secret."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """What intake knows of an accepted message, before it is stored."""
+
+    id: str
+    envelope_from: str
+    header_from: str
+    reply_to: str
+    message_id_header: str
+    subject: str
+    date_header: str
+    client_addr: str
+    auth_user: str
+    doc_type: str
+    doc_pages: int
+    doc_bytes: int
+    documents: Sequence[dict[str, Any]] = ()
+    skipped: Sequence[dict[str, Any]] = ()
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    message_id: str
+    number: str
+    state: State
+    reason: str
+    created_at: float
+    updated_at: float
+    next_attempt_at: float
+    attempts: int
+    provider_ref: str
+    submitted_at: float
+    final_at: float
+    recoveries: int
+    receipt_code: str
+    pages_sent: int
+    ar_token: str
+    envelope_from: str
+    doc_pages: int
+    upload_key: str
+    hold_kind: HoldKind | Literal[""] = ""
+    ambiguities: int = 0
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        values = {f.name: row[f.name] for f in fields(cls)}
+        values["state"] = State(values["state"])
+        values["hold_kind"] = HoldKind(values["hold_kind"]) if values["hold_kind"] else ""
+        return cls(**values)
+
+
+_JOB_SELECT = """
+SELECT j.*, m.envelope_from AS envelope_from, m.doc_pages AS doc_pages, m.upload_key AS upload_key
+FROM jobs j JOIN messages m ON m.id = j.message_id
+"""
+
+
+def _marks(values: Collection[object]) -> str:
+    return ",".join("?" * len(values))
+
+
+_FINALS = sorted(str(s) for s in FINAL_STATES)
+
+
+class JobQueries(Connection):
+    """The ``messages``, ``jobs`` and ``events`` tables."""
+
+    # -- intake -------------------------------------------------------------
+
+    def find_duplicate(self, dedupe_key: str, since: float) -> str | None:
+        row = self.db.execute(
+            "SELECT id FROM jobs WHERE dedupe_key = ? AND dedupe_key != '' AND created_at >= ?", (dedupe_key, since)
+        ).fetchone()
+        return None if row is None else str(row["id"])
+
+    def job_by_ar_token(self, token: str) -> str | None:
+        """The job whose receipt-mail address is ``ar-<token>@...`` (None: no such job)."""
+        row = self.db.execute("SELECT id FROM jobs WHERE ar_token = ? AND ar_token != ''", (token,)).fetchone()
+        return None if row is None else str(row["id"])
+
+    def add_message(self, msg: NewMessage, jobs: Sequence[tuple[str, str, str]], detail: str) -> None:
+        """Commit a spooled message and its jobs: ``jobs`` is (job id, number, dedupe key)."""
+        now = self.clock()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO messages (id, received_at, envelope_from, header_from, reply_to, message_id_header,"
+                " subject, date_header, client_addr, auth_user, doc_type, doc_pages, doc_bytes, documents, skipped)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    msg.id, now, msg.envelope_from, msg.header_from, msg.reply_to, msg.message_id_header,
+                    msg.subject, msg.date_header, msg.client_addr, msg.auth_user, msg.doc_type, msg.doc_pages,
+                    msg.doc_bytes, json.dumps(list(msg.documents)), json.dumps(list(msg.skipped)),
+                ),
+            )  # fmt: skip
+            for job_id, number, dedupe_key in jobs:
+                db.execute(
+                    "INSERT INTO jobs (id, message_id, number, state, created_at, updated_at, dedupe_key, ar_token)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, msg.id, number, State.QUEUED, now, now, dedupe_key, secrets.token_hex(16)),
+                )
+                self.add_event(job_id, "accepted", detail, now=now)
+
+    def recorded_messages(self, message_ids: Collection[str]) -> set[str]:
+        """Which of ``message_ids`` have a ``messages`` row."""
+        ids, found = list(message_ids), set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            rows = self.db.execute(f"SELECT id FROM messages WHERE id IN ({_marks(chunk)})", chunk)
+            found |= {str(r[0]) for r in rows}
+        return found
+
+    def count_recent_jobs(self, since: float, envelope_from: str | None = None) -> int:
+        if envelope_from is None:
+            row = self.db.execute("SELECT COUNT(*) FROM jobs WHERE created_at >= ?", (since,)).fetchone()
+        else:
+            row = self.db.execute(
+                "SELECT COUNT(*) FROM jobs j JOIN messages m ON m.id = j.message_id"
+                " WHERE m.envelope_from = ? AND m.received_at >= ?",
+                (envelope_from, since),
+            ).fetchone()
+        return int(row[0])
+
+    # -- jobs ---------------------------------------------------------------
+
+    def add_event(self, job_id: str, kind: str, detail: str = "", *, now: float | None = None) -> None:
+        self.db.execute(
+            "INSERT INTO events (job_id, at, kind, detail) VALUES (?, ?, ?, ?)",
+            (job_id, self.clock() if now is None else now, kind, detail),
+        )
+
+    def count_events(self, job_id: str, kind: str) -> int:
+        """How many times ``kind`` is on the job's timeline."""
+        row = self.db.execute("SELECT COUNT(*) FROM events WHERE job_id = ? AND kind = ?", (job_id, kind)).fetchone()
+        return int(row[0])
+
+    def get_job(self, job_id: str) -> Job | None:
+        row = self.db.execute(_JOB_SELECT + " WHERE j.id = ?", (job_id,)).fetchone()
+        return None if row is None else Job.from_row(row)
+
+    def job_by_provider_ref(self, ref: str) -> Job | None:
+        """The job the provider knows as ``ref`` (its ``ref_accuse``)."""
+        row = self.db.execute("SELECT id FROM jobs WHERE provider_ref = ? AND provider_ref != ''", (ref,)).fetchone()
+        return None if row is None else self.get_job(row["id"])
+
+    def jobs_of_message(self, message_id: str) -> list[Job]:
+        rows = self.db.execute(_JOB_SELECT + " WHERE j.message_id = ? ORDER BY j.id", (message_id,))
+        return [Job.from_row(r) for r in rows]
+
+    def message(self, message_id: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return row
+
+    def transition(
+        self,
+        job_id: str,
+        state: State,
+        reason: str = "",
+        *,
+        expect: Sequence[State] | None = None,
+        event: str | None = None,
+        **columns: Any,
+    ) -> bool:
+        """Move a job to ``state``, record why, and set extra ``columns``.
+
+        With ``expect``, the move happens only from one of those states (an
+        atomic claim); returns whether the row changed. Final states are never
+        left, except by an explicit ``expect`` that names them.
+        """
+        now = self.clock()
+        sets = ["state = ?", "reason = ?", "updated_at = ?"] + [f"{c} = ?" for c in columns]
+        values: list[Any] = [str(state), reason, now, *columns.values()]
+        if state in FINAL_STATES and "final_at" not in columns:
+            sets.append("final_at = ?")
+            values.append(now)
+        allowed = list(expect) if expect is not None else [s for s in State if s not in FINAL_STATES]
+        with self.transaction() as db:
+            cur = db.execute(
+                f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state IN ({_marks(allowed)})",
+                (*values, job_id, *[str(s) for s in allowed]),
+            )
+            if cur.rowcount != 1:
+                return False
+            self.add_event(job_id, event or str(state), reason, now=now)
+        return True
+
+    def due_jobs(self, states: Sequence[State], now: float, limit: int = 100) -> list[Job]:
+        rows = self.db.execute(
+            _JOB_SELECT + f" WHERE j.state IN ({_marks(states)}) AND j.next_attempt_at <= ?"
+            " ORDER BY j.next_attempt_at, j.created_at LIMIT ?",
+            (*[str(s) for s in states], now, limit),
+        )
+        return [Job.from_row(r) for r in rows]
+
+    def due_for_delivery(self, now: float, limit: int) -> list[Job]:
+        """Jobs the worker should start now: queued, deferred, credit holds and ambiguous
+        jobs past their grace period (``next_attempt_at`` 0 means left for an operator)."""
+        rows = self.db.execute(
+            _JOB_SELECT + " WHERE (j.state IN (?, ?)"
+            " OR (j.state = ? AND j.hold_kind = ?)"
+            " OR (j.state = ? AND j.next_attempt_at > 0))"
+            " AND j.next_attempt_at <= ? ORDER BY j.next_attempt_at, j.created_at LIMIT ?",
+            (State.QUEUED, State.DEFERRED, State.HELD, HoldKind.CREDIT, State.AMBIGUOUS, now, limit),
+        )
+        return [Job.from_row(r) for r in rows]
+
+    def has_held(self, kind: HoldKind) -> bool:
+        """Whether a job is held for ``kind`` (held for configuration: submissions are paused)."""
+        row = self.db.execute(
+            "SELECT 1 FROM jobs WHERE state = ? AND hold_kind = ? LIMIT 1", (State.HELD, kind)
+        ).fetchone()
+        return row is not None
+
+    def held_job_ids(self, kind: HoldKind) -> list[str]:
+        """The jobs held for ``kind``."""
+        rows = self.db.execute("SELECT id FROM jobs WHERE state = ? AND hold_kind = ?", (State.HELD, kind))
+        return [str(r[0]) for r in rows]
+
+    def list_jobs(
+        self,
+        *,
+        states: Sequence[str] = (),
+        since: float | None = None,
+        number: str | None = None,
+        sender: str | None = None,
+        limit: int = 200,
+    ) -> list[Job]:
+        where: list[str] = []
+        args: list[Any] = []
+        if states:
+            where.append(f"j.state IN ({_marks(states)})")
+            args.extend(str(s) for s in states)
+        if since is not None:
+            where.append("j.created_at >= ?")
+            args.append(since)
+        if number:
+            where.append("j.number LIKE ?")
+            args.append(f"%{number.lstrip('+')}%")
+        if sender:
+            where.append("m.envelope_from LIKE ?")
+            args.append(f"%{sender}%")
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        rows = self.db.execute(_JOB_SELECT + clause + " ORDER BY j.created_at DESC LIMIT ?", (*args, limit))
+        return [Job.from_row(r) for r in rows]
+
+    def timeline(self, job_id: str) -> list[sqlite3.Row]:
+        return list(self.db.execute("SELECT at, kind, detail FROM events WHERE job_id = ? ORDER BY id", (job_id,)))
+
+    def count_by_state(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self.db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+
+    def update_message(self, message_id: str, **columns: Any) -> None:
+        sets = ", ".join(f"{c} = ?" for c in columns)
+        with self.transaction() as db:
+            db.execute(f"UPDATE messages SET {sets} WHERE id = ?", (*columns.values(), message_id))
+
+    def update_job(self, job_id: str, **columns: Any) -> None:
+        sets = ", ".join(f"{c} = ?" for c in columns)
+        with self.transaction() as db:
+            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*columns.values(), job_id))
+
+    # -- stored documents -----------------------------------------------------
+
+    def finished_uploads(self, final_before: float) -> list[tuple[str, str]]:
+        """(message id, key) of stored documents whose jobs all ended before ``final_before`` (100 at most)."""
+        rows = self.db.execute(
+            "SELECT m.id, m.upload_key FROM messages m WHERE m.upload_key != '' AND m.object_deleted_at = 0"
+            f" AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.message_id = m.id AND (j.state NOT IN ({_marks(_FINALS)})"
+            " OR j.final_at > ?)) LIMIT 100",
+            (*_FINALS, final_before),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def served_message(self, key: str) -> str | None:
+        """The message whose stored document is ``key``, while one of its jobs is not final."""
+        row = self.db.execute(
+            "SELECT m.id FROM messages m WHERE m.upload_key = ? AND m.object_deleted_at = 0"
+            f" AND EXISTS (SELECT 1 FROM jobs j WHERE j.message_id = m.id AND j.state NOT IN ({_marks(_FINALS)}))",
+            (key, *_FINALS),
+        ).fetchone()
+        return None if row is None else str(row["id"])

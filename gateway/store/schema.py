@@ -1,0 +1,131 @@
+"""The store's schema: its tables, as a list of migrations, and the code that applies them.
+
+In: a SQLite connection (autocommit mode) and the file's ``user_version``.
+Out: the schema at :data:`SCHEMA_VERSION`, each migration applied in one
+transaction with the caller's; a file written by a newer fax-gateway is
+refused with :class:`StoreError` (never half-read).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema.
+    """
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        received_at REAL NOT NULL,
+        envelope_from TEXT NOT NULL,
+        header_from TEXT NOT NULL DEFAULT '',
+        reply_to TEXT NOT NULL DEFAULT '',
+        message_id_header TEXT NOT NULL DEFAULT '',
+        subject TEXT NOT NULL DEFAULT '',
+        date_header TEXT NOT NULL DEFAULT '',
+        client_addr TEXT NOT NULL DEFAULT '',
+        auth_user TEXT NOT NULL DEFAULT '',
+        doc_type TEXT NOT NULL DEFAULT '',
+        doc_pages INTEGER NOT NULL DEFAULT 0,
+        doc_bytes INTEGER NOT NULL DEFAULT 0,
+        documents TEXT NOT NULL DEFAULT '[]',
+        skipped TEXT NOT NULL DEFAULT '[]',
+        upload_key TEXT NOT NULL DEFAULT '',
+        uploaded_at REAL NOT NULL DEFAULT 0,
+        object_deleted_at REAL NOT NULL DEFAULT 0
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        message_id TEXT NOT NULL REFERENCES messages(id),
+        number TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        provider_ref TEXT NOT NULL DEFAULT '',
+        submitted_at REAL NOT NULL DEFAULT 0,
+        final_at REAL NOT NULL DEFAULT 0,
+        recoveries INTEGER NOT NULL DEFAULT 0,
+        receipt_code TEXT NOT NULL DEFAULT '',
+        pages_sent INTEGER NOT NULL DEFAULT 0,
+        ar_token TEXT NOT NULL DEFAULT '',
+        dedupe_key TEXT NOT NULL DEFAULT '',
+        -- held jobs: config | url | credit (what releases them)
+        hold_kind TEXT NOT NULL DEFAULT '',
+        -- submissions whose outcome was unknown (the second one waits for an operator)
+        ambiguities INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_state ON jobs(state, next_attempt_at);
+    CREATE INDEX jobs_dedupe ON jobs(dedupe_key);
+    CREATE INDEX jobs_ref ON jobs(provider_ref);
+    CREATE INDEX jobs_number ON jobs(number, submitted_at);
+    CREATE INDEX jobs_message ON jobs(message_id);
+    CREATE INDEX jobs_ar_token ON jobs(ar_token);
+    CREATE INDEX messages_sender ON messages(envelope_from, received_at);
+    CREATE INDEX messages_received ON messages(received_at);
+    CREATE INDEX messages_upload ON messages(upload_key);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX events_job ON events(job_id, id);
+    CREATE TABLE receipts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at REAL NOT NULL,
+        source TEXT NOT NULL,
+        ref_accuse TEXT NOT NULL,
+        etat_e TEXT NOT NULL,
+        numero TEXT NOT NULL DEFAULT '',
+        nb_page INTEGER NOT NULL DEFAULT 0,
+        heure TEXT NOT NULL DEFAULT '',
+        validated TEXT NOT NULL DEFAULT '',
+        job_id TEXT NOT NULL DEFAULT '',
+        applied_at REAL NOT NULL DEFAULT 0,
+        UNIQUE (ref_accuse, etat_e, heure, nb_page)
+    );
+    CREATE INDEX receipts_ref ON receipts(ref_accuse);
+    CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL DEFAULT '',
+        kind TEXT NOT NULL,
+        recipient TEXT NOT NULL DEFAULT '',
+        message_id TEXT NOT NULL UNIQUE,
+        detail TEXT NOT NULL DEFAULT '',
+        payload BLOB NOT NULL DEFAULT x'',
+        -- a mail that came in to be forwarded as it came (a provider AR copy)
+        source BLOB NOT NULL DEFAULT x'',
+        state TEXT NOT NULL DEFAULT 'new',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        sent_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX notifications_due ON notifications(state, next_attempt_at);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`, inside the caller's transaction."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: schema version {version} is newer than this fax-gateway knows"
+            f" ({SCHEMA_VERSION}): run the fax-gateway version that wrote it, or a newer one"
+        )
+    for n in range(version, SCHEMA_VERSION):
+        for statement in MIGRATIONS[n].split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {n + 1}")

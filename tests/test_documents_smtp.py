@@ -104,7 +104,7 @@ async def test_two_pdfs_and_a_photo_become_one_spooled_pdf(
 
 
 async def test_exact_size_boundary_over_smtp(smtp_gateway: Starter) -> None:  # noqa: F811
-    harness = await smtp_gateway()
+    harness = await smtp_gateway({"documents": {"fit": "off"}})  # refused as it is, not made to fit
     at_limit = pdf_of_size(1_048_576)
     assert (await send_async(harness.port, plain_with([("a.pdf", "application/pdf", at_limit)])))[0] == 250
     document, _ = await spooled_fax(harness)
@@ -118,7 +118,7 @@ async def test_exact_size_boundary_over_smtp(smtp_gateway: Starter) -> None:  # 
 async def test_size_refusal_of_several_documents_says_it_is_their_sum(smtp_gateway: Starter) -> None:  # noqa: F811
     one = pdf(1)
     limit = len(one) + 50  # each document fits alone, not both together
-    harness = await smtp_gateway({"documents": {"max_fax_bytes": limit}})
+    harness = await smtp_gateway({"documents": {"max_fax_bytes": limit, "fit": "off"}})
     code, text = await send_async(harness.port, plain_with([("a.pdf", "application/pdf", one)]))
     assert code == 250
     code, text = await send_async(harness.port, plain_with([("a.pdf", "application/pdf", one),

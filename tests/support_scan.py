@@ -93,6 +93,7 @@ def scanned_pdf(pages: int, dpi: int = 300, distinct: int = 1) -> bytes:
 
 def filler_lines(seed: int) -> tuple[Line, ...]:
     """Lines of varied text over the whole page (the size of a real page of text)."""
-    words = random.Random(seed).choices(["facture", "échéance", "montant", "1 234,56", "réf.", "Société",
-                                         "livraison", "à", "de", "le", "TVA", "20 %", "n°", "2024"], k=800)  # fmt: skip
+    vocabulary = ["facture", "échéance", "montant", "1 234,56", "réf.", "Société", "livraison", "à", "de", "le",
+                  "TVA", "20 %", "n°", "2024"]  # fmt: skip
+    words = random.Random(seed).choices(vocabulary, k=800)
     return tuple(Line(" ".join(words[i * 12:(i + 1) * 12]), 10, 0.8 + i * 0.25) for i in range(40))

@@ -142,7 +142,9 @@ def test_a_colour_scan_fitted_keeps_every_character_and_a_bad_rendering_fails_th
 # -- through the real SMTP server ---------------------------------------------------
 
 
-async def test_a_ten_page_colour_scan_is_faxed_under_1_mb_in_black_and_white(smtp_gateway: Starter) -> None:  # noqa: F811
+async def test_a_ten_page_colour_scan_is_faxed_under_1_mb_in_black_and_white(
+    smtp_gateway: Starter,  # noqa: F811
+) -> None:
     harness = await smtp_gateway()
     document = ten_page_scan()
     assert len(document) > 4 * 1024 * 1024  # what the printer sends: refused before fitting existed

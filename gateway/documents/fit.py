@@ -84,6 +84,7 @@ def fit(pdf: bytes, parts: list[Part], settings: DocumentSettings, deadline: flo
         smaller = lossless(pdf)
         if len(smaller) <= limit:
             return Fitted(smaller, "lossless", "compressed without loss")
+        del smaller  # as large as the scan: not kept while the pages render
     _check_images(pdf, parts)
     with render.opened(pdf) as doc:
         _check_pixels(doc, parts, settings.max_page_pixels)

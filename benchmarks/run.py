@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fit_bench  # noqa: E402
 import mailgen  # noqa: E402
 import postfix_ref  # noqa: E402
 import scenarios  # noqa: E402
@@ -41,6 +42,8 @@ TARGETS = {
     "drain": 100.0,  # jobs/s, at least
     "rss_mb": 250.0,  # under 50 x 1 MiB, below
     "lag_ms": 100.0,  # below
+    "fit10_s": 3.0,  # fitting a 10-page 300 dpi colour scan, below
+    "fit_rss_mb": 300.0,  # peak memory of the process fitting 50 such pages, below
 }
 
 
@@ -53,8 +56,8 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu}), {total} RAM, Python {platform.python_version()}, {system}"
 
 
-def prepare(root: Path, concurrency: int) -> scenarios.Bench:
-    if not postfix_ref.available():
+def prepare(root: Path, concurrency: int, only: list[str]) -> scenarios.Bench:
+    if set(only) - {"fit"} and not postfix_ref.available():
         print("installing Postfix (for smtp-source and the reference MTA) ...", flush=True)
         postfix_ref.install()
     mail, big = root / "mail-140k.eml", root / "mail-1m.eml"
@@ -118,6 +121,10 @@ async def measure(args: argparse.Namespace, bench: scenarios.Bench, r: dict[str,
                     save(args, bench, r)
         finally:
             await scenarios.stop_backend(backend)
+    if "fit" in args.only:
+        scratch = bench.fresh("fit")
+        r["fit"] = [asdict(f) for f in await asyncio.to_thread(fit_bench.run, scratch, args.runs)]
+        save(args, bench, r)
     if "memory" in args.only:
         for rep in range(args.runs):
             mem = await scenarios.memory(bench, args.sessions)
@@ -150,7 +157,8 @@ def save(args: argparse.Namespace, bench: scenarios.Bench, r: dict[str, Any]) ->
 
 def merge(files: list[Path]) -> tuple[argparse.Namespace, dict[str, Any]]:
     """Figures saved by earlier runs (``--out``), put together: lists are joined, lags maxed."""
-    merged: dict[str, Any] = {"intake": {}, "intake_cpu": {}, "e2e": [], "drain": [], "memory": [], "lags_ms": {}}
+    merged: dict[str, Any] = {"intake": {}, "intake_cpu": {}, "e2e": [], "drain": [], "memory": [], "lags_ms": {},
+                              "fit": []}  # fmt: skip
     settings: dict[str, Any] = {}
     for f in files:
         saved = json.loads(f.read_text())
@@ -161,7 +169,7 @@ def merge(files: list[Path]) -> tuple[argparse.Namespace, dict[str, Any]]:
                 into = merged[section].setdefault(sessions, {})
                 for k, values in row.items():
                     into.setdefault(k, []).extend(values)
-        for key in ("e2e", "drain", "memory"):
+        for key in ("e2e", "drain", "memory", "fit"):
             merged[key].extend(r.get(key, []))
         for k, v in r.get("lags_ms", {}).items():
             if v >= merged["lags_ms"].get(k, 0.0):
@@ -186,6 +194,31 @@ def e2e_rows(runs: list[dict[str, Any]], conc: str, *, target: bool) -> list[str
         f"| {goal} ({got}/{offered} submitted) |",
         f"| CPU per end-to-end job (ms), {load} | {cpu_text([e['cpu_ms'] for e in runs])} | | | |",
     ]
+
+
+def fit_rows(runs: list[dict[str, Any]]) -> list[str]:
+    """Fitting scans (benchmarks/fit_bench.py), each figure beside Ghostscript's on the same pages."""
+    rows = []
+    for pages in sorted({f["pages"] for f in runs}):
+        got = [f for f in runs if f["pages"] == pages]
+        fit_s, exam_s, gs_s = ([f[k] for f in got] for k in ("fit_s", "examine_s", "gs_s"))
+        how = ", ".join(sorted({f"{f['how']} {f['fax_bytes']:,} bytes" for f in got}))
+        size = f"{median([f['pdf_bytes'] for f in got]) / 1e6:.1f} MB"
+        goal = ""
+        if pages == 10:
+            goal = f"< {TARGETS['fit10_s']:g} s: {verdict(median(fit_s) < TARGETS['fit10_s'])}"
+        elif pages == 25:
+            goal = f"fits at fine resolution: {verdict(all(f['how'] == 'fine' for f in got))}"
+        rows.append(f"| Fit a {pages}-page 300 dpi colour scan ({size}) (s; whole examination in brackets) | "
+                    f"{spread(fit_s, 2)} ({spread(exam_s, 2)}) → {how} | Ghostscript tiffg4 204x196 "
+                    f"{spread(gs_s, 2)} | {median(fit_s) / median(gs_s):.2f} | {goal} |")  # fmt: skip
+        if pages == max(f["pages"] for f in runs):
+            rss, gs_rss = [f["rss_mb"] for f in got], [f["gs_rss_mb"] for f in got]
+            ok = max(rss) < TARGETS["fit_rss_mb"]
+            rows.append(f"| Peak RSS of the examining process, {pages}-page scan (MB) | {spread(rss)} | "
+                        f"Ghostscript {spread(gs_rss)} | {median(rss) / median(gs_rss):.2f} | "
+                        f"< {TARGETS['fit_rss_mb']:g}: {verdict(ok)} |")  # fmt: skip
+    return rows
 
 
 def table(args: argparse.Namespace, r: dict[str, Any]) -> str:
@@ -237,6 +270,7 @@ def table(args: argparse.Namespace, r: dict[str, Any]) -> str:
         if pss:
             rows.append(f"| PSS, {args.sessions} sessions × 1 MiB document (MB; peak of the daemon's and workers' "
                         f"total, sampled every 50 ms; shared pages counted once) | {spread(pss)} | | | |")  # fmt: skip
+    rows += fit_rows(r.get("fit", []))
     lags = {k: v for k, v in r["lags_ms"].items() if k != "reference"}
     if lags:
         worst = max(lags.values())
@@ -266,8 +300,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sessions", type=int, default=50, help="concurrent 1 MiB sessions for the memory figure")
     p.add_argument("--concurrency", type=int, default=0,
                    help="provider.concurrency for end to end and drain (default: the gateway's default)")  # fmt: skip
-    p.add_argument("--only", nargs="+", default=["intake", "e2e", "drain", "memory"],
-                   choices=["intake", "e2e", "drain", "memory"])  # fmt: skip
+    p.add_argument("--only", nargs="+", default=["intake", "e2e", "drain", "memory", "fit"],
+                   choices=["intake", "e2e", "drain", "memory", "fit"])  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny numbers: check the harness, not the gateway")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, configurations)")
     p.add_argument("--out", type=Path, help="also write the table and raw figures here (Markdown + JSON)")
@@ -297,9 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     root.chmod(0o755)  # Postfix's daemons run as the postfix user and must reach their directories
     started = time.monotonic()
     try:
-        bench = prepare(root, args.concurrency)
+        bench = prepare(root, args.concurrency, args.only)
         print(f"scratch directory {root}; {machine()}", flush=True)
-        results: dict[str, Any] = {"intake": {}, "intake_cpu": {}, "e2e": [], "drain": [], "memory": [], "lags_ms": {}}
+        results: dict[str, Any] = {"intake": {}, "intake_cpu": {}, "e2e": [], "drain": [], "memory": [], "lags_ms": {},
+                                   "fit": []}  # fmt: skip
         try:
             asyncio.run(guarded(measure(args, bench, results)))
         except asyncio.CancelledError:

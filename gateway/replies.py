@@ -190,6 +190,18 @@ DOC_TNEF = Reply(
     " (in Outlook, use HTML or plain text instead of Rich Text)",
 )
 DOC_TOO_BIG = Reply(552, "5.3.4", "Fax document is {size} bytes{what}, over the limit of {limit} bytes")
+DOC_TOO_BIG_FITTED = Reply(
+    552,
+    "5.3.4",
+    "{name}: {pages} pages are still {size} bytes as a black-and-white fax at standard resolution,"
+    " over the limit of {limit} bytes: {advice}",
+)
+DOC_FIT_TIMEOUT = Reply(
+    552,
+    "5.3.4",
+    "{name}: converting {pages} pages to fit the fax limit of {limit} bytes took longer than {seconds} s"
+    " (documents.convert_timeout_seconds): send fewer pages per mail",
+)
 
 
 def queued(jobs: Sequence[str]) -> Answer:

@@ -94,7 +94,7 @@ class SmtpSettings:
     # Fax domains: recipients must be <number>@one of these (case-insensitive).
     fax_domains: tuple[str, ...] = ("fax.local",)
     # SIZE advertised in EHLO; larger messages get 552 5.3.4.
-    max_message_size: int = 15 * 1024 * 1024
+    max_message_size: int = 30 * 1024 * 1024
     # Longest line accepted in DATA (legacy mailers put base64 on one line).
     max_line_length: int = 1_048_576
     max_recipients: int = 20
@@ -166,6 +166,14 @@ class DocumentSettings:
     page_size: Literal["A4", "Letter"] = "A4"
     # Worker processes that examine messages (0: a thread of the daemon, sharing its GIL).
     processes: int = 1
+    # Making a fax document fit max_fax_bytes (gateway.documents.fit): when it is over the limit,
+    # always (every document rendered as black-and-white fax pages), or never (refused as too big).
+    fit: Literal["over-limit", "always", "off"] = "over-limit"
+    # Time bound of one message's examination and fitting, checked between pages; a worker process
+    # still busy a little past it is killed.
+    convert_timeout_seconds: float = 60.0
+    # Largest fax page rendered, in pixels (1728 wide; an A4 page at fine resolution is 4 million).
+    max_page_pixels: int = 12_000_000
 
 
 @dataclass(frozen=True)
@@ -401,6 +409,10 @@ def _validate_documents(d: DocumentSettings) -> None:
     _positive("documents.processes", d.processes, zero_ok=True)
     if d.processes > 64:
         raise SettingsError(f"documents.processes: {d.processes} is over 64")
+    if not 0 < d.convert_timeout_seconds <= 3600:
+        raise SettingsError(f"documents.convert_timeout_seconds: {d.convert_timeout_seconds!r} is not in (0, 3600]")
+    if not 1_000_000 <= d.max_page_pixels <= 100_000_000:
+        raise SettingsError(f"documents.max_page_pixels: {d.max_page_pixels} is not between 1000000 and 100000000")
 
 
 def _check_cidr(key: str, cidr: str) -> None:

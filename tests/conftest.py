@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.support_proc",
     "tests.support_receipts",
     "tests.support_s3",
+    "tests.support_scan",
     "tests.support_settings",
     "tests.support_simulator",
     "tests.support_sink",

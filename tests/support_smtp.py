@@ -14,6 +14,7 @@ import datetime
 import ipaddress
 import os
 import re
+import smtplib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import pytest
 from gateway.replies import Reply, all_replies
 from gateway.smtp.intake import Handler
 from gateway.smtp.server import SmtpServer
-from gateway.spool import Spool
+from gateway.spool import FAX_NAME, RAW_NAME, Spool
 from gateway.store import AsyncStore, Job, Store
 from tests.support_clock import FakeClock
 from tests.support_docs import pdf
@@ -254,3 +255,36 @@ def make_cert(directory: Path) -> tuple[str, str]:
 def client_tls(cert: str) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=cert)
     return context
+
+
+# -- one mail through the real server, and what it spooled ----------------------------------
+
+DOCUMENT_TO = "0145678900@fax.local"  # where send() sends
+
+
+def send(port: int, raw: bytes) -> tuple[int, str]:
+    """Send one mail from 127.0.0.1 (a trusted network); the DATA reply as (code, "x.y.z text")."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        try:
+            client.sendmail("alice@example.com", [DOCUMENT_TO], raw)
+        except smtplib.SMTPDataError as exc:
+            error = exc.smtp_error
+            return exc.smtp_code, error.decode() if isinstance(error, bytes) else error
+        # sendmail() keeps no reply text; ask the server's view through the spool instead.
+        return 250, ""
+
+
+async def send_async(port: int, raw: bytes) -> tuple[int, str]:
+    return await asyncio.wait_for(asyncio.to_thread(send, port, raw), 60)
+
+
+async def spooled_fax(harness: Harness) -> tuple[bytes, Any]:
+    """The fax document and the message row of the one spooled job (whose folder holds nothing else)."""
+    jobs = await harness.jobs()
+    assert len(jobs) == 1
+    message_id = jobs[0].message_id
+    folder = harness.spool.path(message_id, FAX_NAME).parent
+    assert sorted(p.name for p in folder.iterdir()) == sorted([FAX_NAME, RAW_NAME])  # names never become paths
+    document = await asyncio.to_thread(harness.spool.read, message_id, FAX_NAME)
+    row = await harness.run(lambda s: s.message(message_id))
+    return document, row

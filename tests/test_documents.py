@@ -99,7 +99,9 @@ def test_large_photo_is_shrunk_to_fit_and_small_scan_keeps_its_size() -> None:
 def test_exact_size_boundary() -> None:
     at_limit = pdf_of_size(1_048_576)
     assert extract(plain_with([("big.pdf", "application/pdf", at_limit)]), DEFAULT).document == at_limit
-    got, reply, _ = outcome(plain_with([("big.pdf", "application/pdf", pdf_of_size(1_048_577))]))
+    # Fitting off: the document is refused as it is (with fitting, its padding would compress away).
+    unfitted = dataclasses.replace(DEFAULT, fit="off")
+    got, reply, _ = outcome(plain_with([("big.pdf", "application/pdf", pdf_of_size(1_048_577))]), unfitted)
     assert got == "refuse:too-big"
     assert reply == "552 5.3.4 Fax document is 1048577 bytes, over the limit of 1048576 bytes"
 
@@ -108,7 +110,7 @@ def test_size_refusal_says_it_is_the_sum_of_several_documents() -> None:
     one = pdf(1)
     limit = len(one) + 50  # each document fits alone, not both together
     raw = plain_with([("a.pdf", "application/pdf", one), ("b.pdf", "application/pdf", one)])
-    got, reply, _ = outcome(raw, dataclasses.replace(DEFAULT, max_fax_bytes=limit))
+    got, reply, _ = outcome(raw, dataclasses.replace(DEFAULT, max_fax_bytes=limit, fit="off"))
     assert got == "refuse:too-big"
     assert reply.startswith("552 5.3.4 Fax document is ")
     assert f"(2 documents together), over the limit of {limit} bytes" in reply

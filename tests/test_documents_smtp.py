@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-import smtplib
 from pathlib import Path
 from typing import Any
 
@@ -17,37 +15,7 @@ from gateway.spool import FAX_NAME, RAW_NAME
 from tests.support_docs import image, pdf, pdf_of_size
 from tests.support_mail import CASES, MailCase, plain_with
 from tests.support_simulator import SimFactory, provider_env, provider_table
-from tests.support_smtp import Harness, Starter
-
-NUMBER = "0145678900@fax.local"
-
-
-def send(port: int, raw: bytes) -> tuple[int, str]:
-    """Send one mail from 127.0.0.1 (a trusted network); the DATA reply as (code, "x.y.z text")."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        try:
-            client.sendmail("alice@example.com", [NUMBER], raw)
-        except smtplib.SMTPDataError as exc:
-            error = exc.smtp_error
-            return exc.smtp_code, error.decode() if isinstance(error, bytes) else error
-        # sendmail() keeps no reply text; ask the server's view through the spool instead.
-        return 250, ""
-
-
-async def send_async(port: int, raw: bytes) -> tuple[int, str]:
-    return await asyncio.wait_for(asyncio.to_thread(send, port, raw), 60)
-
-
-async def spooled_fax(harness: Harness) -> tuple[bytes, Any]:
-    """The fax document and the message row of the one spooled job (whose folder holds nothing else)."""
-    jobs = await harness.jobs()
-    assert len(jobs) == 1
-    message_id = jobs[0].message_id
-    folder = harness.spool.path(message_id, FAX_NAME).parent
-    assert sorted(p.name for p in folder.iterdir()) == sorted([FAX_NAME, RAW_NAME])  # names never become paths
-    document = await asyncio.to_thread(harness.spool.read, message_id, FAX_NAME)
-    row = await harness.run(lambda s: s.message(message_id))
-    return document, row
+from tests.support_smtp import Starter, send_async, spooled_fax
 
 
 def pages_of(document: bytes) -> int:
@@ -104,7 +72,7 @@ async def test_two_pdfs_and_a_photo_become_one_spooled_pdf(
 
 
 async def test_exact_size_boundary_over_smtp(smtp_gateway: Starter) -> None:
-    harness = await smtp_gateway()
+    harness = await smtp_gateway({"documents": {"fit": "off"}})  # refused as it is, not made to fit
     at_limit = pdf_of_size(1_048_576)
     assert (await send_async(harness.port, plain_with([("a.pdf", "application/pdf", at_limit)])))[0] == 250
     document, _ = await spooled_fax(harness)
@@ -118,7 +86,7 @@ async def test_exact_size_boundary_over_smtp(smtp_gateway: Starter) -> None:
 async def test_size_refusal_of_several_documents_says_it_is_their_sum(smtp_gateway: Starter) -> None:
     one = pdf(1)
     limit = len(one) + 50  # each document fits alone, not both together
-    harness = await smtp_gateway({"documents": {"max_fax_bytes": limit}})
+    harness = await smtp_gateway({"documents": {"max_fax_bytes": limit, "fit": "off"}})
     code, text = await send_async(harness.port, plain_with([("a.pdf", "application/pdf", one)]))
     assert code == 250
     code, text = await send_async(harness.port, plain_with([("a.pdf", "application/pdf", one),

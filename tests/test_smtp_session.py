@@ -23,7 +23,7 @@ async def test_ehlo_advertises_size_8bitmime_pipelining_and_no_smtputf8(smtp_gat
     lines = (await raw.cmd("EHLO mfp")).splitlines()
     await raw.close()
     assert lines[0] == "250-fax-gateway.test"
-    assert {"250-SIZE 15728640", "250-8BITMIME", "250-PIPELINING"} <= set(lines)
+    assert {"250-SIZE 31457280", "250-8BITMIME", "250-PIPELINING"} <= set(lines)
     assert not any("SMTPUTF8" in line or "STARTTLS" in line or "AUTH" in line for line in lines)
 
 

@@ -164,7 +164,7 @@ async def test_a_spooled_job_and_the_notice_it_ends_in_go_out_at_once_not_at_the
 
 
 async def test_an_early_receipt_is_applied_and_mailed_on_wake_ups_alone(
-    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, sink: Sink  # noqa: F811
+    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, sink: Sink
 ) -> None:
     port = free_port()
     secret = "cb-secret-0123456789"

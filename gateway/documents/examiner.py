@@ -14,7 +14,13 @@ Where the work runs (``documents.processes``):
   already imported. ``start()`` returns once every worker is up; ``stop()``
   lets in-flight examinations finish (bounded), then ends the workers.
 
-A worker that dies (a C library crashing on a hostile file, the OOM killer)
+Time: an examination (fitting included) gives up between pages once it has run
+``documents.convert_timeout_seconds`` (a refusal naming the bound). As a hard
+stop, a worker still busy past :func:`hard_stop_seconds` of that is killed by
+the kernel (SIGALRM, whose default action ends the process; it needs no Python
+code to run, so a C library stuck holding the GIL is stopped too).
+
+A worker that dies (a C library crashing on a hostile file, the OOM killer, the hard stop)
 breaks its pool: every message in that pool then gets ``BrokenProcessPool``
 (intake's 451: the client retries) and the next message gets a new pool.
 Workers ignore SIGINT and SIGTERM (a terminal's Ctrl-C or systemd reach the
@@ -51,6 +57,11 @@ def examine(raw: bytes, settings: DocumentSettings) -> tuple[Extraction, Headers
     return documents.extract(raw, settings), read_headers(raw)
 
 
+def hard_stop_seconds(settings: DocumentSettings) -> float:
+    """When a worker still examining one message is killed: a little past the soft bound."""
+    return settings.convert_timeout_seconds * 1.1 + 2.0
+
+
 class ExaminationError(Exception):
     """An unexpected error in a worker process; the message holds the worker's traceback."""
 
@@ -63,17 +74,29 @@ def examine_in_worker(raw: bytes, settings: DocumentSettings) -> tuple[Extractio
     constructor takes other arguments: anything but a refusal comes back as
     :class:`ExaminationError` carrying the original traceback as text.
     """
+    if _in_worker:
+        signal.setitimer(signal.ITIMER_REAL, hard_stop_seconds(settings))
     try:
         return examine(raw, settings)
     except DocumentRefused:
         raise
     except Exception as exc:
         raise ExaminationError(traceback.format_exc().rstrip()) from exc
+    finally:
+        if _in_worker:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+# Whether this process is an examination worker (the hard stop is armed only there).
+_in_worker = False
 
 
 def _worker_started() -> None:
+    global _in_worker
+    _in_worker = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the hard stop: the kernel ends the process
     parent = multiprocessing.parent_process()
     if parent is not None:
         # A worker waits for work on a queue it also holds the writing end of:
@@ -124,9 +147,14 @@ class Examiner:
         pool = self._pool
         if pool is None:
             raise RuntimeError("document examination is not running (stopped, or never started)")
+        workers = list((pool._processes or {}).values())
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, examine_in_worker, raw, self.settings)
         except BrokenProcessPool:
+            if any(p.exitcode == -signal.SIGALRM for p in workers):
+                log.warning("document examination: a worker was still busy %.0f s after it started examining a "
+                            "message (documents.convert_timeout_seconds = %g) and was stopped",
+                            hard_stop_seconds(self.settings), self.settings.convert_timeout_seconds)  # fmt: skip
             await self._replace(pool)
             raise
 

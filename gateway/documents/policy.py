@@ -10,7 +10,10 @@ run it off the event loop.
 Replies it can give (``gateway.replies``): NO_DOCUMENT and DOC_TNEF (554
 5.6.0/5.6.1, nothing to fax), DOC_TYPE (554 5.6.1), DOC_EMPTY (554 5.6.0),
 DOC_ENCODING, DOC_CORRUPT and DOC_ENCRYPTED (554 5.6.5), DOC_LIMITS (554
-5.6.0), DOC_TOO_BIG (552 5.3.4). Which parts are candidates and the order of
+5.6.0), DOC_TOO_BIG (552 5.3.4, with ``documents.fit = "off"``),
+DOC_TOO_BIG_FITTED and DOC_FIT_TIMEOUT (552 5.3.4: over the limit even once
+fitted, or not fitted in time; ``gateway.documents.fit`` makes a fax document
+over the limit fit first). Which parts are candidates and the order of
 the checks follow document policy v1: checks run in MIME order and the first
 candidate that fails decides. With ``documents.unsupported = "skip"`` a part
 of a type that cannot be faxed is left out instead and listed in
@@ -20,6 +23,7 @@ DOC_TYPE names the first such part.
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +31,8 @@ from typing import Any
 import tnefparse
 
 from gateway import replies
+from gateway.documents import fit, mime
 from gateway.documents import formats as faxdoc
-from gateway.documents import mime
 from gateway.documents.formats import Document, Unfit
 from gateway.replies import Answer
 from gateway.settings import DocumentSettings
@@ -109,6 +113,8 @@ class _Run:
 
     def __init__(self, settings: DocumentSettings) -> None:
         self.settings = settings
+        # Fitting gives up between pages past this (documents.convert_timeout_seconds).
+        self.deadline = time.monotonic() + settings.convert_timeout_seconds
         self.documents: list[Document] = []
         self.skipped: list[dict[str, Any]] = []
         self.count = 0
@@ -197,13 +203,38 @@ class _Run:
             reply = replies.DOC_TNEF if self.tnef_seen else replies.NO_DOCUMENT
             raise DocumentRefused(reply.format(accepted=accepted_list(s)), "no-document")
         fax = faxdoc.build(self.documents, s.page_size)
+        n = len(self.documents)
+        fitted = self._fit(fax) if fit.needed(len(fax), s) else None
+        fax = fitted.document if fitted is not None else fax
         if len(fax) > s.max_fax_bytes:
-            n = len(self.documents)
             what = f" ({n} documents together)" if n > 1 else ""
             too_big = replies.DOC_TOO_BIG.format(size=len(fax), what=what, limit=s.max_fax_bytes)
             raise DocumentRefused(too_big, "too-big")
         listed = [{"name": d.name, "type": d.kind, "pages": d.pages, "bytes": len(d.data)} for d in self.documents]
+        if fitted is not None:  # what fitting did, for the receipt
+            for entry in listed:
+                entry.update(fitted=fitted.words, fit=fitted.how)
         return Extraction(fax, "pdf", self.pages, listed, self.skipped)
+
+    def _fit(self, fax: bytes) -> fit.Fitted:
+        """The fax made to fit (gateway.documents.fit), or the refusal that says what to change."""
+        s = self.settings
+        n = len(self.documents)
+        name = self.documents[0].name if n == 1 else f"{n} documents together"
+        try:
+            return fit.fit(fax, [fit.Part(d.name, d.pages) for d in self.documents], s, self.deadline)
+        except fit.TooBig as exc:
+            advice = (f"send at most {exc.most} page{'s' if exc.most > 1 else ''} per mail" if exc.most else
+                      "even one page is over it: scan in black and white at 200 dpi")  # fmt: skip
+            reply = replies.DOC_TOO_BIG_FITTED.format(name=for_reply(name), pages=exc.pages, size=exc.size,
+                                                      limit=s.max_fax_bytes, advice=advice)  # fmt: skip
+            raise DocumentRefused(reply, "too-big") from None
+        except fit.Overdue as exc:
+            reply = replies.DOC_FIT_TIMEOUT.format(name=for_reply(name), pages=exc.pages, limit=s.max_fax_bytes,
+                                                   seconds=f"{exc.seconds:g}")  # fmt: skip
+            raise DocumentRefused(reply, "too-big") from None
+        except Unfit as exc:
+            raise _refused(exc.reason, name, "PDF", exc.detail, s) from None
 
 
 def _tnef_name(attachment: Any) -> str:

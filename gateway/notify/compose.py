@@ -129,16 +129,16 @@ _NEXT: dict[str, dict[str, str]] = {
     },
 }
 _LABEL_KEYS = ("status", "number", "pages", "received", "attempt", "job", "subject", "date", "code", "next",
-               "left_out", "in_document", "clock", "recorded")  # fmt: skip
+               "left_out", "in_document", "clock", "recorded", "fitted")  # fmt: skip
 _LABELS = {
     "en": dict(zip(_LABEL_KEYS, ("Status", "Fax number", "Pages", "Received at", "Attempt at", "Job", "Your mail",
                                  "Sent on", "Provider code", "What to do", "Left out (cannot be faxed)",
                                  " in the document", "by the recipient machine's clock",
-                                 "receipt recorded"), strict=True)),
+                                 "receipt recorded", "Converted for faxing"), strict=True)),
     "fr": dict(zip(_LABEL_KEYS, ("État", "Numéro de fax", "Pages", "Reçu à", "Tentative à", "Tâche",
                                  "Votre message", "Envoyé le", "Code fournisseur", "Que faire",
                                  "Non faxé (type refusé)", " dans le document", "à l'horloge du fax distant",
-                                 "accusé enregistré le"), strict=True)),
+                                 "accusé enregistré le", "Converti pour le fax"), strict=True)),
 }  # fmt: skip
 _MSGID_SAFE = re.compile(r"[^A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]")
 
@@ -213,6 +213,23 @@ def left_out(message: Row) -> str:
     return ", ".join(f"{clean(s.get('name', ''), 120)} ({clean(s.get('type', ''), 80)})" for s in skipped)
 
 
+_FITTED_FR = {"lossless": "compressé sans perte", "fine": "converti en noir et blanc, résolution fine, {pages}",
+              "standard": "converti en noir et blanc, résolution standard, {pages}"}  # fmt: skip
+
+
+def fitted(message: Row, lang: str) -> str:
+    """What the gateway did to make the document fit the provider's limit ("" if nothing), in ``lang``."""
+    try:
+        documents = json.loads(message["documents"] or "[]")
+    except (IndexError, KeyError, ValueError):
+        return ""
+    first = next((d for d in documents if isinstance(d, dict) and d.get("fitted")), None)
+    if first is None:
+        return ""
+    if lang == "fr" and first.get("fit") in _FITTED_FR:
+        pages = sum(int(d.get("pages", 0)) for d in documents)
+        return _FITTED_FR[first["fit"]].format(pages=f"{pages} page{'s' if pages > 1 else ''}")
+    return clean(first["fitted"], 200)
 
 
 @dataclass(frozen=True)
@@ -257,6 +274,8 @@ def _body(lang: str, f: Facts, o: _Outcome, tz: dt.tzinfo) -> str:
     ]
     if skipped := left_out(f.message):  # the sender must know a part of the mail was not faxed
         lines.append(f"{label['left_out']}{colon}{skipped}")
+    if converted := fitted(f.message, lang):
+        lines.append(f"{label['fitted']}{colon}{converted}")
     if o.heure:  # the provider's time is the recipient machine's clock: said so, beside when it was recorded
         recorded = f.receipt["received_at"] if f.receipt is not None else 0
         when = f", {label['recorded']} {dates.at(recorded, lang, tz)}" if recorded else ""

@@ -92,7 +92,12 @@ ADVICE: dict[str, str] = {
     "DOC_ENCRYPTED": "Remove the password from the PDF and send again.",
     "DOC_LIMITS": "Send a simpler mail: the document alone, not forwarded mails nested in mails.",
     "DOC_TNEF": "In Outlook, send as HTML or plain text instead of Rich Text.",
-    "DOC_TOO_BIG": "Send fewer pages or a lighter scan (black and white, 200 dpi): the provider takes 1 MB.",
+    "DOC_TOO_BIG": "Send fewer pages or a lighter scan (black and white, 200 dpi): the provider takes 1 MB."
+    " Given only with `documents.fit = \"off\"`; otherwise the gateway shrinks the document first.",
+    "DOC_TOO_BIG_FITTED": "Send the pages in several mails, at most as many per mail as the reply says; or scan"
+    " in black and white at 200 dpi. The gateway already converted them to fax pages and it was not enough.",
+    "DOC_FIT_TIMEOUT": "Send fewer pages per mail, or raise `documents.convert_timeout_seconds`"
+    " (each page takes a fraction of a second; a very complex page takes longer).",
 }
 
 _PROVIDER_ACTION = {

@@ -18,24 +18,11 @@ enhanced code's class matches its basic code.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-# C0, DEL, C1 (NEL \x85 breaks lines too) and the Unicode line and paragraph separators.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def has_control(value: str) -> bool:
-    """Whether ``value`` holds a character that :func:`clean` would replace."""
-    return _CONTROL.search(value) is not None
-
-
-def clean(value: object, limit: int = 200) -> str:
-    """A value safe to put in one reply or log line."""
-    text = _CONTROL.sub("?", str(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+from gateway.text import clean
 
 
 @dataclass(frozen=True)

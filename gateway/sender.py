@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping
 from email.utils import getaddresses
 from typing import Any, Protocol
 
-from gateway.replies import has_control
 from gateway.settings import Settings
+from gateway.text import has_control
 
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?$")
 _NO_REPLY_LOCALS = frozenset({"mailer-daemon", "postmaster"})

@@ -1,6 +1,8 @@
-"""Header text as a person should read it.
+"""Text that reaches a person or a log: made safe for one line, and headers decoded.
 
-In: a header value as the mail parser left it: RFC 2047 encoded words
+:func:`clean` and :func:`has_control`: nothing a client sent can break a reply
+or a log line (control characters, line and paragraph separators replaced).
+:func:`display`: a header value as the mail parser left it: RFC 2047 encoded words
 (``=?utf-8?b?...?=``, what every client sends for accents or ``n°``), or raw
 8-bit bytes (``BODY=8BITMIME``; the parser keeps them as surrogate escapes).
 Out: the text decoded: encoded words in their charset, raw bytes as UTF-8 and,
@@ -12,6 +14,22 @@ from __future__ import annotations
 
 import email.errors
 import email.header
+import re
+
+# C0, DEL, C1 (NEL \x85 breaks lines too) and the Unicode line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_control(value: str) -> bool:
+    """Whether ``value`` holds a character that :func:`clean` would replace."""
+    return _CONTROL.search(value) is not None
+
+
+def clean(value: object, limit: int = 200) -> str:
+    """A value safe to put in one reply or log line."""
+    text = _CONTROL.sub("?", str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 _SURROGATES = range(0xDC80, 0xDD00)
 

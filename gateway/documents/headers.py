@@ -15,8 +15,7 @@ import email.policy
 import re
 from dataclasses import dataclass
 
-from gateway.replies import clean
-from gateway.text import display
+from gateway.text import clean, display
 
 
 @dataclass(frozen=True)

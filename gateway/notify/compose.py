@@ -44,10 +44,10 @@ import phonenumbers
 from gateway import dates
 from gateway.arcodes import Category, ReceiptCode, lookup
 from gateway.outcomes import HoldKind
-from gateway.replies import clean
 from gateway.sender import Row
 from gateway.settings import Settings
 from gateway.store import Job, NoticeKind, State, alert_subject, is_ar_mail
+from gateway.text import clean
 
 # Status words, What-to-do texts, per language. Keys: category values, plus notice kinds.
 _STATUS = {

@@ -29,11 +29,11 @@ import aiosmtplib
 
 from gateway.backoff import doubling
 from gateway.notify.compose import Alert, Facts, compose, compose_alerts
-from gateway.replies import clean
 from gateway.sender import recipient_of_message
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, Spool
 from gateway.store import AsyncStore, Notice, NoticeKind, NoticeState, Store
+from gateway.text import clean
 
 log = logging.getLogger("gateway.notify")
 

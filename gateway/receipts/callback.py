@@ -42,10 +42,10 @@ from aiohttp import web
 from gateway.arcodes import RETRYABLE, lookup
 from gateway.networks import Networks
 from gateway.receipts.armail import receipt_in_mail
-from gateway.replies import clean, has_control
 from gateway.sender import Row
 from gateway.settings import DeliverySettings, Settings
 from gateway.store import AsyncStore, Job, NoticeKind, State, Store, number_tail
+from gateway.text import clean, has_control
 
 log = logging.getLogger("gateway.receipts")
 

@@ -37,15 +37,16 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, Envelope
 
 from gateway import replies
-from gateway.documents import policy as documents
+from gateway.documents import policy
 from gateway.documents.examiner import Examiner
 from gateway.documents.headers import Headers
-from gateway.replies import Answer, Hello, clean
+from gateway.replies import Answer, Hello
 from gateway.settings import Network, Settings, User
 from gateway.smtp.access import AuthThrottle, sender_allowed
 from gateway.smtp.recipients import Domains, FaxRecipient, ReceiptRecipient, classify
 from gateway.spool import FAX_NAME, RAW_NAME, Spool
 from gateway.store import AsyncStore, NewMessage, Store, new_id
+from gateway.text import clean
 
 log = logging.getLogger("gateway.smtp")
 
@@ -267,7 +268,7 @@ class Handler:
     async def _accept(self, conn: Connection, sender: str, numbers: list[str], raw: bytes) -> Answer:
         try:
             extraction, headers = await self.examiner.examine(raw)
-        except documents.DocumentRefused as exc:
+        except policy.DocumentRefused as exc:
             log.info("session %s: message from %s refused: %s", conn.id, clean(sender), exc.reason)
             return exc.reply
         except BrokenProcessPool:
@@ -305,7 +306,7 @@ class Handler:
         sender: str,
         keys: dict[str, str],
         raw: bytes,
-        extraction: documents.Extraction,
+        extraction: policy.Extraction,
         headers: Headers,
     ) -> Answer:
         """Spool the message and commit one job per number (``keys``: number -> dedupe key) not yet queued."""

@@ -66,6 +66,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope
 
 from gateway import replies
 from gateway.replies import Answer, Reply
+from gateway.text import clean
 
 log = logging.getLogger("gateway.smtp")
 
@@ -249,7 +250,7 @@ def translate(text: str, *, max_line: int, max_size: int) -> Answer:
             limit = max_line if reply is replies.LINE_TOO_LONG else max_size
             values: dict[str, object] = {"limit": limit, "usage": "see HELP", "command": "a command"}
             return reply.format(**(values | {k: v for k, v in m.groupdict().items() if v}))
-    log.warning("aiosmtpd reply not in the reply table, sent as it is: %r", replies.clean(text))
+    log.warning("aiosmtpd reply not in the reply table, sent as it is: %r", clean(text))
     m = _CODE.fullmatch(text)
     code, rest = (int(m["code"]), m["text"]) if m else (500, text)
     return Answer(Reply(code, "", rest, name="UNLISTED"), rest.encode("ascii", "replace").decode("ascii"))

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import mailgen  # noqa: E402
 
 from gateway import settings
-from gateway.documents import policy as documents  # noqa: E402
+from gateway.documents import policy  # noqa: E402
 from gateway.documents.headers import read_headers  # noqa: E402
 from gateway.spool import FAX_NAME, RAW_NAME, Spool  # noqa: E402
 from gateway.store import NewMessage, State, Store, new_id  # noqa: E402
@@ -53,7 +53,7 @@ def main() -> None:
         p.error("--repeat must be 1..1000")
     raw = mailgen.with_crlf(mailgen.make_mail(mailgen.make_pdf(102_400)))
     docs = settings.from_mapping({}, {}).documents
-    extraction = documents.extract(raw, docs)
+    extraction = policy.extract(raw, docs)
     root = Path(tempfile.mkdtemp(prefix="fax-gateway-breakdown-", dir="/var/tmp"))
     try:
         spool = Spool(root)
@@ -76,7 +76,7 @@ def main() -> None:
             store.transition(job, State.UPLOADING, "storing the document", expect=[State.QUEUED])
 
         steps: list[tuple[str, Callable[[], object]]] = [
-            ("documents.extract (MIME parse, type and PDF checks)", lambda: documents.extract(raw, docs)),
+            ("policy.extract (MIME parse, type and PDF checks)", lambda: policy.extract(raw, docs)),
             ("examiner.read_headers", lambda: read_headers(raw)),
             ("spool.write (2 files, 4 fsyncs, rename)", spool_write),
             ("store.add_message (1 commit, fsync)", commit),

@@ -14,8 +14,7 @@ import pytest
 from PIL import Image
 
 from gateway import replies
-from gateway.documents import formats as faxdoc
-from gateway.documents import mime
+from gateway.documents import formats, mime
 from gateway.documents.policy import DocumentRefused, Extraction, extract
 from gateway.settings import DocumentSettings, SettingsError, from_mapping
 from tests.support_docs import A4, image, pdf, pdf_of_size, tnef
@@ -242,7 +241,7 @@ def test_extraction_runs_in_parallel_threads() -> None:
 
 
 def test_libmagic_decides_the_type_not_the_name() -> None:
-    assert faxdoc.sniff(pdf(1)) == "application/pdf"
+    assert formats.sniff(pdf(1)) == "application/pdf"
     raw = plain_with([("photo.gif", "application/octet-stream", image("PNG"))])
     assert outcome(raw)[0] == "fax:1:png"
 

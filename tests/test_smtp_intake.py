@@ -15,7 +15,7 @@ import aiosmtplib
 import pytest
 
 from gateway.daemon.app import Gateway
-from gateway.documents import policy as documents
+from gateway.documents import policy
 from gateway.spool import FAX_NAME, RAW_NAME
 from tests.support_clock import FakeClock
 from tests.support_smtp import TIMEOUT, Harness, Raw, Starter, fax_mail, transaction
@@ -244,9 +244,9 @@ class Gate:
 async def test_a_message_held_in_parsing_or_disk_work_does_not_stop_other_sessions(
     smtp_gateway: Starter, monkeypatch: pytest.MonkeyPatch, held: str
 ) -> None:
-    gate = Gate(documents.extract if held == "parsing" else os.fsync)
+    gate = Gate(policy.extract if held == "parsing" else os.fsync)
     if held == "parsing":
-        monkeypatch.setattr(documents, "extract", gate)
+        monkeypatch.setattr(policy, "extract", gate)
     # Examined in a thread of this process (documents.processes = 0), where the gate is.
     table = {"documents": {"processes": 0}} if held == "parsing" else None
     h = await smtp_gateway(table, fsync=gate if held == "fsync" else os.fsync)

@@ -1,7 +1,7 @@
 """Examination of a message's documents, away from the daemon's event loop and GIL.
 
-In: the raw bytes of a message. Out: its :class:`~gateway.documents.Extraction`
-and :class:`Headers`, or :class:`~gateway.documents.DocumentRefused` (the
+In: the raw bytes of a message. Out: its :class:`~gateway.documents.policy.Extraction`
+and :class:`Headers`, or :class:`~gateway.documents.policy.DocumentRefused` (the
 reply that tells the sender what to change). Any other exception is our fault:
 SMTP intake answers 451 4.3.0 and the client retries.
 
@@ -41,7 +41,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from gateway.documents import policy as documents
+from gateway.documents import policy
 from gateway.documents.headers import Headers, read_headers
 from gateway.documents.policy import DocumentRefused, Extraction
 from gateway.settings import DocumentSettings
@@ -54,7 +54,7 @@ STOP_GRACE_SECONDS = 10.0
 
 def examine(raw: bytes, settings: DocumentSettings) -> tuple[Extraction, Headers]:
     """Blocking: the whole examination of one message (in a thread or a worker process)."""
-    return documents.extract(raw, settings), read_headers(raw)
+    return policy.extract(raw, settings), read_headers(raw)
 
 
 def hard_stop_seconds(settings: DocumentSettings) -> float:

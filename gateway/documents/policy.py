@@ -31,8 +31,7 @@ from typing import Any
 import tnefparse
 
 from gateway import replies
-from gateway.documents import fit, mime
-from gateway.documents import formats as faxdoc
+from gateway.documents import fit, formats, mime
 from gateway.documents.formats import Document, Unfit
 from gateway.replies import Answer
 from gateway.settings import DocumentSettings
@@ -132,17 +131,17 @@ class _Run:
             raise _refused("empty", label, "", "", s)
         if not part.clean:
             raise _refused("encoding", label, "", "", s)
-        if faxdoc.is_enveloped(part.declared, part.smime_type, part.data):
+        if formats.is_enveloped(part.declared, part.smime_type, part.data):
             raise _refused("encrypted", label, "S/MIME", "S/MIME encrypted mail", s)
-        found = faxdoc.sniff(part.data)
+        found = formats.sniff(part.data)
         if found in mime.NEVER_DOCUMENTS:
             return
-        if found == faxdoc.TNEF:
+        if found == formats.TNEF:
             self._unpack(part, label, level)
             return
-        kind = faxdoc.KINDS.get(found)
+        kind = formats.KINDS.get(found)
         if kind is None or kind not in s.accepted_types:
-            refusal = _refused("type", label, faxdoc.describe(found), "", s)
+            refusal = _refused("type", label, formats.describe(found), "", s)
             if s.unsupported == "skip":
                 self.skipped.append({"name": part.name or f"attachment {self.count}", "type": found, "reason": "type"})
                 self.first_skip = self.first_skip or refusal
@@ -167,9 +166,9 @@ class _Run:
         s = self.settings
         try:
             if kind == "pdf":
-                pages = faxdoc.pdf_pages(part.data)
+                pages = formats.pdf_pages(part.data)
             else:
-                pages = faxdoc.image_frames(part.data, s.min_image_pixels, s.max_pdf_pages)
+                pages = formats.image_frames(part.data, s.min_image_pixels, s.max_pdf_pages)
         except Unfit as exc:
             raise _refused(exc.reason, label, kind.upper(), exc.detail, s) from None
         if pages == 0:  # a tracking pixel
@@ -202,7 +201,7 @@ class _Run:
         if not self.documents:
             reply = replies.DOC_TNEF if self.tnef_seen else replies.NO_DOCUMENT
             raise DocumentRefused(reply.format(accepted=accepted_list(s)), "no-document")
-        fax = faxdoc.build(self.documents, s.page_size)
+        fax = formats.build(self.documents, s.page_size)
         n = len(self.documents)
         fitted = self._fit(fax) if fit.needed(len(fax), s) else None
         fax = fitted.document if fitted is not None else fax

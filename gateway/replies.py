@@ -162,7 +162,7 @@ PARAMETERS_UNKNOWN = Reply(555, "5.5.4", "Parameters not recognized or not imple
 BAD_BODY = Reply(501, "5.5.4", "BODY can only be 7BIT or 8BITMIME")
 SMTPUTF8_UNSUPPORTED = Reply(555, "5.5.4", "SMTPUTF8 is not supported: write addresses in ASCII")
 
-# -- documents (filled in by gateway.documents) --------------------------------
+# -- documents (filled in by gateway.documents.policy) --------------------------------
 NO_DOCUMENT = Reply(554, "5.6.0", "No document to fax: attach it as a file ({accepted}); the mail text is not faxed")
 DOC_TYPE = Reply(554, "5.6.1", "{name}: type {found} cannot be faxed (accepted: {accepted}); convert it to {target}")
 DOC_EMPTY = Reply(554, "5.6.0", "{name}: the file is empty (0 bytes); attach the document again")

@@ -1,4 +1,4 @@
-"""SMTP intake decisions: the aiosmtpd handler hooks behind :mod:`gateway.smtp`.
+"""SMTP intake decisions: the aiosmtpd handler hooks behind :mod:`gateway.smtp.server`.
 
 In: one SMTP transaction (client, sender, recipients, message). Out: a
 message spooled durably with one job per distinct fax number, or the reply
@@ -99,7 +99,7 @@ class Handler:
     ) -> None:
         self.settings = settings
         # Where messages are examined (documents.processes); whoever runs the
-        # handler starts and stops it (the daemon: gateway.app).
+        # handler starts and stops it (the daemon: gateway.daemon.app).
         self.examiner = examiner if examiner is not None else Examiner(settings.documents)
         self.store = store
         self.spool = spool

@@ -167,3 +167,18 @@ def test_a_module_imports_only_what_its_floor_may(path: Path) -> None:
         if not allowed(source, floor_of(target))
     ]
     assert not wrong, "stages meet only in the store:\n" + "\n".join(wrong)
+
+
+def test_the_readme_names_every_module_in_its_package_row() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("## How it works", 1)[1].split("\n## ", 1)[0]
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| `([a-z/*.]+)`[^|]*\| (.*) \|$", section, re.M)}
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        package = path.parent.name if path.parent != PACKAGE else ""
+        row = rows.get(f"{package}/") if package else rows.get("gateway/*.py")
+        if row is None or f"`{path.stem}`" not in row:
+            missing.append(str(path.relative_to(PACKAGE.parent)))
+    assert not missing, "README 'How it works' does not name: " + ", ".join(missing)

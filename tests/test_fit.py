@@ -288,3 +288,13 @@ def test_a_refusal_from_fitting_is_a_document_refusal() -> None:
     assert caught.value.reason == "too-big"
     assert str(caught.value.reply).endswith("over the limit of 2000 bytes: even one page is over it: scan in black and "
                                        "white at 200 dpi")  # fmt: skip
+
+
+def test_a_scan_whose_images_alone_are_over_the_limit_skips_the_lossless_rewrite() -> None:
+    # Lossless rewriting keeps JPEG images byte for byte: it cannot bring such a scan under the limit,
+    # and would only hold a second copy of it in memory while the pages render.
+    from gateway.documents.fit import _check_images
+
+    jpegs = [scan_jpeg(), scan_jpeg()]
+    document = bytes(img2pdf.convert(jpegs))
+    assert _check_images(document, []) == sum(len(j) for j in jpegs)

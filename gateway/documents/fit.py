@@ -80,12 +80,14 @@ def needed(size: int, settings: DocumentSettings) -> bool:
 def fit(pdf: bytes, parts: list[Part], settings: DocumentSettings, deadline: float) -> Fitted:
     """``pdf`` under ``settings.max_fax_bytes`` (see the module docstring), or an exception that says why not."""
     limit = settings.max_fax_bytes
-    if settings.fit != "always":
+    kept = _check_images(pdf, parts)
+    # Lossless rewriting leaves JPEG, JPEG 2000, JBIG2 and G4 images as they are: when those alone are over
+    # the limit (a scan), it cannot succeed, and it would only hold a second copy of the scan in memory.
+    if settings.fit != "always" and kept <= limit:
         smaller = lossless(pdf)
         if len(smaller) <= limit:
             return Fitted(smaller, "lossless", "compressed without loss")
         del smaller  # as large as the scan: not kept while the pages render
-    _check_images(pdf, parts)
     with render.opened(pdf) as doc:
         _check_pixels(doc, parts, settings.max_page_pixels)
         timer = _Timer(deadline, settings.convert_timeout_seconds, len(doc))
@@ -190,18 +192,34 @@ def _check_pixels(doc: render.Pages, parts: list[Part], bound: int) -> None:
                                   f"over documents.max_page_pixels ({bound})")  # fmt: skip
 
 
-def _check_images(pdf: bytes, parts: list[Part]) -> None:
-    """Refuse a page holding an image larger than PDFium should decode (headers only, nothing decoded)."""
+# Image encodings a lossless rewrite keeps byte for byte (it only recompresses Flate).
+_KEPT_AS_IS = frozenset({"/DCTDecode", "/JPXDecode", "/JBIG2Decode", "/CCITTFaxDecode"})
+
+
+def _check_images(pdf: bytes, parts: list[Part]) -> int:
+    """Refuse a page holding an image larger than PDFium should decode (headers only, nothing decoded).
+
+    Returns the bytes of the pages' images that a lossless rewrite keeps as they are.
+    """
+    kept = 0
     with pikepdf.open(io.BytesIO(pdf)) as doc:
+        seen: set[tuple[int, int]] = set()
         for index, page in enumerate(doc.pages):
-            for width, height in _images(page.obj, 0, set()):
+            for image in _images(page.obj, 0, seen):
+                width, height = int(image.get("/Width", 0)), int(image.get("/Height", 0))
                 if width * height > MAX_PIXELS:
                     raise Unfit("limits", f"{_where(index, parts)} holds an image of {width}x{height} pixels, "
                                           f"over {MAX_PIXELS}")  # fmt: skip
+                filters = image.get("/Filter")
+                names = [str(f) for f in filters] if isinstance(filters, pikepdf.Array) else [str(filters)]
+                length = image.get("/Length")
+                if names and names[-1] in _KEPT_AS_IS and isinstance(length, int):
+                    kept += length
+    return kept
 
 
-def _images(holder: pikepdf.Object, depth: int, seen: set[tuple[int, int]]) -> Iterator[tuple[int, int]]:
-    """(width, height) of each image a page or form draws from its resources, forms followed."""
+def _images(holder: pikepdf.Object, depth: int, seen: set[tuple[int, int]]) -> Iterator[pikepdf.Stream]:
+    """Each image a page or form draws from its resources, forms followed, each once."""
     resources = holder.get("/Resources")
     xobjects = resources.get("/XObject") if isinstance(resources, pikepdf.Dictionary) else None
     if not isinstance(xobjects, pikepdf.Dictionary):
@@ -215,6 +233,6 @@ def _images(holder: pikepdf.Object, depth: int, seen: set[tuple[int, int]]) -> I
         seen.add(key)
         subtype = xobject.get("/Subtype")
         if subtype == "/Image":
-            yield int(xobject.get("/Width", 0)), int(xobject.get("/Height", 0))
+            yield xobject
         elif subtype == "/Form" and depth < MAX_FORM_DEPTH:
             yield from _images(xobject, depth + 1, seen)

@@ -76,6 +76,10 @@ class Network:
     senders: tuple[str, ...] = ()
     # Whether AUTH may be offered in plaintext to clients from this network.
     plaintext_auth: bool = False
+    # How a mail that cannot be faxed (its document) is refused: "smtp" (a 5xx reply, which the
+    # client or Postfix's bounce reports), or "mail" (accepted with 250, and the reason goes by mail,
+    # as a receipt, to the person behind the sender: for printers that only show "send error").
+    refusals: Literal["smtp", "mail"] = "smtp"
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,8 @@ class User:
     name: str
     password_hash: str
     senders: tuple[str, ...] = ()
+    # As for a trusted network: "smtp" or "mail".
+    refusals: Literal["smtp", "mail"] = "smtp"
 
 
 @dataclass(frozen=True)

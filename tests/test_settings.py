@@ -90,7 +90,8 @@ def test_secrets_come_from_the_environment_and_print_masked() -> None:
 def test_describe_is_plain_data() -> None:
     data = describe(from_mapping({"notify": {"sender_map": {"scan@example.com": "team@example.com"}}}, {}))
     assert data["smtp"]["listen"] == "127.0.0.1:2525"
-    assert data["smtp"]["trusted_networks"][0] == {"cidr": "127.0.0.0/8", "senders": [], "plaintext_auth": False}
+    assert data["smtp"]["trusted_networks"][0] == {"cidr": "127.0.0.0/8", "senders": [], "plaintext_auth": False,
+                                                    "refusals": "smtp"}
     assert data["notify"]["sender_map"] == {"scan@example.com": "team@example.com"}
 
 

@@ -35,6 +35,8 @@ ADVICE: dict[str, str] = {
     "SENDER_OK": "Nothing.",
     "RECIPIENT_OK": "Nothing.",
     "QUEUED": "Nothing: the fax is queued; the receipt comes by mail. `fax-gateway show JOB` follows it.",
+    "REFUSED_BY_MAIL": "Nothing at the device: the mail cannot be faxed as it is (its network or user has"
+    " `refusals = \"mail\"`); the sender gets a mail that says why and what to change.",
     "AUTH_OK": "Nothing.",
     "RECEIPT_ACCEPTED": "Nothing: a provider receipt copy was recorded.",
     "RECEIPT_RECIPIENT_OK": "Nothing.",

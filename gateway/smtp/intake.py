@@ -31,7 +31,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, Envelope
@@ -39,7 +39,7 @@ from aiosmtpd.smtp import MISSING, Envelope
 from gateway import replies
 from gateway.documents import policy
 from gateway.documents.examiner import Examiner
-from gateway.documents.headers import Headers
+from gateway.documents.headers import Headers, read_headers
 from gateway.replies import Answer, Hello
 from gateway.settings import Network, Settings, User
 from gateway.smtp.access import AuthThrottle, sender_allowed
@@ -270,7 +270,13 @@ class Handler:
             extraction, headers = await self.examiner.examine(raw)
         except policy.DocumentRefused as exc:
             log.info("session %s: message from %s refused: %s", conn.id, clean(sender), exc.reason)
-            return exc.reply
+            if _refusals(conn) != "mail":
+                return exc.reply
+            try:
+                return await self._refuse_by_mail(conn, sender, numbers, raw, exc.reply)
+            except Exception:
+                log.exception("session %s: the refusal could not be recorded to go by mail: 451", conn.id)
+                return replies.ERROR.answer()
         except BrokenProcessPool:
             log.error("session %s: the process examining the message died (a crash, or out of memory): 451", conn.id)
             return replies.ERROR.answer()
@@ -347,6 +353,40 @@ class Handler:
                      extra={"job_id": job_id})  # fmt: skip
         return reply
 
+    async def _refuse_by_mail(
+        self, conn: Connection, sender: str, numbers: list[str], raw: bytes, refusal: Answer
+    ) -> Answer:
+        """``refusals = "mail"``: 250, and the refusal goes to the person behind the sender as a receipt.
+
+        For printers, which show the person at the copier "send error" and nothing else. The message
+        is spooled and committed like any other, its jobs already failed with the refusal's words,
+        each with the "failed" notice the notifier sends (to whom :mod:`gateway.sender` picks).
+        """
+        headers = await asyncio.to_thread(read_headers, raw)
+        jobs = [(new_id(), number) for number in numbers]
+        ids = tuple(job_id for job_id, _ in jobs)
+        reply = replace(replies.REFUSED_BY_MAIL.format(jobs=" ".join(ids)), jobs=ids)
+        message_id = new_id()
+        await asyncio.to_thread(self.spool.write, message_id, {RAW_NAME: raw})
+        msg = NewMessage(
+            id=message_id, envelope_from=sender, header_from=headers.header_from, reply_to=headers.reply_to,
+            message_id_header=headers.message_id, subject=headers.subject, date_header=headers.date,
+            client_addr=conn.ip, auth_user=conn.user.name if conn.user else "", doc_type="", doc_pages=0, doc_bytes=0,
+        )  # fmt: skip
+        via = f"{conn.ip} as {conn.user.name}" if conn.user else conn.ip
+        detail = f"from {sender} via {via}; cannot be faxed: {refusal}; reply: {reply}"
+        reason = f"the mail cannot be faxed as it is: {refusal.text}"
+        try:
+            await self.store.run(lambda s: s.add_refused_message(msg, jobs, detail, reason))
+        except BaseException:
+            await asyncio.to_thread(self.spool.remove, message_id)
+            raise
+        self.on_spooled()  # wakes the notifier
+        for job_id, number in jobs:
+            log.info("job %s: refused for %s from %s, the reason goes by mail (session %s)", job_id, number,
+                     clean(sender), conn.id, extra={"job_id": job_id})  # fmt: skip
+        return reply
+
     # -- a file handed over on this machine -----------------------------------
 
     async def take_local(self, sender: str, address: str, raw: bytes) -> Answer:
@@ -370,6 +410,13 @@ class Handler:
         elif reply.ok:  # a receipt address: not a fax
             reply = replies.RELAY_DENIED.format(domain=self.domains.fax[0])
         return reply
+
+
+def _refusals(conn: Connection) -> str:
+    """How the documents stage's refusals reach the client: its user's setting, else its network's."""
+    if conn.user is not None:
+        return conn.user.refusals
+    return conn.network.refusals if conn.network is not None else "smtp"
 
 
 _LOCAL = Network(cidr="127.0.0.1/32")

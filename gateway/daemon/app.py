@@ -65,7 +65,8 @@ class Gateway:
         from gateway.smtp.server import SmtpServer
 
         self.http = HttpServer(self.settings)
-        self.health = Health(self.settings, self.store, self.metrics, lambda: self._smtp_listening())
+        self.health = Health(self.settings, self.store, self.metrics, lambda: self._smtp_listening(),
+                             smtp_sessions=lambda: self._smtp_sessions(), free_bytes=self.spool.free_bytes)
         self.http.add_routes(self.health.routes())
         self.storage = build_storage(self.settings, self.store, self.spool)
         if isinstance(self.storage, LocalStorage):
@@ -89,6 +90,10 @@ class Gateway:
     def _smtp_listening(self) -> bool:
         smtp = getattr(self, "smtp", None)  # health may be asked before SMTP is built
         return smtp is not None and smtp.listening
+
+    def _smtp_sessions(self) -> int:
+        smtp = getattr(self, "smtp", None)
+        return 0 if smtp is None else len(smtp.sessions)
 
     def _on_spooled(self) -> None:
         self.spooled.set()  # the worker

@@ -70,11 +70,14 @@ class Job:
     upload_key: str
     hold_kind: HoldKind | Literal[""] = ""
     ambiguities: int = 0
+    # Ambiguous: the gateway was down for part of the grace period (a receipt may have been lost meanwhile).
+    grace_unwatched: bool = False
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         values = {f.name: row[f.name] for f in fields(cls)}
         values["state"] = State(values["state"])
+        values["grace_unwatched"] = bool(values["grace_unwatched"])
         values["hold_kind"] = HoldKind(values["hold_kind"]) if values["hold_kind"] else ""
         return cls(**values)
 

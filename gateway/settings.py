@@ -235,6 +235,11 @@ class HttpSettings:
     callback_networks: tuple[str, ...] = ()
     # Source networks allowed to read /healthz and /metrics; empty: any.
     status_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Receipts for a reference no job has yet (kept only while a submission to their number is in
+    # flight): at most this many kept per minute, and this many on file over two days; past either,
+    # the callback answers 503 and keeps nothing.
+    unknown_receipts_per_minute: int = 60
+    unknown_receipts_max: int = 1000
 
 
 @dataclass(frozen=True)
@@ -480,6 +485,8 @@ def _validate_http(http: HttpSettings) -> None:
             "http.callback_secret: FAX_GATEWAY_CALLBACK_SECRET must be 8 to 200 letters, digits or . _ ~ -"
         )
     _check_url("http.public_url", http.public_url)
+    for key in ("unknown_receipts_per_minute", "unknown_receipts_max"):
+        _positive(f"http.{key}", getattr(http, key), zero_ok=True)
 
 
 def _validate_storage(storage: StorageSettings) -> None:

@@ -258,3 +258,11 @@ async def test_healthz_fails_when_most_recent_mails_got_the_gateways_own_4xx(
         gw.metrics.smtp_reply(replies.queued(["0123456789abcdef"]))
     status, body = await _health(gw)
     assert status == 200 and body["status"] == "degraded" and body["replies"]["taken"] == 4
+
+
+async def test_unknown_receipts_are_counted(running: tuple[Gateway, ProviderSimulator]) -> None:
+    gw, _ = running
+    query = "etat_e=31083&ref_accuse=PLANTED1&numero=0145678900&nb_page=0"
+    assert await _get(gw, f"/receipt/{SECRET}?{query}") == (200, "OK\n")  # nothing in flight: ignored
+    _, text = await _get(gw, "/metrics")
+    assert _samples(text)[("faxgw_unknown_receipts_total", (("outcome", "ignored"),))] == 1

@@ -76,6 +76,7 @@ class Gateway:
         self.notifier = Notifier(self.settings, self.store, self.spool, clock=self.clock)
         # The stages meet only in the store: a wake-up says there is something new to read there.
         self.receipts = Receipts(self.settings, self.store, on_notice=self.notifier.wake)
+        self.receipts.on_unknown = self.metrics.unknown_receipt
         self.http.add_routes(self.receipts.routes())
         self.worker = Worker(self.settings, self.store, self.spool, *metered, clock=self.clock, wake_event=self.spooled,
                              on_notice=self.notifier.wake, on_submitted=self.receipts.wake)  # fmt: skip

@@ -213,6 +213,12 @@ class DeliverySettings:
     # An ambiguous submission waits this long for a matching receipt.
     ambiguous_grace_seconds: float = 1800.0
     ambiguous_action: Literal["resubmit", "operator"] = "resubmit"
+    # Resubmissions of one job after ambiguous answers (each after its grace, with the same reference).
+    ambiguous_resubmits: int = 2
+    # When the gateway was down for part of the grace period (the job was found mid-submission at
+    # start-up, or the daemon stopped meanwhile), a receipt may have been missed: leave the job to an
+    # "operator" (the sender is told it is being checked), or "resubmit" all the same.
+    ambiguous_unwatched_action: Literal["resubmit", "operator"] = "operator"
     # A job found mid-step at start-up this many times is quarantined.
     max_recoveries: int = 3
     # Automatic resubmission on busy / no answer (0: off).
@@ -534,6 +540,7 @@ def _validate_delivery(delivery: DeliverySettings) -> None:
         _positive(f"delivery.{key}", getattr(delivery, key))
     for key in ("credit_retry_seconds", "poll_seconds"):
         _positive(f"delivery.{key}", getattr(delivery, key))
+    _positive("delivery.ambiguous_resubmits", delivery.ambiguous_resubmits, zero_ok=True)
     if delivery.min_backoff_seconds > delivery.max_backoff_seconds:
         raise SettingsError("delivery.min_backoff_seconds: larger than delivery.max_backoff_seconds")
 

@@ -227,6 +227,12 @@ class DeliverySettings:
     # An ambiguous submission waits this long for a matching receipt.
     ambiguous_grace_seconds: float = 1800.0
     ambiguous_action: Literal["resubmit", "operator"] = "resubmit"
+    # Resubmissions of one job after ambiguous answers (each after its grace, with the same reference).
+    ambiguous_resubmits: int = 2
+    # When the gateway was down for part of the grace period (the job was found mid-submission at
+    # start-up, or the daemon stopped meanwhile), a receipt may have been missed: leave the job to an
+    # "operator" (the sender is told it is being checked), or "resubmit" all the same.
+    ambiguous_unwatched_action: Literal["resubmit", "operator"] = "operator"
     # A job found mid-step at start-up this many times is quarantined.
     max_recoveries: int = 3
     # Automatic resubmission on busy / no answer (0: off).
@@ -249,6 +255,11 @@ class HttpSettings:
     callback_networks: tuple[str, ...] = ()
     # Source networks allowed to read /healthz and /metrics; empty: any.
     status_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Receipts for a reference no job has yet (kept only while a submission to their number is in
+    # flight): at most this many kept per minute, and this many on file over two days; past either,
+    # the callback answers 503 and keeps nothing.
+    unknown_receipts_per_minute: int = 60
+    unknown_receipts_max: int = 1000
 
 
 @dataclass(frozen=True)
@@ -498,6 +509,8 @@ def _validate_http(http: HttpSettings) -> None:
             "http.callback_secret: FAX_GATEWAY_CALLBACK_SECRET must be 8 to 200 letters, digits or . _ ~ -"
         )
     _check_url("http.public_url", http.public_url)
+    for key in ("unknown_receipts_per_minute", "unknown_receipts_max"):
+        _positive(f"http.{key}", getattr(http, key), zero_ok=True)
 
 
 def _validate_storage(storage: StorageSettings) -> None:
@@ -545,6 +558,7 @@ def _validate_delivery(delivery: DeliverySettings) -> None:
         _positive(f"delivery.{key}", getattr(delivery, key))
     for key in ("credit_retry_seconds", "poll_seconds"):
         _positive(f"delivery.{key}", getattr(delivery, key))
+    _positive("delivery.ambiguous_resubmits", delivery.ambiguous_resubmits, zero_ok=True)
     if delivery.min_backoff_seconds > delivery.max_backoff_seconds:
         raise SettingsError("delivery.min_backoff_seconds: larger than delivery.max_backoff_seconds")
 

@@ -179,3 +179,90 @@ async def test_healthz_reports_a_failing_s3(make_settings: SettingsFactory, sim_
         assert S3_ENV["AWS_SECRET_ACCESS_KEY"] not in text
     finally:
         await gw.stop()
+
+
+# -- health says what a client gets -----------------------------------------------------
+
+
+async def _health(gw: Gateway) -> tuple[int, dict[str, Any]]:
+    status, text = await _get(gw, "/healthz")
+    return status, json.loads(text)
+
+
+async def test_healthz_fails_when_the_spool_is_below_its_minimum(make_settings: SettingsFactory,
+                                                                  sim_factory: SimFactory) -> None:  # fmt: skip
+    sim = await sim_factory()
+    gw = await _gateway(make_settings, sim, spool={"min_free_bytes": 2**62})  # more than any disk: MAIL gets 452
+    try:
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+            await _send(gw, "0145678900@fax.local")
+        assert refused.value.code == 452
+        status, body = await _health(gw)
+        assert status == 503 and body["status"] == "failing"
+        assert body["spool"]["ok"] is False and "spool.min_free_bytes" in body["spool"]["detail"]
+        assert body["replies"]["own_refusals"] == 1 and body["store"]["ok"] is True
+    finally:
+        await gw.stop()
+
+
+async def test_healthz_fails_when_the_store_cannot_be_written(running: tuple[Gateway, ProviderSimulator]) -> None:
+    gw, _ = running
+    await gw.store.run(lambda s: s.db.execute("PRAGMA query_only = ON"))  # locking works, writing fails
+    try:
+        status, body = await _health(gw)
+        assert status == 503 and body["status"] == "failing"
+        assert body["store"] == {"ok": False, "detail": "a write failed"}
+    finally:
+        await gw.store.run(lambda s: s.db.execute("PRAGMA query_only = OFF"))
+    status, body = await _health(gw)
+    assert status == 200 and body["store"]["ok"] is True
+    assert await gw.store.run(lambda s: s.db.execute("SELECT COUNT(*) FROM probe").fetchone()[0]) == 0
+
+
+async def test_healthz_fails_while_every_connection_slot_is_taken(make_settings: SettingsFactory,
+                                                                  sim_factory: SimFactory) -> None:  # fmt: skip
+    sim = await sim_factory()
+    gw = await _gateway(make_settings, sim, smtp={"max_connections": 2})
+    clients = []
+    try:
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.smtp.port)
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"220")
+            clients.append(writer)
+        status, body = await _health(gw)
+        assert status == 503 and body["status"] == "failing"
+        assert body["connections"] == {"ok": False, "open": 2, "max": 2, "detail": "2 of 2 open: new clients get 421"}
+        last = clients.pop()
+        last.write(b"QUIT\r\n")
+        await asyncio.wait_for(reader.read(), 10)  # the server closed: it has let the session go
+        last.close()
+        status, body = await _health(gw)
+        assert status == 200 and body["connections"]["open"] == 1
+    finally:
+        for writer in clients:
+            writer.close()
+        await gw.stop()
+
+
+async def test_healthz_fails_when_most_recent_mails_got_the_gateways_own_4xx(
+    running: tuple[Gateway, ProviderSimulator],
+) -> None:
+    gw, _ = running
+    for _ in range(3):  # what the SMTP server reports for each reply it sends
+        gw.metrics.smtp_reply(replies.ERROR.answer())
+    gw.metrics.smtp_reply(replies.QUOTA_SENDER.format(limit=1, sender="a@example.com"))  # the client's matter
+    status, body = await _health(gw)
+    assert status == 503 and body["status"] == "failing"
+    assert body["replies"] == {"ok": False, "own_refusals": 3, "taken": 0, "seconds": 300.0}
+    for _ in range(4):
+        gw.metrics.smtp_reply(replies.queued(["0123456789abcdef"]))
+    status, body = await _health(gw)
+    assert status == 200 and body["status"] == "degraded" and body["replies"]["taken"] == 4
+
+
+async def test_unknown_receipts_are_counted(running: tuple[Gateway, ProviderSimulator]) -> None:
+    gw, _ = running
+    query = "etat_e=31083&ref_accuse=PLANTED1&numero=0145678900&nb_page=0"
+    assert await _get(gw, f"/receipt/{SECRET}?{query}") == (200, "OK\n")  # nothing in flight: ignored
+    _, text = await _get(gw, "/metrics")
+    assert _samples(text)[("faxgw_unknown_receipts_total", (("outcome", "ignored"),))] == 1

@@ -108,8 +108,8 @@ async def test_an_unknown_reference_is_answered_and_changes_nothing(rig: Receipt
     assert (await rig.receipt("NOSUCH", "0", 1, numero="0299999999"))[0] == 200
     assert (await rig.job(job.id)).state == State.SUBMITTED
     assert await rig.rows("SELECT id FROM notifications") == []
-    (kept,) = await rig.rows("SELECT job_id, applied_at FROM receipts")
-    assert kept == {"job_id": "", "applied_at": 0}
+    # No request to that number is in flight: not kept, so it can decide no later job (issue 15 item 5).
+    assert await rig.rows("SELECT job_id, applied_at FROM receipts") == []
 
 
 # -- early receipts and ambiguous jobs -----------------------------------------------
@@ -155,6 +155,66 @@ async def test_a_receipt_on_file_resolves_a_job_recorded_ambiguous_later(rig: Re
     await rig.store.run(worker_records_timeout)
     after = await rig.job(job.id)
     assert (after.state, after.provider_ref) == (State.DELIVERED, "R710")
+
+
+
+# -- planted receipts: whoever holds the callback URL cannot decide a later fax ------------------
+
+
+async def _submit(rig: ReceiptRig, job_id: str, ref: str) -> None:
+    """What the worker does with the provider's answer: record it, then the receipt stage applies what waits."""
+    await rig.store.run(lambda s: s.transition(job_id, State.SUBMITTED, "accepted", expect=[State.SUBMITTING],
+                                               provider_ref=ref))  # fmt: skip
+    await rig.receipts.drain()
+
+
+async def test_a_receipt_planted_for_a_reference_not_issued_yet_decides_nothing(rig: ReceiptRig) -> None:
+    planted = [f"P{n}" for n in range(3)]
+    for ref in planted:  # nothing is being sent to that number: answered, not kept
+        assert await rig.receipt(ref, "31083", 0) == (200, "OK\n")
+    rig.clock.advance(5)
+    for ref in planted:  # the next faxes get those references from the provider
+        job = await rig.add_job(state=State.SUBMITTING)
+        await _submit(rig, job.id, ref)
+        assert (await rig.job(job.id)).state == State.SUBMITTED
+        assert (await rig.receipt(ref, "0", 2, heure="15:00"))[0] == 200  # the true receipt
+        assert (await rig.job(job.id)).state == State.DELIVERED
+        assert await notices(rig, job.id) == ["delivered"]
+
+
+async def test_a_receipt_planted_while_another_fax_to_the_number_is_in_flight_decides_nothing(
+    rig: ReceiptRig,
+) -> None:
+    first = await rig.add_job(state=State.SUBMITTING)
+    assert (await rig.receipt("P9", "31083", 0))[0] == 200  # kept: it may be the first fax's early receipt
+    await _submit(rig, first.id, "R-first")  # it was not
+    rig.clock.advance(1)
+    second = await rig.add_job(state=State.SUBMITTING)  # its request goes out after the planted receipt came
+    await _submit(rig, second.id, "P9")
+    assert (await rig.job(second.id)).state == State.SUBMITTED
+    assert (await rig.receipt("P9", "0", 3, heure="15:00"))[0] == 200
+    assert (await rig.job(second.id)).state == State.DELIVERED
+
+
+async def test_an_early_receipt_counts_only_while_its_request_is_in_flight(rig: ReceiptRig) -> None:
+    job = await rig.add_job(state=State.SUBMITTING)
+    window = rig.settings.provider.total_timeout + 60
+    rig.clock.advance(window + 1)  # the request timed out long ago (a daemon that died mid-request)
+    assert (await rig.receipt("P10", "31083", 0))[0] == 200
+    assert await rig.rows("SELECT id FROM receipts") == []
+    await rig.store.run(lambda s: s.transition(job.id, State.AMBIGUOUS, "recovered", expect=[State.SUBMITTING]))
+    await rig.receipts.drain()
+    assert (await rig.job(job.id)).state == State.AMBIGUOUS
+
+
+async def test_unknown_receipts_are_rate_limited_and_capped(make_rig: RigFactory) -> None:
+    rig = await make_rig({"http": {"unknown_receipts_per_minute": 3, "unknown_receipts_max": 5}})
+    await rig.add_job(state=State.SUBMITTING)  # in flight: unknown references for its number are kept
+    assert [(await rig.receipt(f"U{n}", "0", 1))[0] for n in range(4)] == [200, 200, 200, 503]
+    rig.clock.advance(61)
+    await rig.add_job(state=State.SUBMITTING)
+    assert [(await rig.receipt(f"V{n}", "0", 1))[0] for n in range(3)] == [200, 200, 503]  # 5 on file
+    assert len(await rig.rows("SELECT id FROM receipts")) == 5
 
 
 _RESUBMIT = {"delivery": {"busy_retries": 1, "busy_retry_delay_seconds": 300}}

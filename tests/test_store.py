@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,3 +133,27 @@ def test_an_ambiguous_job_waits_only_for_a_receipt_for_its_number_on_file_since_
     clock.advance(3 * 86400)  # a receipt long after the job was recorded ambiguous: matched as it comes, or never
     _receipt(store, "LATE")
     assert store.jobs_with_pending_receipts() == []
+
+
+_FULL_DISK = """
+import os, resource, signal, sys
+from gateway.store import Store
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+store = Store(sys.argv[1])
+wal = os.path.getsize(sys.argv[1] + "-wal")
+resource.setrlimit(resource.RLIMIT_FSIZE, (wal, wal))  # from here on no file may grow: the disk is full
+print(store.writable())
+"""
+
+
+def test_the_write_probe_writes_so_a_full_disk_is_seen(tmp_path: Path) -> None:
+    # In its own process: the file size limit applies to every file the process writes.
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path / "jobs.sqlite3")], capture_output=True,
+                          text=True, timeout=60, check=True)  # fmt: skip
+    assert done.stdout.strip() == "False"  # taking the lock alone (BEGIN IMMEDIATE, ROLLBACK) said True
+    store = Store(tmp_path / "jobs.sqlite3")
+    try:
+        assert store.writable()
+        assert store.db.execute("SELECT COUNT(*) FROM probe").fetchone()[0] == 0
+    finally:
+        store.close()

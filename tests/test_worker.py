@@ -17,6 +17,7 @@ import pytest
 
 from gateway.delivery.provider import ProviderClient
 from gateway.delivery.simulator import ProviderSimulator
+from gateway.delivery.worker import CHECKING
 from gateway.outcomes import Accepted, Submission
 from gateway.store import State
 from tests.support_clock import FakeClock
@@ -301,23 +302,73 @@ async def test_unknown_outcomes_wait_then_resubmit_once_with_the_same_ref(
     assert "resubmitting" in kinds(await d.events(job_id))
 
 
-async def test_a_second_ambiguity_is_left_for_an_operator(make_delivery: DeliveryFactory) -> None:
+async def test_error_pages_are_resubmitted_up_to_ambiguous_resubmits_then_left_for_an_operator(
+    make_delivery: DeliveryFactory,
+) -> None:
+    # Before issue 15 the second ambiguous answer left the job to an operator, and the sender heard nothing.
     d, sim = await make_delivery()
     sim.set_fault("5xx")
     (job_id,) = await d.spool_message()
     await d.drain()
-    d.clock.advance(31)
-    await d.drain()
-    job = await d.job(job_id)
-    assert job.state == State.AMBIGUOUS and job.ambiguities == 2
+    for ambiguities in (2, 3):  # each grace watched whole: resubmitted, with the same reference
+        d.clock.advance(31)
+        await d.drain()
+        job = await d.job(job_id)
+        assert job.state == State.AMBIGUOUS and job.ambiguities == ambiguities
     d.clock.advance(31)
     await d.drain()
     d.clock.advance(10_000)
     await d.drain()
-    assert len(sim.requests) == 2
+    assert [r.params["ref"] for r in sim.requests] == [job_id] * 3
     job = await d.job(job_id)
-    assert job.state == State.AMBIGUOUS and "left for an operator" in job.reason
-    assert await d.notices(job_id) == ["alert:ambiguous", "alert:ambiguous-again", "alert:ambiguous-operator"]
+    assert job.state == State.AMBIGUOUS and "after 2 resubmissions; left for an operator" in job.reason
+    assert await d.notices(job_id) == ["alert:ambiguous", "alert:ambiguous-again", "alert:ambiguous-operator",
+                                       "delayed"]  # fmt: skip
+    (told,) = [n for n in await d.store.run(lambda s: s.notices_of_job(job_id)) if n["kind"] == "delayed"]
+    assert told["detail"] == CHECKING
+
+
+async def test_a_job_found_mid_submission_at_start_up_is_left_for_an_operator(make_delivery: DeliveryFactory) -> None:
+    d, sim = await make_delivery(start_worker=False)
+    (job_id,) = await d.spool_message()
+    await d.set_state(job_id, state="submitting", submitted_at=d.clock.now - 5)  # killed mid-request
+    await d.start_worker()
+    await d.drain()
+    assert (await d.job(job_id)).grace_unwatched  # its receipt may have hit the dead daemon
+    d.clock.advance(10_000)
+    await d.drain()
+    assert sim.requests == []  # never faxed a second time
+    job = await d.job(job_id)
+    assert job.state == State.AMBIGUOUS and "the gateway was down for part of it" in job.reason
+    assert await d.notices(job_id) == ["alert:ambiguous", "alert:ambiguous-operator", "delayed"]
+
+
+async def test_a_stop_during_the_grace_period_leaves_the_job_for_an_operator(make_delivery: DeliveryFactory) -> None:
+    d, sim = await make_delivery()
+    sim.set_fault("5xx", once=True)
+    (job_id,) = await d.spool_message()
+    await d.drain()
+    assert not (await d.job(job_id)).grace_unwatched
+    await d.worker.stop()  # a receipt sent now would be lost
+    d.clock.advance(10)
+    await d.worker.start()
+    assert "grace not watched" in kinds(await d.events(job_id))
+    d.clock.advance(31)
+    await d.drain()
+    assert len(sim.requests) == 1
+    assert "left for an operator" in (await d.job(job_id)).reason
+
+
+async def test_unwatched_grace_periods_may_be_resubmitted_if_chosen(make_delivery: DeliveryFactory) -> None:
+    d, sim = await make_delivery({"delivery": {"ambiguous_unwatched_action": "resubmit"}}, start_worker=False)
+    (job_id,) = await d.spool_message()
+    await d.set_state(job_id, state="submitting", submitted_at=d.clock.now - 5)
+    await d.start_worker()
+    await d.drain()
+    d.clock.advance(31)
+    await d.drain()
+    assert [r.params["ref"] for r in sim.requests] == [job_id]
+    assert (await d.job(job_id)).state == State.SUBMITTED
 
 
 async def test_operator_mode_never_resubmits(make_delivery: DeliveryFactory) -> None:

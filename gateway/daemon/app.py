@@ -65,7 +65,8 @@ class Gateway:
         from gateway.smtp.server import SmtpServer
 
         self.http = HttpServer(self.settings)
-        self.health = Health(self.settings, self.store, self.metrics, lambda: self._smtp_listening())
+        self.health = Health(self.settings, self.store, self.metrics, lambda: self._smtp_listening(),
+                             smtp_sessions=lambda: self._smtp_sessions(), free_bytes=self.spool.free_bytes)
         self.http.add_routes(self.health.routes())
         self.storage = build_storage(self.settings, self.store, self.spool)
         if isinstance(self.storage, LocalStorage):
@@ -75,6 +76,7 @@ class Gateway:
         self.notifier = Notifier(self.settings, self.store, self.spool, clock=self.clock)
         # The stages meet only in the store: a wake-up says there is something new to read there.
         self.receipts = Receipts(self.settings, self.store, on_notice=self.notifier.wake)
+        self.receipts.on_unknown = self.metrics.unknown_receipt
         self.http.add_routes(self.receipts.routes())
         self.worker = Worker(self.settings, self.store, self.spool, *metered, clock=self.clock, wake_event=self.spooled,
                              on_notice=self.notifier.wake, on_submitted=self.receipts.wake)  # fmt: skip
@@ -89,6 +91,10 @@ class Gateway:
     def _smtp_listening(self) -> bool:
         smtp = getattr(self, "smtp", None)  # health may be asked before SMTP is built
         return smtp is not None and smtp.listening
+
+    def _smtp_sessions(self) -> int:
+        smtp = getattr(self, "smtp", None)
+        return 0 if smtp is None else len(smtp.sessions)
 
     def _on_spooled(self) -> None:
         self.spooled.set()  # the worker

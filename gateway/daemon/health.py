@@ -1,13 +1,22 @@
 """Health and metrics over HTTP: ``GET /healthz`` and ``GET /metrics``.
 
-In: the gateway's parts (SMTP listener, store, metrics). Out:
+In: the gateway's parts (SMTP listener and its sessions, spool, store,
+metrics). Out:
 
-- ``/healthz``: JSON. ``smtp`` (listening), ``store`` (a real write
-  transaction, rolled back), the last ``provider`` and ``storage`` results, and
-  the jobs waiting for a person (held, ambiguous, quarantined). HTTP 200 when
-  SMTP listens and the store is writable (``status`` is ``ok``, or
-  ``degraded`` when the last provider or storage call failed or jobs wait for
-  a person); 503 ``failing`` otherwise.
+- ``/healthz``: JSON that says what a client gets now. ``smtp`` (listening),
+  ``connections`` (sessions open against ``smtp.max_connections``: when all
+  slots are taken a new client gets 421), ``spool`` (free space against
+  ``spool.min_free_bytes``: below it MAIL gets 452), ``store`` (a real write:
+  a row written to a probe table and deleted, committed), ``replies`` (the 4xx
+  replies of the last five minutes that were the gateway's own fault, such as
+  451 4.3.0, 452 4.3.1 or 421 4.3.2, against the mails taken), the last
+  ``provider`` and ``storage`` results, and the jobs waiting for a person
+  (held, ambiguous, quarantined). HTTP 503 ``failing`` when SMTP does not
+  listen, every connection slot is taken, the spool is below its minimum, the
+  store cannot be written, or at least half of the recent mails (three or
+  more) were refused by the gateway's own fault; otherwise 200, ``degraded``
+  when the last provider or storage call failed, jobs wait for a person, nine
+  slots in ten are taken, or any own-fault refusal came recently; else ``ok``.
 - ``/metrics``: Prometheus text format from the gateway's own registry; the
   job-state gauge is refreshed from the store on each scrape.
 
@@ -17,6 +26,7 @@ listener also faces the provider, and job counts are nobody else's business.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +41,11 @@ from gateway.store import AsyncStore, State, Store
 log = logging.getLogger("gateway.health")
 
 _WAITING = (State.HELD, State.AMBIGUOUS, State.QUARANTINED)
+# Own-fault refusals among the recent mails that make the gateway "failing": this share, at least this many.
+_FAILING_RATE = 0.5
+_FAILING_MIN = 3
+# Connection slots taken that make it "degraded".
+_BUSY_SLOTS = 0.9
 
 
 def _result(r: Result | None) -> dict[str, Any] | None:
@@ -43,11 +58,21 @@ def _store_state(s: Store) -> tuple[bool, dict[str, int]]:
 
 class Health:
     def __init__(
-        self, settings: Settings, store: AsyncStore, metrics: Metrics, smtp_listening: Callable[[], bool]
+        self,
+        settings: Settings,
+        store: AsyncStore,
+        metrics: Metrics,
+        smtp_listening: Callable[[], bool],
+        *,
+        smtp_sessions: Callable[[], int] = lambda: 0,
+        free_bytes: Callable[[], int] | None = None,
     ) -> None:
+        self.settings = settings
         self.metrics = metrics
         self.store = store
         self.smtp_listening = smtp_listening
+        self.smtp_sessions = smtp_sessions  # sessions open now (the SMTP server knows them)
+        self.free_bytes = free_bytes  # free bytes in the spool's file system (None: not checked)
         self._networks = Networks(settings.http.status_networks)
 
     def routes(self) -> list[web.RouteDef]:
@@ -61,25 +86,57 @@ class Health:
             writable, counts = await self.store.run(_store_state)
         except Exception as exc:  # a store that cannot answer is the finding, not a crash
             return False, {}, f"{type(exc).__name__}: {exc}"
-        return writable, counts, "writable" if writable else "not writable"
+        return writable, counts, "a probe row was written and deleted" if writable else "a write failed"
+
+    async def _spool(self) -> dict[str, Any]:
+        minimum = self.settings.spool.min_free_bytes
+        if self.free_bytes is None:
+            return {"ok": True, "detail": "not checked"}
+        try:
+            free = await asyncio.to_thread(self.free_bytes)
+        except OSError as exc:
+            return {"ok": False, "detail": f"free space unknown: {exc.strerror or exc}"}
+        ok = not minimum or free >= minimum
+        detail = f"{free} bytes free" + ("" if ok else f", below spool.min_free_bytes ({minimum}): MAIL gets 452")
+        return {"ok": ok, "free_bytes": free, "min_free_bytes": minimum, "detail": detail}
+
+    def _connections(self) -> tuple[dict[str, Any], bool]:
+        """The connection slots, and whether nine in ten are taken."""
+        limit, open_ = self.settings.smtp.max_connections, self.smtp_sessions()
+        ok = open_ < limit
+        detail = f"{open_} of {limit} open" + ("" if ok else ": new clients get 421")
+        return {"ok": ok, "open": open_, "max": limit, "detail": detail}, open_ >= _BUSY_SLOTS * limit
+
+    def _replies(self) -> tuple[dict[str, Any], bool]:
+        """The recent own-fault refusals, and whether there was any."""
+        recent = self.metrics.recent_own_refusals()
+        ok = not (recent.own_refusals >= _FAILING_MIN and recent.rate >= _FAILING_RATE)
+        body = {"ok": ok, "own_refusals": recent.own_refusals, "taken": recent.taken, "seconds": recent.seconds}
+        return body, recent.own_refusals > 0
 
     async def healthz(self, request: web.Request) -> web.Response:
         if not self._allowed(request):
             raise web.HTTPNotFound()
         smtp_ok = self.smtp_listening()
         store_ok, counts, store_detail = await self._counts()
+        spool = await self._spool()
+        connections, busy = self._connections()
+        replies, refused_lately = self._replies()
         waiting = {str(state): counts.get(state, 0) for state in _WAITING}
         last = [self.metrics.last_provider, self.metrics.last_storage]
-        if not (smtp_ok and store_ok):
+        if not (smtp_ok and store_ok and spool["ok"] and connections["ok"] and replies["ok"]):
             status = "failing"
-        elif any(r is not None and not r.ok for r in last) or any(waiting.values()):
+        elif any(r is not None and not r.ok for r in last) or any(waiting.values()) or busy or refused_lately:
             status = "degraded"
         else:
             status = "ok"
         body = {
             "status": status,
             "smtp": {"ok": smtp_ok},
+            "connections": connections,
+            "spool": spool,
             "store": {"ok": store_ok, "detail": store_detail},
+            "replies": replies,
             "provider": _result(self.metrics.last_provider),
             "storage": _result(self.metrics.last_storage),
             "waiting": waiting,

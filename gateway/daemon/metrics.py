@@ -12,11 +12,14 @@ the final receipt). These are right across restarts and include what the CLI
 did. What the store does not keep is counted as it happens: SMTP refusals by
 reply (:meth:`Metrics.smtp_reply`), provider answers by code and storage
 results (:class:`MeteredProvider`, :class:`MeteredStorage`, which wrap the
-worker's clients); the last provider and storage results also feed /healthz.
+worker's clients), unknown receipts by what became of them; the last provider
+and storage results, and the recent 4xx replies that were the gateway's own
+fault (:meth:`Metrics.recent_own_refusals`), also feed /healthz.
 """
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +40,36 @@ if TYPE_CHECKING:
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Seconds: from a fraction of a second (submission) to a day (a receipt after busy retries).
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
+
+
+# 4xx replies that are the gateway's own fault, not the client's (RFC 3463 X.3.X: the mail system itself;
+# no free connection slot; TLS offered but broken). What a client sent never puts a reply here.
+OWN_FAULT_REPLIES = frozenset({"ERROR", "LOW_SPACE", "SHUTTING_DOWN", "TOO_MANY_CONNECTIONS", "TLS_UNAVAILABLE"})
+# Replies that mean a mail was taken (the other side of the rate).
+_TAKEN_REPLIES = frozenset({"QUEUED", "RECEIPT_ACCEPTED"})
+# /healthz looks at the replies of this last stretch of time (and at most this many of them).
+RECENT_SECONDS = 300.0
+_RECENT_MAX = 1000
+
+
+def own_fault(answer: Answer) -> bool:
+    """Whether ``answer`` is a transient refusal the gateway caused (not the client)."""
+    return 400 <= answer.code < 500 and (answer.reply.name in OWN_FAULT_REPLIES or answer.reply.enhanced[:4] == "4.3.")
+
+
+@dataclass(frozen=True)
+class RecentReplies:
+    """Mails taken and the gateway's own 4xx refusals over the last ``seconds``."""
+
+    own_refusals: int
+    taken: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """The share of the gateway's own refusals among both (0 when there were none)."""
+        total = self.own_refusals + self.taken
+        return self.own_refusals / total if total else 0.0
 
 
 @dataclass(frozen=True)
@@ -103,8 +136,14 @@ class Metrics:
         )  # fmt: skip
         self._snap = Snapshot(submitted_mark=clock(), final_mark=clock())
         r.register(_StoreCollector(self))
+        self.unknown_receipts = Counter(
+            "faxgw_unknown_receipts", "Receipts for a reference no job has: kept (early), ignored, or refused (limit)",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         self.last_provider: Result | None = None
         self.last_storage: Result | None = None
+        # (time, own fault): the gateway's own 4xx refusals (True) and mails taken (False), newest last.
+        self._recent: collections.deque[tuple[float, bool]] = collections.deque(maxlen=_RECENT_MAX)
 
     # -- counted as it happens --------------------------------------------------
 
@@ -112,6 +151,21 @@ class Metrics:
         """Every SMTP reply sent; refusals (4xx, 5xx) are counted by their name in the reply table."""
         if answer.refused:
             self.smtp_refusals.labels(reason=answer.reply.name).inc()
+        if own_fault(answer):
+            self._recent.append((self.clock(), True))
+        elif answer.reply.name in _TAKEN_REPLIES:
+            self._recent.append((self.clock(), False))
+
+    def recent_own_refusals(self, seconds: float = RECENT_SECONDS) -> RecentReplies:
+        """The gateway's own 4xx refusals and the mails taken over the last ``seconds`` (for /healthz)."""
+        since = self.clock() - seconds
+        recent = [own for at, own in self._recent if at >= since]
+        own = sum(recent)
+        return RecentReplies(own_refusals=own, taken=len(recent) - own, seconds=seconds)
+
+    def unknown_receipt(self, outcome: str) -> None:
+        """A receipt for a reference no job has: ``kept`` (early), ``ignored`` or ``refused`` (over a limit)."""
+        self.unknown_receipts.labels(outcome=outcome).inc()
 
     def provider_answer(self, code: str, *, ok: bool, detail: str) -> None:
         self.provider_answers.labels(code=code).inc()

@@ -8,6 +8,13 @@ quarantined instead of looping. A restart is how a configuration fix is
 applied, so jobs held for configuration resume. A receipt recorded before the
 crash for a job now ambiguous is the receipt stage's to apply (it looks at
 start-up); recovery only writes state.
+
+A receipt sent while the gateway was down is lost (unless it also comes by
+mail: ``provider.accuse_email = "gateway"``), so an ambiguous job whose grace
+period the gateway did not watch whole (found ``submitting`` now, or already
+ambiguous: the daemon stopped during its grace) is marked ``grace_unwatched``;
+the worker leaves it to an operator instead of resubmitting it
+(``delivery.ambiguous_unwatched_action``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from gateway.store import State, Store, alert
 
 log = logging.getLogger("gateway.worker")
 
+_UNWATCHED = "the gateway was down during the grace period: a receipt sent meanwhile may have been missed"
+
 
 def recover(store: Store, delivery: DeliverySettings) -> list[str]:
     """At start-up: resolve jobs a crash left mid-step, and release configuration holds.
@@ -32,6 +41,9 @@ def recover(store: Store, delivery: DeliverySettings) -> list[str]:
     """
     ambiguous: list[str] = []
     now, max_recoveries, grace = store.clock(), delivery.max_recoveries, delivery.ambiguous_grace_seconds
+    for job_id in store.mark_grace_unwatched(_UNWATCHED):
+        log.warning("job %s: ambiguous, and the gateway was down during its grace period", job_id,
+                    extra={"job_id": job_id})  # fmt: skip
     while stuck := store.due_jobs([State.SUBMITTING, State.UPLOADING], math.inf, limit=500):
         for job in stuck:
             count = job.recoveries + 1
@@ -44,7 +56,8 @@ def recover(store: Store, delivery: DeliverySettings) -> list[str]:
             elif sent:
                 store.transition(job.id, State.AMBIGUOUS, f"interrupted {step}; waiting for a matching receipt",
                                  expect=[State.SUBMITTING], event="recovered", recoveries=count,
-                                 ambiguities=job.ambiguities + 1, next_attempt_at=now + grace)  # fmt: skip
+                                 ambiguities=job.ambiguities + 1, next_attempt_at=now + grace,
+                                 grace_unwatched=1)  # fmt: skip
                 kind = alert("ambiguous") if job.ambiguities == 0 else alert("ambiguous-again")
                 store.queue_notice(job.id, kind, f"interrupted {step}; waiting for a matching receipt")
                 ambiguous.append(job.id)

@@ -35,6 +35,11 @@ from gateway.store import AsyncStore, Job, NoticeKind, State, Store, alert
 log = logging.getLogger("gateway.worker")
 
 
+# What the sender is told about a job left to an operator after an ambiguous submission.
+CHECKING = ("the fax is being checked: the fax service may have received it without saying so, "
+            "and the fax administrator will confirm whether it was sent before it is sent again")
+
+
 class Provider(Protocol):
     async def submit(self, submission: Submission) -> Accepted:
         """Send one fax request; raises the outcome types of gateway.outcomes."""
@@ -183,12 +188,15 @@ class Worker:
         """Atomically move a due job to ``uploading`` (from the state it was seen in); the claimed job."""
         if job.state == State.AMBIGUOUS:
             reason = "no matching receipt within the grace period"
-            if self.delivery.ambiguous_action != "resubmit" or job.ambiguities >= 2:
+            if (why := self._leave_to_operator(job)) is not None:
+                reason = f"{reason}{why}"
                 await self._record(job, State.AMBIGUOUS, f"{reason}; left for an operator", expect=[State.AMBIGUOUS],
                                    event="left for an operator", next_attempt_at=0)  # fmt: skip
                 await self._notice(job, alert("ambiguous-operator"), f"{reason}; resolve it with fax-gateway resolve")
+                await self._notice(job, NoticeKind.DELAYED, CHECKING)
                 return None
-            reason += ": submitting once more with the same reference"
+            of = f"{job.ambiguities} of {self.delivery.ambiguous_resubmits}"
+            reason += f": submitting once more with the same reference (resubmission {of})"
             event = "resubmitting"
         else:
             reason, event = "storing the document", "uploading"
@@ -197,6 +205,23 @@ class Worker:
                                   attempts=attempts, hold_kind="", next_attempt_at=0):  # fmt: skip
             return None
         return dataclasses.replace(job, state=State.UPLOADING, attempts=attempts, hold_kind="", next_attempt_at=0)
+
+    def _leave_to_operator(self, job: Job) -> str | None:
+        """Why an ambiguous job past its grace goes to an operator instead of out again (None: resubmit).
+
+        A resubmission is safe only if a receipt would have been seen: the gateway
+        listened for the whole grace period (not recovered at start-up, not
+        stopped meanwhile: ``grace_unwatched``), and it is one of at most
+        ``delivery.ambiguous_resubmits`` (each ambiguous answer counts, each with the same reference).
+        """
+        d = self.delivery
+        if d.ambiguous_action != "resubmit":
+            return ""
+        if job.grace_unwatched and d.ambiguous_unwatched_action == "operator":
+            return ", but the gateway was down for part of it: a receipt may have been missed"
+        if job.ambiguities > d.ambiguous_resubmits:
+            return f" after {d.ambiguous_resubmits} resubmission{'s' if d.ambiguous_resubmits != 1 else ''}"
+        return None
 
     # -- one job --------------------------------------------------------------
 
@@ -280,8 +305,10 @@ class Worker:
                 await self._notice(job, NoticeKind.DELAYED, delayed)
         else:
             grace = self.delivery.ambiguous_grace_seconds
+            # A grace period that starts now, watched by this run (a restart marks it unwatched).
             await self._record(job, State.AMBIGUOUS, f"outcome unknown: {reason}; waiting for a matching receipt",
-                               ambiguities=job.ambiguities + 1, next_attempt_at=self.clock() + grace)  # fmt: skip
+                               ambiguities=job.ambiguities + 1, next_attempt_at=self.clock() + grace,
+                               grace_unwatched=0)  # fmt: skip
             kind = alert("ambiguous") if job.ambiguities == 0 else alert("ambiguous-again")
             await self._notice(job, kind, reason)
             self._on_submitted()  # a receipt already on file may resolve it (the receipt stage decides)

@@ -8,20 +8,28 @@ receipt stored durably (``receipts`` table), the job moved forward
 (``delivered``, ``failed``, or ``deferred`` for an automatic resubmission on
 busy / no answer), and a notice queued for the notifier.
 
-Answers: 200 once the receipt is stored (also for duplicates and unknown
-references, which change nothing); 400 for malformed parameters; 404 for any
-other path, a wrong secret or a source outside ``http.callback_networks``;
-503 when the store cannot take the receipt (the provider may try again).
+Answers: 200 once the receipt is stored (also for duplicates, which change
+nothing, and for unknown references, ignored or kept as below); 400 for
+malformed parameters; 404 for any other path, a wrong secret or a source
+outside ``http.callback_networks``; 503 when the store cannot take the receipt,
+or an unknown reference comes past ``http.unknown_receipts_per_minute`` or
+``http.unknown_receipts_max`` (the provider may try again).
 
 Matching runs on the store thread (:func:`record_receipt`, :func:`apply_pending`):
 by ``ref_accuse``; a receipt with an unknown reference resolves an
 ``ambiguous`` job with the same number whose attempt came before it. A
-receipt that comes before the submit answer is kept; the worker only records
-the answer, and wakes this stage (:meth:`Receipts.wake`), which applies what
-the store says is waiting (:meth:`~gateway.store.Store.jobs_with_pending_receipts`:
-early receipts of submitted jobs, receipts on file for the number of a job
-recorded ambiguous, also after a restart). State only moves forward: a final
-job never changes.
+receipt that comes before the submit answer (an early receipt) is kept only
+while a request to its number is in flight (sent less than
+``provider.total_timeout`` + 60 s ago, no answer recorded yet), and only
+applies to a job whose request went out before it came and within that
+window: whoever holds the callback URL cannot plant a receipt for a reference
+not issued yet. Any other unknown reference is ignored (logged, counted in
+``faxgw_unknown_receipts_total``). The worker only records the answer, and
+wakes this stage (:meth:`Receipts.wake`), which applies what the store says is
+waiting (:meth:`~gateway.store.Store.jobs_with_pending_receipts`: early receipts
+of submitted jobs, receipts on file for the number of a job recorded
+ambiguous, also after a restart). State only moves forward: a final job never
+changes.
 """
 
 from __future__ import annotations
@@ -57,6 +65,32 @@ _MATCH_WINDOW_SECONDS = 2 * 86400.0
 _BUSY_RETRY = "busy retry"
 # How long a stop waits for a pass under way (one store call).
 _STOP_TIMEOUT = 10.0
+# An early receipt may come this long after its request's timeout (the clocks, the provider's own delays).
+_EARLY_SLACK_SECONDS = 60.0
+# What becomes of a receipt for a reference no job has (the log says it; the metrics count it by the first word).
+KEPT = "kept: no job has this reference yet; a request to its number is in flight"
+IGNORED = "ignored: no job has this reference, and no request to its number is in flight"
+
+
+class ReceiptRefused(Exception):
+    """An unknown reference past the limits on unknown receipts: nothing is stored, the caller answers 503."""
+
+
+@dataclass(frozen=True)
+class EarlyRules:
+    """Which receipts for an unknown reference are kept: while a request to their number is in flight
+    (sent less than ``window`` seconds ago), at most ``per_minute`` a minute and ``on_file`` over
+    ``_MATCH_WINDOW_SECONDS``."""
+
+    window: float = 60.0 + _EARLY_SLACK_SECONDS
+    per_minute: int = 60
+    on_file: int = 1000
+
+    @classmethod
+    def of(cls, settings: Settings) -> EarlyRules:
+        http = settings.http
+        return cls(settings.provider.total_timeout + _EARLY_SLACK_SECONDS, http.unknown_receipts_per_minute,
+                   http.unknown_receipts_max)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -126,28 +160,47 @@ def _match_ambiguous(store: Store, numero: str, received_at: float) -> Job | Non
     return store.ambiguous_job_for_number(numero, received_at - _MATCH_WINDOW_SECONDS, received_at + 60.0)
 
 
-def record_receipt(store: Store, r: ReceiptParams, source: str, policy: RetryPolicy) -> tuple[str, str]:
+def _may_keep_unknown(store: Store, r: ReceiptParams, early: EarlyRules) -> bool:
+    """Whether a receipt for an unknown reference is kept (an early one); raises ReceiptRefused past the limits."""
+    now = store.clock()
+    if not r.numero or not store.submission_in_flight(r.numero, now - early.window):
+        return False
+    if store.count_unmatched_receipts(now - 60.0) >= early.per_minute:
+        raise ReceiptRefused(f"more than {early.per_minute} receipts for unknown references in a minute")
+    if store.count_unmatched_receipts(now - _MATCH_WINDOW_SECONDS) >= early.on_file:
+        raise ReceiptRefused(f"{early.on_file} receipts for unknown references on file")
+    return True
+
+
+def record_receipt(store: Store, r: ReceiptParams, source: str, policy: RetryPolicy,
+                   early: EarlyRules | None = None) -> tuple[str, str]:  # fmt: skip
     """Store a receipt and apply it if its job is known; returns what happened (for the log) and the job id.
 
     One transaction: the receipt is on disk before the caller answers 200. A
     replay of a stored receipt (same reference, code, time and pages) changes
-    nothing.
+    nothing. A receipt whose reference no job has is kept only as an early one
+    (:class:`EarlyRules`; :data:`KEPT`), else :data:`IGNORED` and not stored;
+    past the limits, :class:`ReceiptRefused`.
     """
+    early = EarlyRules() if early is None else early
     with store.transaction():
+        job = store.job_by_provider_ref(r.ref_accuse)
+        matched = None
+        if job is None and r.numero:
+            matched = job = _match_ambiguous(store, r.numero, store.clock())
+        if job is None and not _may_keep_unknown(store, r, early):
+            return IGNORED, ""
         receipt_id = store.add_receipt(
             source=source, ref_accuse=r.ref_accuse, etat_e=r.etat_e, numero=r.numero, nb_page=r.nb_page,
             heure=r.heure, validated=r.validated,
         )  # fmt: skip
         if receipt_id is None:
             return "duplicate: nothing changes", ""
-        job = store.job_by_provider_ref(r.ref_accuse)
-        if job is None and r.numero:
-            job = _match_ambiguous(store, r.numero, store.clock())
-            if job is not None:
-                store.update_job(job.id, provider_ref=r.ref_accuse)
-                store.add_event(job.id, "receipt matched", f"by number and time: reference {r.ref_accuse}")
         if job is None:
-            return "kept: no job has this reference (yet)", ""
+            return KEPT, ""
+        if matched is not None:
+            store.update_job(matched.id, provider_ref=r.ref_accuse)
+            store.add_event(matched.id, "receipt matched", f"by number and time: reference {r.ref_accuse}")
         return _apply(store, job, receipt_id, r, policy), job.id
 
 
@@ -156,28 +209,31 @@ def _params_of(row: Row) -> ReceiptParams:
     return ReceiptParams(*(row[n] for n in names))
 
 
-def apply_pending(store: Store, job_id: str, delivery: DeliverySettings | None = None) -> int:
+def apply_pending(store: Store, job_id: str, delivery: DeliverySettings | None = None,
+                  early: EarlyRules | None = None) -> int:  # fmt: skip
     """Apply receipts that arrived before this job's submit answer was recorded; returns how many.
 
     Sync, on the store thread. For a ``submitted`` job, the receipts on file for
     its ``provider_ref``; for an ``ambiguous`` one, the oldest receipt on file
     for its number that came after the attempt
-    (:meth:`~gateway.store.Store.receipt_for_ambiguous`). Any other state: none.
-    ``delivery`` gives the busy / no-answer resubmission policy (none: report
-    the failure at once).
+    (:meth:`~gateway.store.Store.receipt_for_ambiguous`); in both cases only a
+    receipt that came while the job's request was in flight (``early``). Any
+    other state: none. ``delivery`` gives the busy / no-answer resubmission
+    policy (none: report the failure at once).
     """
-    return _apply_pending(store, job_id, RetryPolicy() if delivery is None else RetryPolicy.of(delivery))
+    policy = RetryPolicy() if delivery is None else RetryPolicy.of(delivery)
+    return _apply_pending(store, job_id, policy, EarlyRules() if early is None else early)
 
 
-def _apply_pending(store: Store, job_id: str, policy: RetryPolicy) -> int:
+def _apply_pending(store: Store, job_id: str, policy: RetryPolicy, early: EarlyRules) -> int:
     with store.transaction():
         job = store.get_job(job_id)
         if job is None:
             return 0
         if job.state == State.SUBMITTED and job.provider_ref:
-            rows = store.unapplied_receipts(job.provider_ref)
+            rows = store.unapplied_receipts(job.provider_ref, job.submitted_at, job.submitted_at + early.window)
         elif job.state == State.AMBIGUOUS:
-            found = store.receipt_for_ambiguous(job)
+            found = store.receipt_for_ambiguous(job, early.window)
             rows = [] if found is None else [found]
             if found is not None:
                 store.update_job(job.id, provider_ref=found["ref_accuse"])
@@ -193,9 +249,11 @@ def _apply_pending(store: Store, job_id: str, policy: RetryPolicy) -> int:
         return len(rows)
 
 
-def apply_waiting(store: Store, policy: RetryPolicy) -> int:
+def apply_waiting(store: Store, policy: RetryPolicy, early: EarlyRules | None = None) -> int:
     """Apply every receipt the store says a job waits for (:func:`apply_pending` for each); returns how many."""
-    return sum(_apply_pending(store, job_id, policy) for job_id in store.jobs_with_pending_receipts())
+    early = EarlyRules() if early is None else early
+    pending = store.jobs_with_pending_receipts(early.window)
+    return sum(_apply_pending(store, job_id, policy, early) for job_id in pending)
 
 
 # -- AR copies by mail ------------------------------------------------------------
@@ -280,6 +338,9 @@ class Receipts:
         self.settings = settings
         self.store = store
         self.policy = RetryPolicy.of(settings.delivery)
+        self.early = EarlyRules.of(settings)
+        # Sees what became of each receipt for an unknown reference: kept, ignored, refused (the metrics count it).
+        self.on_unknown: Callable[[str], None] = lambda outcome: None
         self._on_notice = on_notice  # wakes the notifier: a queued notice goes out now, not at its next poll
         self._networks = Networks(settings.http.callback_networks)
         self._wake = asyncio.Event()
@@ -329,7 +390,7 @@ class Receipts:
         """Apply every receipt a job waits for now; returns how many were applied."""
         async with self._lock:
             # Shielded: a stop never leaves a pass half-way (it is one store call, in transactions).
-            applied = await asyncio.shield(self.store.run(lambda s: apply_waiting(s, self.policy)))
+            applied = await asyncio.shield(self.store.run(lambda s: apply_waiting(s, self.policy, self.early)))
         if applied:
             self._on_notice()
         return applied
@@ -351,12 +412,20 @@ class Receipts:
             log.warning("receipt callback from %s: malformed: %s", clean(request.remote), parsed)
             return web.Response(status=400, text=f"malformed receipt: {parsed}\n")
         try:
-            outcome, job_id = await self.store.run(lambda s: record_receipt(s, parsed, "callback", self.policy))
+            outcome, job_id = await self.store.run(
+                lambda s: record_receipt(s, parsed, "callback", self.policy, self.early)
+            )
+        except ReceiptRefused as exc:  # a flood of unknown references: the provider's own receipts come again
+            log.warning("receipt %s for %s not kept: %s", parsed.etat_e, parsed.ref_accuse, exc)
+            self.on_unknown("refused")
+            return web.Response(status=503, text="receipt not stored, try again later\n")
         except Exception as exc:  # the store is locked, read-only or closed: the provider may try again
             log.error("receipt %s for %s not stored: %s", parsed.etat_e, parsed.ref_accuse, clean(exc))
             return web.Response(status=503, text="receipt not stored, try again later\n")
         what = f"job {job_id}: {outcome}" if job_id else outcome
         log.info("receipt %s for %s: %s", parsed.etat_e, parsed.ref_accuse, what, extra={"job_id": job_id})
+        if outcome in (KEPT, IGNORED):
+            self.on_unknown(outcome.split(":", 1)[0])
         self._on_notice()
         return web.Response(text="OK\n")
 

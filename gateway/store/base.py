@@ -64,10 +64,15 @@ class Connection:
         self.db.execute("COMMIT")
 
     def writable(self) -> bool:
-        """A real write, rolled back: is the store usable right now?"""
+        """A real write, committed: a row written to the ``probe`` table and deleted, in one transaction.
+
+        A lock alone (``BEGIN IMMEDIATE``, then ``ROLLBACK``) writes nothing: a full
+        disk or a read-only file system would still look fine.
+        """
         try:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("ROLLBACK")
+            with self.transaction() as db:
+                db.execute("INSERT INTO probe (at) VALUES (?)", (self.clock(),))
+                db.execute("DELETE FROM probe")
         except sqlite3.Error:
             return False
         return True

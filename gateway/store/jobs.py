@@ -70,11 +70,14 @@ class Job:
     upload_key: str
     hold_kind: HoldKind | Literal[""] = ""
     ambiguities: int = 0
+    # Ambiguous: the gateway was down for part of the grace period (a receipt may have been lost meanwhile).
+    grace_unwatched: bool = False
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         values = {f.name: row[f.name] for f in fields(cls)}
         values["state"] = State(values["state"])
+        values["grace_unwatched"] = bool(values["grace_unwatched"])
         values["hold_kind"] = HoldKind(values["hold_kind"]) if values["hold_kind"] else ""
         return cls(**values)
 
@@ -232,6 +235,20 @@ class JobQueries(Connection):
             (State.QUEUED, State.DEFERRED, State.HELD, HoldKind.CREDIT, State.AMBIGUOUS, now, limit),
         )
         return [Job.from_row(r) for r in rows]
+
+    def mark_grace_unwatched(self, why: str) -> list[str]:
+        """At start-up: every ambiguous job still waiting out its grace period (or past it, not yet acted
+        on) was not watched for the whole of it, since the gateway was down meanwhile; returns them."""
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE state = ? AND next_attempt_at > 0 AND grace_unwatched = 0",
+                (State.AMBIGUOUS,),
+            ).fetchall()
+            ids = [str(r["id"]) for r in rows]
+            for job_id in ids:
+                db.execute("UPDATE jobs SET grace_unwatched = 1 WHERE id = ?", (job_id,))
+                self.add_event(job_id, "grace not watched", why)
+        return ids
 
     def has_held(self, kind: HoldKind) -> bool:
         """Whether a job is held for ``kind`` (held for configuration: submissions are paused)."""

@@ -108,6 +108,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX notifications_due ON notifications(state, next_attempt_at);
     """,
+    # 2: the write probe of /healthz (a row written and deleted), and ambiguous jobs whose grace period
+    # the gateway did not watch whole (it was down for part of it: a receipt may have been lost).
+    """
+    CREATE TABLE probe (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL
+    );
+    ALTER TABLE jobs ADD COLUMN grace_unwatched INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

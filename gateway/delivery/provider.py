@@ -20,7 +20,6 @@ run through :func:`gateway.redact.redact` when they quote anything received.
 
 from __future__ import annotations
 
-import enum
 import logging
 import re
 import types
@@ -32,45 +31,23 @@ import aiohttp
 import phonenumbers
 from yarl import URL
 
+from gateway.answers import ANSWER_CODES, Answer
 from gateway.outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailure, Retry, Submission
 from gateway.redact import redact, secrets_of
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.provider")
 
+__all__ = ["ANSWERS", "Answer", "ProviderClient", "build_query", "parse_answer", "wire_number"]
+
 # A real answer is a dozen bytes; anything longer is not the provider talking.
 MAX_ANSWER_BYTES = 4096
 
 
-class Answer(enum.Enum):
-    ACCEPTED = "accepted"
-    FAILED = "failed"  # the sender's document or number: tell the sender
-    FAILED_BUG = "failed-bug"  # the gateway should have caught it: also a bug alert
-    HOLD_CONFIG = "hold-config"  # our configuration: pause submissions, alert the administrator
-    HOLD_URL = "hold-url"  # the provider could not fetch the document
-    HOLD_CREDIT = "hold-credit"  # no credit: retried on a timer
-
-
-# The provider's answer codes (../shared/provider/README.md), one table.
-ANSWERS: Mapping[int, tuple[Answer, str]] = types.MappingProxyType({
-    101: (Answer.HOLD_CONFIG, "the provider says the account e-mail is empty: set provider.email"),
-    102: (Answer.HOLD_CONFIG, "the provider says the password is empty: set FAX_GATEWAY_PROVIDER_PASSWORD"),
-    103: (Answer.HOLD_CONFIG,
-          "the provider refused the credentials: check provider.email and FAX_GATEWAY_PROVIDER_PASSWORD"),
-    104: (Answer.HOLD_CONFIG, "the provider received no document URL (a gateway fault): check the storage settings"),
-    105: (Answer.HOLD_URL,
-          "the provider could not use the document URL: check that storage (or http.public_url) is reachable "
-          "from the internet and not expired"),
-    106: (Answer.HOLD_CONFIG, "the provider received no fax number (a gateway fault)"),
-    107: (Answer.FAILED, "the provider says the fax number is not valid: check the number and send again"),
-    109: (Answer.FAILED, "the provider refused the document format: send a PDF, TIFF, JPEG, PNG or GIF"),
-    110: (Answer.FAILED_BUG, "the provider refused the document as larger than 1 MB: send fewer or lighter pages"),
-    111: (Answer.FAILED_BUG, "the provider says the document is empty: send a document with at least one page"),
-    108: (Answer.HOLD_CREDIT, "the provider account balance is zero: credit the account; the fax will be retried"),
-    112: (Answer.HOLD_CREDIT,
-          "the provider account needs credit for this fax: credit the account; the fax will be retried"),
-    113: (Answer.ACCEPTED, "the provider accepted the fax and passed it to the operator"),
-})
+# The provider's answer codes (gateway.answers): code -> (what it means, the reason in English).
+ANSWERS: Mapping[int, tuple[Answer, str]] = types.MappingProxyType(
+    {code: (entry.answer, entry.english) for code, entry in ANSWER_CODES.items()}
+)
 
 # An answer: a code, then "-" and the reference (the reference may be empty).
 _ANSWER = re.compile(r"(?P<code>\d{1,6})(?:-(?P<ref>[\x21-\x7e]{0,128}))?")

@@ -265,7 +265,7 @@ class Worker:
         reason = exc.reason  # words for a person; the provider code is in them
         if isinstance(exc, PermanentFailure):
             await self._record(job, State.FAILED, reason)
-            await self._notice(job, NoticeKind.FAILED, reason)
+            await self._notice(job, NoticeKind.FAILED, reason, code=exc.code)
             if exc.bug_alert:
                 await self._notice(job, alert("bug"), f"the gateway should have refused this document: {reason}")
         elif isinstance(exc, Hold):
@@ -277,7 +277,7 @@ class Worker:
             await self._notice(job, HOLD_ALERTS[exc.kind], reason)
             if exc.kind == HoldKind.CREDIT:
                 delayed = "the fax service account needs credit; the fax will be sent later"
-                await self._notice(job, NoticeKind.DELAYED, delayed)
+                await self._notice(job, NoticeKind.DELAYED, delayed, code=exc.code)
         else:
             grace = self.delivery.ambiguous_grace_seconds
             await self._record(job, State.AMBIGUOUS, f"outcome unknown: {reason}; waiting for a matching receipt",
@@ -317,8 +317,9 @@ class Worker:
         log.log(level, "job %s: %s: %s%s", job.id, event or state, reason, note, extra={"job_id": job.id})
         return changed
 
-    async def _notice(self, job: Job, kind: str, detail: str) -> None:
-        await asyncio.shield(self.store.run(lambda s: s.queue_notice(job.id, kind, detail)))
+    async def _notice(self, job: Job, kind: str, detail: str, *, code: str = "") -> None:
+        """Queue a notice; ``code`` is the provider's answer code it tells of, for the mail's own language."""
+        await asyncio.shield(self.store.run(lambda s: s.queue_notice(job.id, kind, detail, code=code)))
         self._on_notice()
 
     async def _sweep(self) -> None:

@@ -33,7 +33,7 @@ from gateway.replies import clean
 from gateway.sender import recipient_of_message
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, Spool
-from gateway.store import AsyncStore, Notice, NoticeKind, NoticeState, Store
+from gateway.store import FINAL_STATES, AsyncStore, Notice, NoticeKind, NoticeState, Store
 
 log = logging.getLogger("gateway.notify")
 
@@ -72,6 +72,10 @@ def _prepare(store: Store, settings: Settings, spool: Spool, item: Notice) -> No
     if job is None or message is None:
         _finish(notice, NoticeState.SKIPPED, "the job is not in the store")(store)
         return None
+    if kind == NoticeKind.DELAYED and job.state in FINAL_STATES:
+        why = f"the job ended ({job.state}) before the notice went out"
+        _finish(notice, NoticeState.SKIPPED, why, job_id=job.id)(store)
+        return None
     if kind == NoticeKind.DELIVERED and settings.notify.receipts == "failures":
         _finish(notice, NoticeState.SKIPPED, "notify.receipts is 'failures'", job_id=job.id)(store)
         return None
@@ -85,7 +89,7 @@ def _prepare(store: Store, settings: Settings, spool: Spool, item: Notice) -> No
     if settings.notify.attach_document and kind in (NoticeKind.DELIVERED, NoticeKind.FAILED):
         with contextlib.suppress(OSError):
             document = spool.read(job.message_id, FAX_NAME)
-    facts = Facts(kind, notice.detail, notice.message_id, job, message, receipt)
+    facts = Facts(kind, notice.detail, notice.message_id, job, message, receipt, code=notice.code)
     mail = compose(settings, facts, recipient, document=document, source=notice.source, now=store.clock())
     payload = mail.as_bytes(policy=WIRE)
     store.mark_notice_composed(notice.id, recipient, payload)

@@ -91,6 +91,7 @@ class Notice:
     next_attempt_at: float
     sent_at: float
     last_error: str
+    code: str = ""  # the provider's answer code the notice tells of (gateway.answers), or ""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Notice:
@@ -111,18 +112,21 @@ class Outbox(JobQueries):
 
     # -- queueing -------------------------------------------------------------
 
-    def queue_notice(self, job_id: str, kind: str, detail: str = "", *, recipient: str = "") -> bool:
+    def queue_notice(self, job_id: str, kind: str, detail: str = "", *, recipient: str = "", code: str = "") -> bool:
         """Ask the notifier to tell someone about ``job_id``: once per (job, kind).
 
         ``kind`` names the outcome (a :class:`NoticeKind`, or :func:`alert` for the
         administrator). The notifier composes and sends it; a second call with the
-        same job and kind changes nothing. Returns whether it was queued.
+        same job and kind changes nothing. ``code`` is the provider's answer code
+        the notice tells of, so a mail can give its reason in its own language.
+        Returns whether it was queued.
         """
         with self.transaction() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO notifications (job_id, kind, recipient, message_id, detail, state, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, kind, recipient, _notice_id(job_id, kind), detail, NoticeState.NEW, self.clock()),
+                "INSERT OR IGNORE INTO notifications"
+                " (job_id, kind, recipient, message_id, detail, code, state, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, kind, recipient, _notice_id(job_id, kind), detail, code, NoticeState.NEW, self.clock()),
             )
             if cur.rowcount == 1 and job_id:
                 self.add_event(job_id, f"notice queued: {kind}", detail)

@@ -108,6 +108,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX notifications_due ON notifications(state, next_attempt_at);
     """,
+    # 2: what a notice tells, as data a mail in any language can say: the provider's answer code
+    # (gateway.answers) that failed or held the job, "" when the notice has no such code.
+    """
+    ALTER TABLE notifications ADD COLUMN code TEXT NOT NULL DEFAULT '';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

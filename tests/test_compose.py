@@ -14,9 +14,9 @@ import pytest
 
 from gateway.answers import ANSWER_CODES, Answer
 from gateway.arcodes import Category
-from gateway.notify.compose import _NEXT, Alert, Facts, Situation, compose, compose_alerts, situation
+from gateway.notify.compose import _DELAY_REASON, _NEXT, Alert, Facts, Situation, compose, compose_alerts, situation
 from gateway.settings import Settings
-from gateway.store import Job
+from gateway.store import Delay, Job
 from tests.support_settings import SettingsFactory
 
 T0 = 1796371200.0  # Friday 4 December 2026, 09:00 CET
@@ -133,3 +133,17 @@ def test_a_french_receipt_gives_the_provider_answer_in_french(make_settings: Set
 def test_every_provider_answer_has_a_text_in_both_languages() -> None:
     for code, entry in ANSWER_CODES.items():
         assert entry.english and entry.french and entry.english != entry.french, code
+
+
+@pytest.mark.parametrize("delay", list(Delay))
+def test_a_delayed_notice_says_why_in_its_own_language(make_settings: SettingsFactory, delay: Delay) -> None:
+    job = _job(state="ambiguous", next_attempt_at=T0 + 60)
+    english_detail = "not sent after 15 minutes: waiting for an operator"
+    for lang in ("en", "fr"):
+        settings = make_settings({"notify": {"language": lang}})
+        facts = Facts("delayed", english_detail, f"{job.id}.delayed", job, MESSAGE, code=str(delay))
+        msg = compose(settings, facts, "alice@example.com", now=T0)
+        body = str(msg.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+        reason = _DELAY_REASON[lang][delay]
+        assert reason in body and reason in msg["Subject"] and msg["X-Fax-Reason"] == reason
+        assert english_detail not in body

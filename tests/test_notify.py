@@ -313,3 +313,13 @@ async def test_the_running_notifier_is_woken_by_a_receipt_and_stops_cleanly(
         await rig.stop()
     await rig.notifier.stop()  # idempotent
     assert len(sink.messages) == 1
+
+
+async def test_a_delayed_notice_for_a_job_that_ended_meanwhile_is_not_sent(make_rig: RigFactory, sink: Sink) -> None:
+    rig = await make_rig()
+    job = await rig.add_job(state=State.DELIVERED)
+    await rig.store.run(lambda s: s.queue_notice(job.id, "delayed", "not sent after 15 minutes", code="retry"))
+    assert await rig.notifier.drain() == 0
+    (notice,) = await rig.store.run(lambda s: s.notices_of_job(job.id))
+    assert notice["state"] == "skipped" and "the job ended (delivered)" in notice["last_error"]
+    assert sink.messages == []

@@ -30,7 +30,7 @@ from gateway.outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailu
 from gateway.sender import Row, recipient_of_message
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, Spool
-from gateway.store import AsyncStore, Job, NoticeKind, State, Store, alert
+from gateway.store import AsyncStore, Delay, Job, NoticeKind, State, Store, alert, delay_of
 
 log = logging.getLogger("gateway.worker")
 
@@ -45,6 +45,15 @@ class Provider(Protocol):
 # timer retries it (credit) or a person/restart releases it (config, URL).
 HOLD_ALERTS = {kind: alert(kind) for kind in (HoldKind.CONFIG, HoldKind.URL, HoldKind.CREDIT)}
 TIMED_HOLDS = frozenset({HoldKind.CREDIT})
+
+# Why a job waits, in words for its timeline (the sender's mail says it in its own language).
+DELAY_WORDS = {
+    Delay.CREDIT: "the fax account needs credit",
+    Delay.RETRY: "the provider or the storage could not be reached yet; retried on a timer",
+    Delay.OPERATOR: "waiting for an operator",
+    Delay.CHECKING: "the provider's answer was unclear; waiting for a matching receipt",
+    Delay.WAITING: "waiting its turn",
+}
 
 
 class Worker:
@@ -83,6 +92,8 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._next_wakeup = 0.0
+        self._config_hold = False  # whether the last look found submissions paused by a configuration hold
 
     # -- life cycle ---------------------------------------------------------
 
@@ -124,14 +135,22 @@ class Worker:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def next_wakeup(self) -> float:
+        """When (by the worker's clock) it looks again by itself at the latest, as of its last pass:
+        the earliest retry, grace period, credit hold or delay notice due, else the next poll."""
+        return self._next_wakeup
+
     async def drain(self) -> None:
         """Process until no job is due and nothing is in flight (tests call it instead of sleeping)."""
         while True:
             started = await self._fill()
             await self._sweep()
+            await self._tell_delayed()
             if self._tasks:
                 await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
             elif not started:
+                self._next_wakeup = await self._next_timer()
                 return
 
     async def _run(self) -> None:
@@ -142,12 +161,45 @@ class Worker:
                 self._sweep_task = asyncio.create_task(self._sweep(), name="worker sweep")
             try:
                 await self._fill()
+                await self._tell_delayed()
+                self._next_wakeup = await self._next_timer()
             except Exception:
                 log.exception("worker pass failed; trying again at the next wake-up")
+                self._next_wakeup = self.clock() + self.delivery.poll_seconds
+            # Timers fire at their due time; the poll only catches changes made by another process (the CLI).
             try:
-                await asyncio.wait_for(self._wake.wait(), self.delivery.poll_seconds)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, self._next_wakeup - self.clock()))
             except TimeoutError:
                 pass
+
+    async def _next_timer(self) -> float:
+        """The earliest of the next poll, the next job due on a timer and the next delay notice due.
+
+        A job due while none can start (submissions paused, every slot taken) does not count: a
+        release is seen at the next poll, a freed slot wakes the loop.
+        """
+        now = self.clock()
+        after = self.settings.notify.delay_notice_seconds
+        blocked = self._config_hold or self.delivery.paused or len(self._tasks) >= self._limit
+
+        def look(s: Store) -> list[float]:
+            found = [None if blocked else s.next_attempt_at()]
+            if after > 0 and (first := s.first_untold_delay()) is not None:
+                found.append(first + after)
+            return [t for t in found if t is not None]
+
+        return min([now + self.delivery.poll_seconds, *await self.store.run(look)])
+
+    async def _tell_delayed(self) -> None:
+        """One "delayed" notice for each job still waiting ``notify.delay_notice_seconds`` after its mail came."""
+        after = self.settings.notify.delay_notice_seconds
+        if after <= 0 or self._stopping:
+            return
+        cutoff = self.clock() - after
+        for job in await self.store.run(lambda s: s.jobs_to_tell_delayed(cutoff, 100)):
+            cause = delay_of(job.state, job.hold_kind, job.next_attempt_at)
+            await self._notice(job, NoticeKind.DELAYED, f"not sent after {duration(after)}: {DELAY_WORDS[cause]}",
+                               code=cause)  # fmt: skip
 
     # -- dispatch -----------------------------------------------------------
 
@@ -160,6 +212,7 @@ class Worker:
                 if free <= 0:
                     break
                 jobs, paused = await self.store.run(_due(self.clock(), free))
+                self._saw_config_hold(paused)
                 if paused or not jobs:
                     break
                 for due in jobs:
@@ -171,6 +224,11 @@ class Worker:
                         task.add_done_callback(self._done)
                         started += 1
         return started
+
+    def _saw_config_hold(self, paused: bool) -> None:
+        if self._config_hold and not paused:
+            log.info("submissions resume: no job is held for a configuration error any more")
+        self._config_hold = paused
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -277,7 +335,7 @@ class Worker:
             await self._notice(job, HOLD_ALERTS[exc.kind], reason)
             if exc.kind == HoldKind.CREDIT:
                 delayed = "the fax service account needs credit; the fax will be sent later"
-                await self._notice(job, NoticeKind.DELAYED, delayed, code=exc.code)
+                await self._notice(job, NoticeKind.DELAYED, delayed, code=Delay.CREDIT)
         else:
             grace = self.delivery.ambiguous_grace_seconds
             await self._record(job, State.AMBIGUOUS, f"outcome unknown: {reason}; waiting for a matching receipt",

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from gateway.store.jobs import JobQueries
-from gateway.store.states import FINAL_STATES
+from gateway.store.jobs import _JOB_SELECT, Job, JobQueries, _marks
+from gateway.store.states import FINAL_STATES, WAITING_STATES
 
 
 class NoticeState(enum.StrEnum):
@@ -104,6 +104,7 @@ def _notice_id(job_id: str, kind: str) -> str:
     return f"{job_id}.{kind}"
 
 
+_WAITING = sorted(str(s) for s in WAITING_STATES)
 _DUE = "SELECT * FROM notifications WHERE state IN (?, ?) AND next_attempt_at <= ?"
 
 
@@ -160,6 +161,25 @@ class Outbox(JobQueries):
             (kind, since, *finals),
         ).fetchall()
         return [str(r["id"]) for r in rows]
+
+    def jobs_to_tell_delayed(self, taken_before: float, limit: int) -> list[Job]:
+        """Jobs taken in before ``taken_before`` that wait (:data:`WAITING_STATES`) and have no ``delayed`` notice."""
+        rows = self.db.execute(
+            _JOB_SELECT + " LEFT JOIN notifications n ON n.message_id = j.id || '.' || ?"
+            f" WHERE n.id IS NULL AND j.created_at <= ? AND j.state IN ({_marks(_WAITING)})"
+            " ORDER BY j.created_at LIMIT ?",
+            (NoticeKind.DELAYED, taken_before, *_WAITING, limit),
+        )
+        return [Job.from_row(r) for r in rows]
+
+    def first_untold_delay(self) -> float | None:
+        """When the oldest waiting job without a ``delayed`` notice was taken in (None: there is none)."""
+        row = self.db.execute(
+            "SELECT MIN(j.created_at) FROM jobs j LEFT JOIN notifications n ON n.message_id = j.id || '.' || ?"
+            f" WHERE n.id IS NULL AND j.state IN ({_marks(_WAITING)})",
+            (NoticeKind.DELAYED, *_WAITING),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
 
     # -- sending --------------------------------------------------------------
 
@@ -237,7 +257,7 @@ class Outbox(JobQueries):
     def notices_of_job(self, job_id: str) -> list[dict[str, Any]]:
         """The job's notices, oldest first, as plain data (without the mails themselves)."""
         rows = self.db.execute(
-            "SELECT kind, recipient, state, attempts, created_at, sent_at, last_error, detail FROM notifications"
+            "SELECT kind, recipient, state, attempts, created_at, sent_at, last_error, detail, code FROM notifications"
             " WHERE job_id = ? ORDER BY id",
             (job_id,),
         )

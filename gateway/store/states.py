@@ -2,7 +2,7 @@
 
 In: nothing (pure). Out: :class:`State` (the value stored in ``jobs.state``),
 the final states a job never leaves by itself, the in-flight states found
-mid-step after a crash, and :class:`Delay`, why a job is not final yet (what
+mid-step after a crash, the states a job waits in, and :class:`Delay`, why a job is not final yet (what
 a "delayed" notice records and says).
 """
 
@@ -30,6 +30,8 @@ class State(enum.StrEnum):
 FINAL_STATES = frozenset({State.DELIVERED, State.FAILED, State.CANCELLED})
 # States a job is in while a step runs; found at start-up they are recovered.
 IN_FLIGHT_STATES = frozenset({State.UPLOADING, State.SUBMITTING})
+# States a job waits in before it is sent (not final, not on its way): one told "delayed" after a while.
+WAITING_STATES = frozenset({State.QUEUED, State.DEFERRED, State.HELD, State.AMBIGUOUS, State.QUARANTINED})
 
 
 class Delay(enum.StrEnum):

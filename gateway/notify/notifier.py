@@ -8,8 +8,11 @@ with backoff (doubling from ``notify.min_backoff_seconds``) until
 ``notify.max_retry_seconds``; a 5xx refusal of the recipient or content is
 recorded (``failed``) and never retried. Rows that must not be sent (no
 usable recipient; delivered receipts with ``notify.receipts = "failures"``;
-alerts with no admin address) end ``skipped`` with the reason. Admin alerts
-go out at most once per ``notify.admin_alert_interval_seconds``: the alerts
+alerts with no admin address) end ``skipped`` with the reason. An admin alert
+that stops faxing (:data:`URGENT_ALERTS`: submissions paused for the
+configuration or credit, a job left to an operator, a quarantined job) goes out
+at once; the others, and an urgent one whose kind already went out within
+``notify.admin_alert_interval_seconds``, at most once per interval: the alerts
 due together form one mail.
 """
 
@@ -33,7 +36,7 @@ from gateway.replies import clean
 from gateway.sender import recipient_of_message
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, Spool
-from gateway.store import FINAL_STATES, AsyncStore, Notice, NoticeKind, NoticeState, Store
+from gateway.store import FINAL_STATES, AsyncStore, Notice, NoticeKind, NoticeState, Store, alert
 
 log = logging.getLogger("gateway.notify")
 
@@ -41,6 +44,10 @@ _BATCH = 50
 # CRLF on the wire; headers folded only past RFC 5322's 998 (Python folds a long
 # Subject right after the colon at 78, which some readers show with a leading space).
 WIRE = email.policy.SMTP.clone(max_line_length=998)
+
+
+# Alerts that stop faxing: sent at once, only their repeats wait for the interval.
+URGENT_ALERTS = frozenset(alert(what) for what in ("config", "credit", "ambiguous-operator", "quarantined"))
 
 
 class _Refused(Exception):
@@ -208,11 +215,14 @@ class Notifier:
                 await self.store.run(_finish(notice, NoticeState.SKIPPED, "no notify.admin_address", job_id=""))
             return 0
         now = self.clock()
-        not_before = await self.store.run(lambda s: s.last_alert_sent_at()) + notify.admin_alert_interval_seconds
-        if now < not_before:  # rate limit: the alerts wait and go out together
-            ids = [n.id for n in due]
-            await self.store.run(lambda s: s.postpone_notices(ids, not_before))
-            return 0
+        interval = notify.admin_alert_interval_seconds
+        not_before = await self.store.run(lambda s: s.last_alert_sent_at()) + interval
+        if now < not_before:  # rate limit: the alerts wait and go out together, unless one stops faxing
+            recent = await self.store.run(lambda s: s.alert_kinds_sent_since(now - interval))
+            if not any(n.kind in URGENT_ALERTS and n.kind not in recent for n in due):
+                ids = [n.id for n in due]
+                await self.store.run(lambda s: s.postpone_notices(ids, not_before))
+                return 0
         alerts = [Alert(n.kind, n.job_id, n.detail, n.created_at) for n in due]
         mail = compose_alerts(self.settings, alerts, due[0].message_id, now)
         try:

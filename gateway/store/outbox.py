@@ -209,6 +209,14 @@ class Outbox(JobQueries):
         )
         return float(row.fetchone()[0] or 0.0)
 
+    def alert_kinds_sent_since(self, since: float) -> set[str]:
+        """The kinds of the alerts sent at ``since`` or later."""
+        rows = self.db.execute(
+            "SELECT DISTINCT kind FROM notifications WHERE kind LIKE ? AND state = ? AND sent_at >= ?",
+            (alert("%"), NoticeState.SENT, since),
+        )
+        return {str(r[0]) for r in rows}
+
     def mark_notice_composed(self, notice_id: int, recipient: str, payload: bytes) -> None:
         """The mail is composed: the notice is ``pending``, due now."""
         with self.transaction() as db:

@@ -195,6 +195,27 @@ async def test_a_config_hold_released_by_the_operator_resumes_submissions(make_d
     assert [(await d.job(j)).state for j in (first, second)] == [State.SUBMITTED, State.SUBMITTED]
 
 
+async def test_the_worker_says_when_submissions_resume_after_a_release(
+    make_delivery: DeliveryFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    d, sim = await make_delivery()
+    sim.set_fault("code:103", once=True)
+    (first,) = await d.spool_message()
+    await d.drain()
+    assert (await d.job(first)).state == State.HELD
+    (second,) = await d.spool_message("+33145678901")
+    await d.drain()
+    assert (await d.job(second)).state == State.QUEUED  # paused
+    resumed = "submissions resume: no job is held for a configuration error any more"
+    assert resumed not in caplog.text
+    await d.store.run(lambda s: s.transition(first, State.QUEUED, "released by operator", expect=[State.HELD],
+                                             hold_kind=""))  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="gateway.worker"):
+        await d.drain()
+    assert [r.getMessage() for r in caplog.records].count(resumed) == 1
+    assert (await d.job(second)).state == State.SUBMITTED
+
+
 async def test_url_refused_holds_the_job_without_pausing_others(make_delivery: DeliveryFactory) -> None:
     d, sim = await make_delivery()
     sim.set_fault("code:105", once=True)

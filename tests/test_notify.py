@@ -343,3 +343,14 @@ async def test_an_alert_that_stops_faxing_goes_out_at_once_and_only_its_repeats_
     assert await rig.notifier.drain() == 1
     subjects = [m.message["Subject"] for m in await sink.wait_for(3)]
     assert subjects[1:] == [f"fax-gateway alert: {kind.removeprefix('alert:')}"] * 2
+
+
+async def test_a_relay_failure_is_said_in_words(make_rig: RigFactory, sink: Sink) -> None:
+    rig = await make_rig()
+    await rig.add_job(ref="R30")
+    await rig.receipt("R30", "0", 1)
+    await sink.down()
+    assert await rig.notifier.drain() == 0
+    (row,) = await notice_rows(rig)
+    assert row["last_error"].startswith("could not connect to the relay (")
+    assert not re.search(r"\b\w+(Error|Exception)\b", row["last_error"]), row["last_error"]

@@ -7,17 +7,21 @@ state, reason, timeline and notices the delivery contract gives it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.daemon.metrics import MeteredProvider, Metrics
 from gateway.delivery.provider import ProviderClient
 from gateway.delivery.simulator import ProviderSimulator
-from gateway.outcomes import Accepted, Submission
+from gateway.outcomes import Accepted, DeliveryOutcome, Submission
 from gateway.store import State
 from tests.support_clock import FakeClock
 from tests.support_delivery import Delivery
@@ -453,6 +457,52 @@ async def _until_submitted(d: Delivery, job_id: str) -> None:
         if (await d.job(job_id)).state == State.SUBMITTED:
             return
         await d.answered.wait()
+
+
+# -- logs and metrics in words ------------------------------------------------------------------
+
+_CLASS_NAMES = re.compile(r"\b(Ambiguous|PermanentFailure|Retry|Hold|Accepted|DeliveryOutcome|\w+Error|\w+Exception)\b")
+
+
+@pytest.mark.parametrize("fault", ["code:107", "code:103", "no-credit", "5xx", "html", "reset", "hang"])
+async def test_logs_and_timeline_say_each_outcome_once_in_words(
+    make_delivery: DeliveryFactory, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    d, sim = await make_delivery({"provider": {"total_timeout": 0.5}})
+    sim.set_fault(fault, once=True)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        (job_id,) = await d.spool_message()
+        await d.drain()
+    job = await d.job(job_id)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.") and job_id in r.getMessage()]
+    texts = lines + [f"{kind}: {detail}" for kind, detail in await d.events(job_id)]
+    assert not [t for t in texts if _CLASS_NAMES.search(t)]
+    outcome = job.reason.split("; ")[0].removeprefix("outcome unknown: ")
+    assert sum(outcome in line for line in lines) == 1, lines  # the answer is said once, with the job's new state
+    for line in lines:
+        phrases = re.split(r"[:;] ", line)
+        assert len(phrases) == len(set(phrases)), line
+
+
+async def test_metrics_label_every_ambiguous_answer_alike_with_its_cause(make_delivery: DeliveryFactory) -> None:
+    d, sim = await make_delivery({"provider": {"total_timeout": 0.5}})
+    metrics = Metrics()
+    metered = MeteredProvider(d.provider, metrics)
+    for fault in ("html", "5xx", "empty", "hang", "code:107", "code:105"):
+        sim.set_fault(fault, once=True)
+        with contextlib.suppress(DeliveryOutcome):
+            await metered.submit(Submission("0123456789abcdef", "+33145678900", "http://127.0.0.1:1/doc.pdf"))
+    counts = {(f.name, tuple(sorted(s.labels.items()))): s.value
+              for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples
+              if s.name == "faxgw_provider_answers_total"}  # fmt: skip
+    assert {labels for _, labels in counts} == {
+        (("answer", "ambiguous"), ("cause", "not-an-answer")),
+        (("answer", "ambiguous"), ("cause", "http-500")),
+        (("answer", "ambiguous"), ("cause", "empty-answer")),
+        (("answer", "ambiguous"), ("cause", "timeout")),
+        (("answer", "failed"), ("cause", "107")),
+        (("answer", "held"), ("cause", "105")),
+    }
 
 
 # -- concurrency and recovery ---------------------------------------------------------------

@@ -60,7 +60,7 @@ class Health:
         try:
             writable, counts = await self.store.run(_store_state)
         except Exception as exc:  # a store that cannot answer is the finding, not a crash
-            return False, {}, f"{type(exc).__name__}: {exc}"
+            return False, {}, f"the job store did not answer: {exc}"
         return writable, counts, "writable" if writable else "not writable"
 
     async def healthz(self, request: web.Request) -> web.Response:

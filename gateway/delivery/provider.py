@@ -95,7 +95,8 @@ def parse_answer(body: bytes, secrets: list[str]) -> Accepted:
     if m is None:
         shown = redact(re.sub(r"[^\x20-\x7e]+", " ", text)[:80], secrets)
         what = "an empty answer" if not text else f"an answer that is not CODE-reference ({shown!r})"
-        raise Ambiguous(f"the provider sent {what}; the fax may have been accepted")
+        raise Ambiguous(f"the provider sent {what}; the fax may have been accepted",
+                        code="empty-answer" if not text else "not-an-answer")
     code, ref = int(m["code"]), m["ref"] or ""
     entry = ANSWERS.get(code)
     if entry is None:
@@ -119,7 +120,8 @@ def parse_answer(body: bytes, secrets: list[str]) -> Accepted:
 def _status_outcome(status: int) -> Hold | Retry | Ambiguous:
     """An HTTP status other than 200."""
     if status in (408, 429):
-        return Retry(f"the provider refused the request with HTTP {status} before handling it; it will be retried")
+        return Retry(f"the provider refused the request with HTTP {status} before handling it; it will be retried",
+                     code=f"http-{status}")
     if 400 <= status < 500:
         return Hold(f"the provider URL answered HTTP {status}: check provider.url", kind=HoldKind.CONFIG,
                     code=f"http-{status}")
@@ -173,11 +175,11 @@ class ProviderClient:
         try:
             accepted = parse_answer(await self._get(build_query(self.settings, sub)), self._secrets)
         except (PermanentFailure, Hold, Retry, Ambiguous) as outcome:
-            log.warning("job %s: provider outcome %s: %s", sub.job_id, type(outcome).__name__, outcome.reason,
-                        extra={"job_id": sub.job_id})
+            # The worker logs the job's new state with this reason: said once there, here only for debugging.
+            log.debug("job %s: the provider's answer: %s", sub.job_id, outcome.reason, extra={"job_id": sub.job_id})
             raise
-        log.info("job %s: provider accepted the fax, reference %s", sub.job_id, accepted.ref_accuse,
-                 extra={"job_id": sub.job_id})
+        log.debug("job %s: the provider accepted the fax, reference %s", sub.job_id, accepted.ref_accuse,
+                  extra={"job_id": sub.job_id})
         return accepted
 
     async def probe(self) -> str:
@@ -221,17 +223,18 @@ class ProviderClient:
                     body += chunk
                     if len(body) > MAX_ANSWER_BYTES:
                         raise Ambiguous(f"the provider sent an answer over {MAX_ANSWER_BYTES} bytes "
-                                        "(not CODE-reference); the fax may have been accepted")
+                                        "(not CODE-reference); the fax may have been accepted",
+                                        code="oversized-answer")
                 return bytes(body)
         except aiohttp.ClientConnectorError as exc:
             raise Retry(f"could not connect to the provider at {self._where()}: {_why(exc)}; "
-                        "no fax was sent") from None
+                        "no fax was sent", code=_cause(exc)) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if not progress.sent:
                 raise Retry(f"the request to the provider at {self._where()} failed before it was sent "
-                            f"({_why(exc)}); no fax was sent") from None
+                            f"({_why(exc)}); no fax was sent", code=_cause(exc)) from None
             raise Ambiguous(f"the provider at {self._where()} did not answer usably: {_why(exc)}; "
-                            "the fax may have been accepted") from None
+                            "the fax may have been accepted", code=_cause(exc)) from None
 
 
 def _why(exc: BaseException) -> str:
@@ -254,4 +257,19 @@ def _why(exc: BaseException) -> str:
         return "the connection was closed in the middle of the answer"
     if isinstance(exc, OSError):
         return (exc.strerror or "connection error").lower()
-    return type(exc).__name__
+    return "the connection failed"
+
+
+def _cause(exc: BaseException) -> str:
+    """A transport failure as a short label (the outcome's ``code``: a metrics label, never shown alone)."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "tls"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
+        return "disconnected"
+    return "transport"

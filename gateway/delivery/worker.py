@@ -46,6 +46,9 @@ class Provider(Protocol):
 HOLD_ALERTS = {kind: alert(kind) for kind in (HoldKind.CONFIG, HoldKind.URL, HoldKind.CREDIT)}
 TIMED_HOLDS = frozenset({HoldKind.CREDIT})
 
+# States worth a warning in the log: the fax did not go (yet), or a person must look.
+_WARNED = frozenset({State.DEFERRED, State.HELD, State.AMBIGUOUS, State.QUARANTINED, State.FAILED})
+
 # Why a job waits, in words for its timeline (the sender's mail says it in its own language).
 DELAY_WORDS = {
     Delay.CREDIT: "the fax account needs credit",
@@ -233,7 +236,7 @@ class Worker:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("%s: stopped by an unexpected error: %s", task.get_name(), type(exc).__name__, exc_info=exc)
+            log.error("%s: stopped by a fault in the gateway (the traceback follows)", task.get_name(), exc_info=exc)
         if not self._stopping:
             self.wake()  # a slot is free
 
@@ -278,13 +281,12 @@ class Worker:
             await self._settle(job, exc)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            log.exception("job %s: unexpected error", job.id, extra={"job_id": job.id})
-            what = f"unexpected error ({type(exc).__name__})"
+        except Exception:
+            log.exception("job %s: a fault in the gateway", job.id, extra={"job_id": job.id})
             if sent:
-                await self._settle(job, Ambiguous(f"{what} during submission"))
+                await self._settle(job, Ambiguous("a fault in the gateway during the submission (see the log)"))
             else:
-                await self._retry(job, what, sent)
+                await self._retry(job, "a fault in the gateway (see the log)", sent)
         else:
             await self._accepted(job, accepted)
 
@@ -370,9 +372,11 @@ class Worker:
         changed = await asyncio.shield(
             self.store.run(lambda s: s.transition(job.id, state, reason, expect=expect, event=event, **columns))
         )
-        level = logging.INFO if changed else logging.WARNING
+        level = logging.WARNING if not changed or state in _WARNED else logging.INFO
         note = "" if changed else " (not recorded: the job moved meanwhile)"
-        log.log(level, "job %s: %s: %s%s", job.id, event or state, reason, note, extra={"job_id": job.id})
+        head = str(event or state)
+        said = reason if head in reason else f"{head}: {reason}"  # each phrase once
+        log.log(level, "job %s: %s%s", job.id, said, note, extra={"job_id": job.id})
         return changed
 
     async def _notice(self, job: Job, kind: str, detail: str, *, code: str = "") -> None:

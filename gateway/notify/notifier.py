@@ -54,6 +54,29 @@ class _Refused(Exception):
     """The relay refused for good (5xx on the recipient or the content)."""
 
 
+def relay_error(exc: BaseException) -> str:
+    """What went wrong with the relay, in words (never an exception's class name)."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return "the relay answered " + "; ".join(f"{e.code} {clean(e.message)}" for e in exc.recipients)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return f"the relay answered {exc.code} {clean(exc.message)}"
+    if isinstance(exc, (aiosmtplib.SMTPTimeoutError, TimeoutError)):
+        return "the relay did not answer in time"
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return "the relay closed the connection"
+    if isinstance(exc, aiosmtplib.SMTPConnectError):
+        cause = exc.__cause__
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+        return f"could not connect to the relay ({why})"
+    if isinstance(exc, ssl.SSLError):
+        return "the TLS handshake with the relay failed (check notify.relay_ca_file)"
+    if isinstance(exc, aiosmtplib.SMTPException):
+        return f"the relay conversation failed: {exc}"
+    if isinstance(exc, OSError):
+        return f"the relay could not be reached ({(exc.strerror or 'connection error').lower()})"
+    return f"an unexpected fault while talking to the relay: {exc}"
+
+
 # -- store side (store thread) ------------------------------------------------------
 
 
@@ -240,7 +263,7 @@ class Notifier:
                           exc: Exception) -> None:  # fmt: skip
         notify = self.settings.notify
         now = self.clock()
-        error = clean(f"{type(exc).__name__}: {exc}", 300)
+        error = clean(relay_error(exc), 300)
         if now - created >= notify.max_retry_seconds:
             log.error("%s: given up after %d tries: %s", what, attempts + 1, error, extra={"job_id": job_id})
             why = f"relay unreachable: {error}"

@@ -238,7 +238,8 @@ class DeliverySettings:
     # Automatic resubmission on busy / no answer (0: off).
     busy_retries: int = 0
     busy_retry_delay_seconds: float = 600.0
-    # Timer for deferred jobs and work spooled by the CLI.
+    # How often the worker looks for work another process (the CLI) queued; retries, grace
+    # periods and credit holds fire at their own due time, not at this tick.
     poll_seconds: float = 5.0
     # Accept and spool, but submit nothing (maintenance, benchmarks).
     paused: bool = False
@@ -272,8 +273,10 @@ class NotifySettings:
     from_address: str = "fax-gateway@localhost"
     # Administrator alerts; empty disables them (they are still logged).
     admin_address: str = ""
-    # At most one alert mail per interval; alerts raised meanwhile go out together.
+    # An alert that stops faxing goes out at once; repeats of a kind, and other alerts, at most once per interval.
     admin_alert_interval_seconds: float = 900.0
+    # A job not final this long after its mail came gets one "delayed" notice saying why (0: never).
+    delay_notice_seconds: float = 900.0
     language: Literal["en", "fr"] = "en"
     # The zone of the times receipts and alerts give (an IANA name such as "Europe/Paris"; empty: the system's).
     timezone: str = ""
@@ -543,6 +546,7 @@ def _validate_notify(notify: NotifySettings) -> None:
         _check_address(f"notify.sender_map.{k}", v, empty_ok=False)
     for key in ("max_retry_seconds", "min_backoff_seconds", "max_backoff_seconds", "relay_timeout"):
         _positive(f"notify.{key}", getattr(notify, key))
+    _positive("notify.delay_notice_seconds", notify.delay_notice_seconds, zero_ok=True)
     if notify.min_backoff_seconds > notify.max_backoff_seconds:
         raise SettingsError("notify.min_backoff_seconds: larger than notify.max_backoff_seconds")
     if notify.relay_ca_file and not Path(notify.relay_ca_file).is_file():

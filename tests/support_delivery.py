@@ -54,9 +54,15 @@ class Delivery(LoopbackRig):
         self.provider = ProviderClient(settings)
         self.wake_event = asyncio.Event()
         self.receipts = Receipts(settings, self.store)
+        # Set each time the worker records a submission's answer (submitted or ambiguous): a test awaits it.
+        self.answered = asyncio.Event()
         self.worker = Worker(settings, self.store, self.spool, self.storage, self.provider, clock=self.clock,
-                             wake_event=self.wake_event, on_submitted=self.receipts.wake, stop_timeout=2.0)  # fmt: skip
+                             wake_event=self.wake_event, on_submitted=self._answered, stop_timeout=2.0)  # fmt: skip
         self._started: list[Any] = []
+
+    def _answered(self) -> None:
+        self.answered.set()
+        self.receipts.wake()
 
     async def start(self, *, worker: bool = True) -> None:
         await asyncio.to_thread(self.spool.create)

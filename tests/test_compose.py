@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from gateway.answers import ANSWER_CODES, Answer
 from gateway.arcodes import Category
-from gateway.notify.compose import _NEXT, Alert, Facts, Situation, compose, compose_alerts, situation
+from gateway.notify.compose import _DELAY_REASON, _NEXT, Alert, Facts, Situation, compose, compose_alerts, situation
 from gateway.settings import Settings
-from gateway.store import Job
+from gateway.store import Delay, Job
 from tests.support_settings import SettingsFactory
 
 T0 = 1796371200.0  # Friday 4 December 2026, 09:00 CET
@@ -49,7 +50,12 @@ ROWS: dict[str, tuple[str, dict[str, Any], Situation | Category]] = {
     "number barred": ("failed", {"receipt_code": "70003"}, Category.BARRED),
     "unknown receipt code": ("failed", {"receipt_code": "99999"}, Category.UNKNOWN),
     "waiting for credit": ("delayed", {"state": "held", "hold_kind": "credit"}, Situation.DELAYED_CREDIT),
-    "being checked": ("delayed", {"state": "ambiguous"}, Situation.DELAYED),
+    "being checked": ("delayed", {"state": "ambiguous", "next_attempt_at": T0 + 1800}, Situation.DELAYED),
+    "waiting its turn": ("delayed", {"state": "queued"}, Situation.DELAYED),
+    "retried on a timer": ("delayed", {"state": "deferred", "next_attempt_at": T0 + 60}, Situation.DELAYED_RETRY),
+    "left for the administrator": ("delayed", {"state": "ambiguous"}, Situation.DELAYED_OPERATOR),
+    "held for the configuration": ("delayed", {"state": "held", "hold_kind": "config"}, Situation.DELAYED_OPERATOR),
+    "quarantined": ("delayed", {"state": "quarantined"}, Situation.DELAYED_OPERATOR),
     "accepted": ("accepted", {"state": "queued"}, Situation.ACCEPTED),
     "a copy of the provider's mail": ("ar-mail:0123456789abcdef", {"state": "delivered"}, Situation.RECEIPT),
 }
@@ -108,3 +114,36 @@ def test_an_unknown_time_zone_is_refused_by_name(make_settings: SettingsFactory)
 
     with pytest.raises(SettingsError, match="notify.timezone: unknown time zone 'Europe/Pariss'"):
         make_settings({"notify": {"timezone": "Europe/Pariss"}})
+
+
+@pytest.mark.parametrize("code", [c for c, a in ANSWER_CODES.items() if a.answer in (Answer.FAILED, Answer.FAILED_BUG)])
+def test_a_french_receipt_gives_the_provider_answer_in_french(make_settings: SettingsFactory, code: int) -> None:
+    entry = ANSWER_CODES[code]
+    english = f"{entry.english} (code {code})"
+    job = _job(reason=english)
+    for lang, said, unsaid in (("fr", entry.french, entry.english), ("en", entry.english, entry.french)):
+        settings = make_settings({"notify": {"language": lang}})
+        facts = Facts("failed", english, f"{job.id}.failed", job, MESSAGE, code=str(code))
+        msg = compose(settings, facts, "alice@example.com", now=T0)
+        body = str(msg.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+        assert f"{said} (code {code})" in body and f"{said} (code {code})" in msg["Subject"]
+        assert unsaid not in body and unsaid not in msg["Subject"], lang
+
+
+def test_every_provider_answer_has_a_text_in_both_languages() -> None:
+    for code, entry in ANSWER_CODES.items():
+        assert entry.english and entry.french and entry.english != entry.french, code
+
+
+@pytest.mark.parametrize("delay", list(Delay))
+def test_a_delayed_notice_says_why_in_its_own_language(make_settings: SettingsFactory, delay: Delay) -> None:
+    job = _job(state="ambiguous", next_attempt_at=T0 + 60)
+    english_detail = "not sent after 15 minutes: waiting for an operator"
+    for lang in ("en", "fr"):
+        settings = make_settings({"notify": {"language": lang}})
+        facts = Facts("delayed", english_detail, f"{job.id}.delayed", job, MESSAGE, code=str(delay))
+        msg = compose(settings, facts, "alice@example.com", now=T0)
+        body = str(msg.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+        reason = _DELAY_REASON[lang][delay]
+        assert reason in body and reason in msg["Subject"] and msg["X-Fax-Reason"] == reason
+        assert english_detail not in body

@@ -313,3 +313,44 @@ async def test_the_running_notifier_is_woken_by_a_receipt_and_stops_cleanly(
         await rig.stop()
     await rig.notifier.stop()  # idempotent
     assert len(sink.messages) == 1
+
+
+async def test_a_delayed_notice_for_a_job_that_ended_meanwhile_is_not_sent(make_rig: RigFactory, sink: Sink) -> None:
+    rig = await make_rig()
+    job = await rig.add_job(state=State.DELIVERED)
+    await rig.store.run(lambda s: s.queue_notice(job.id, "delayed", "not sent after 15 minutes", code="retry"))
+    assert await rig.notifier.drain() == 0
+    (notice,) = await rig.store.run(lambda s: s.notices_of_job(job.id))
+    assert notice["state"] == "skipped" and "the job ended (delivered)" in notice["last_error"]
+    assert sink.messages == []
+
+
+@pytest.mark.parametrize("kind", ["alert:config", "alert:credit", "alert:ambiguous-operator", "alert:quarantined"])
+async def test_an_alert_that_stops_faxing_goes_out_at_once_and_only_its_repeats_wait(
+    make_rig: RigFactory, sink: Sink, kind: str
+) -> None:
+    rig = await make_rig(admin_address="ops@example.com", admin_alert_interval_seconds=900)
+    a, b, c = [await rig.add_job(state=State.HELD) for _ in range(3)]
+    await rig.store.run(lambda s: s.queue_notice(a.id, "alert:ambiguous", "timeout"))
+    assert await rig.notifier.drain() == 1  # an alert went out: the interval runs
+    rig.clock.advance(60)
+    await rig.store.run(lambda s: s.queue_notice(b.id, kind, "faxing stopped"))
+    assert await rig.notifier.drain() == 1  # at once, not 14 minutes later
+    rig.clock.advance(60)
+    await rig.store.run(lambda s: s.queue_notice(c.id, kind, "faxing stopped again"))
+    assert await rig.notifier.drain() == 0  # its repeat waits for the interval
+    rig.clock.advance(900)
+    assert await rig.notifier.drain() == 1
+    subjects = [m.message["Subject"] for m in await sink.wait_for(3)]
+    assert subjects[1:] == [f"fax-gateway alert: {kind.removeprefix('alert:')}"] * 2
+
+
+async def test_a_relay_failure_is_said_in_words(make_rig: RigFactory, sink: Sink) -> None:
+    rig = await make_rig()
+    await rig.add_job(ref="R30")
+    await rig.receipt("R30", "0", 1)
+    await sink.down()
+    assert await rig.notifier.drain() == 0
+    (row,) = await notice_rows(rig)
+    assert row["last_error"].startswith("could not connect to the relay (")
+    assert not re.search(r"\b\w+(Error|Exception)\b", row["last_error"]), row["last_error"]

@@ -97,7 +97,7 @@ async def test_metrics_count_what_happened(running: tuple[Gateway, ProviderSimul
     after = _samples(text)
     assert after[("faxgw_messages_accepted_total", ())] == 1
     assert after[("faxgw_smtp_refusals_total", (("reason", "RELAY_DENIED"),))] == 1
-    assert after[("faxgw_provider_answers_total", (("code", "113"),))] == 1
+    assert after[("faxgw_provider_answers_total", (("answer", "accepted"), ("cause", "113")))] == 1
     assert after[("faxgw_uploads_total", (("result", "ok"),))] == 1
     assert after[("faxgw_receipts_total", (("code", "0"),))] == 1
     assert after[("faxgw_jobs", (("state", "delivered"),))] == 1

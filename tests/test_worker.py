@@ -7,18 +7,22 @@ state, reason, timeline and notices the delivery contract gives it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.daemon.metrics import MeteredProvider, Metrics
 from gateway.delivery.provider import ProviderClient
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.delivery.worker import CHECKING
-from gateway.outcomes import Accepted, Submission
+from gateway.outcomes import Accepted, DeliveryOutcome, Submission
 from gateway.store import State
 from tests.support_clock import FakeClock
 from tests.support_delivery import Delivery
@@ -196,6 +200,27 @@ async def test_a_config_hold_released_by_the_operator_resumes_submissions(make_d
     assert [(await d.job(j)).state for j in (first, second)] == [State.SUBMITTED, State.SUBMITTED]
 
 
+async def test_the_worker_says_when_submissions_resume_after_a_release(
+    make_delivery: DeliveryFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    d, sim = await make_delivery()
+    sim.set_fault("code:103", once=True)
+    (first,) = await d.spool_message()
+    await d.drain()
+    assert (await d.job(first)).state == State.HELD
+    (second,) = await d.spool_message("+33145678901")
+    await d.drain()
+    assert (await d.job(second)).state == State.QUEUED  # paused
+    resumed = "submissions resume: no job is held for a configuration error any more"
+    assert resumed not in caplog.text
+    await d.store.run(lambda s: s.transition(first, State.QUEUED, "released by operator", expect=[State.HELD],
+                                             hold_kind=""))  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="gateway.worker"):
+        await d.drain()
+    assert [r.getMessage() for r in caplog.records].count(resumed) == 1
+    assert (await d.job(second)).state == State.SUBMITTED
+
+
 async def test_url_refused_holds_the_job_without_pausing_others(make_delivery: DeliveryFactory) -> None:
     d, sim = await make_delivery()
     sim.set_fault("code:105", once=True)
@@ -256,7 +281,8 @@ async def test_unreachable_provider_is_retried_with_backoff_then_failed(make_del
     for i, delay in enumerate(delays[:-1]):  # the last one is cut short by the queue lifetime
         base = min(100.0, 10.0 * 2**i)  # doubles from min_backoff up to max_backoff, jittered in [base/2, base]
         assert base / 2 <= delay <= base
-    assert await d.notices(job_id) == ["failed"]
+    # Still deferred after notify.delay_notice_seconds (900): the sender was told it is late, then that it failed.
+    assert await d.notices(job_id) == ["delayed", "failed"]
     assert job.attempts == len(delays) + 1
 
 
@@ -381,6 +407,152 @@ async def test_operator_mode_never_resubmits(make_delivery: DeliveryFactory) -> 
     assert len(sim.requests) == 1
     steps = [k for k in kinds(await d.events(job_id)) if not k.startswith("notice")]
     assert steps[-2:] == ["ambiguous", "left for an operator"]
+
+
+# -- delay notices and timers -----------------------------------------------------------------
+
+
+async def _delay_notices(d: Delivery, job_id: str) -> list[tuple[str, str]]:
+    rows = await d.store.run(lambda s: s.notices_of_job(job_id))
+    return [(r["kind"], r["code"]) for r in rows if r["kind"] == "delayed"]
+
+
+# fault, extra settings, the cause the one "delayed" notice records
+DELAYS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "deferred": ("refuse", {}, "retry"),
+    "held for the credentials": ("code:103", {}, "operator"),
+    "held for the document URL": ("code:105", {}, "operator"),
+    "being checked": ("html", {"delivery": {"ambiguous_grace_seconds": 5000.0}}, "checking"),
+    "left for an operator": ("html", {"delivery": {"ambiguous_action": "operator"}}, "operator"),
+    "waiting for credit": ("no-credit", {}, "credit"),
+}
+
+
+@pytest.mark.parametrize("case", list(DELAYS))
+async def test_a_job_not_final_after_the_delay_gets_one_delayed_notice_saying_why(
+    make_delivery: DeliveryFactory, case: str
+) -> None:
+    fault, table, cause = DELAYS[case]
+    if fault == "refuse":
+        table = {"provider": {"url": f"http://127.0.0.1:{free_port()}/http.php"},
+                 "delivery": {"max_queue_lifetime_seconds": 5000.0}}  # fmt: skip
+    d, sim = await make_delivery(table)
+    if fault != "refuse":
+        sim.set_fault(fault)
+    (job_id,) = await d.spool_message()
+    await d.drain()
+    told_at_once = cause == "credit"  # a credit hold tells the sender at once, and only then
+    assert await _delay_notices(d, job_id) == ([("delayed", "credit")] if told_at_once else [])
+    d.clock.advance(899)
+    await d.drain()
+    assert len(await _delay_notices(d, job_id)) == (1 if told_at_once else 0)
+    d.clock.advance(2)
+    await d.drain()
+    assert await _delay_notices(d, job_id) == [("delayed", cause)]
+    d.clock.advance(2000)
+    await d.drain()
+    assert await _delay_notices(d, job_id) == [("delayed", cause)]  # one per job
+    assert (await d.job(job_id)).state not in (State.DELIVERED, State.FAILED)
+
+
+async def test_no_delay_notice_with_notify_delay_notice_seconds_zero(make_delivery: DeliveryFactory) -> None:
+    d, sim = await make_delivery({"notify": {"delay_notice_seconds": 0}})
+    sim.set_fault("code:103")
+    (job_id,) = await d.spool_message()
+    await d.drain()
+    d.clock.advance(10_000)
+    await d.drain()
+    assert await _delay_notices(d, job_id) == []
+
+
+async def test_the_next_wake_up_is_the_earliest_timer_not_the_next_poll(make_delivery: DeliveryFactory) -> None:
+    d, sim = await make_delivery({"delivery": {"ambiguous_grace_seconds": 2.0, "poll_seconds": 5.0}})
+    sim.set_fault("5xx", once=True)
+    (job_id,) = await d.spool_message()
+    await d.drain()
+    job = await d.job(job_id)
+    assert job.state == State.AMBIGUOUS and job.next_attempt_at == d.clock.now + 2.0
+    assert d.worker.next_wakeup == d.clock.now + 2.0  # a 2 s grace is seen after 2 s, not at the 5 s poll
+    d.clock.advance(2.0)
+    await d.drain()
+    assert (await d.job(job_id)).state == State.SUBMITTED
+    # Nothing on a timer: the next delay notice due, or the poll.
+    assert d.worker.next_wakeup == d.clock.now + 5.0
+
+
+async def test_a_deferred_job_wakes_the_worker_at_its_retry_time(make_delivery: DeliveryFactory) -> None:
+    d, _ = await make_delivery({"provider": {"url": f"http://127.0.0.1:{free_port()}/http.php"}})
+    (job_id,) = await d.spool_message()
+    await d.drain()
+    job = await d.job(job_id)
+    assert job.state == State.DEFERRED and job.next_attempt_at < d.clock.now + 60.0
+    assert d.worker.next_wakeup == job.next_attempt_at  # not the 60 s poll
+
+
+async def test_the_running_loop_fires_a_grace_period_at_its_due_time(make_delivery: DeliveryFactory) -> None:
+    # An hour between polls: only a wake-up set for the grace period's end can resubmit within the wait below.
+    d, sim = await make_delivery({"delivery": {"ambiguous_grace_seconds": 0.5, "poll_seconds": 3600.0}})
+    sim.set_fault("5xx", once=True)
+    (job_id,) = await d.spool_message()
+    await asyncio.wait_for(d.answered.wait(), 10)
+    assert (await d.job(job_id)).state == State.AMBIGUOUS
+    d.clock.advance(0.5)
+    await sim.wait_requests(2, timeout=10)
+    await asyncio.wait_for(_until_submitted(d, job_id), 10)
+
+
+async def _until_submitted(d: Delivery, job_id: str) -> None:
+    while True:
+        d.answered.clear()  # before the look: an answer recorded after it sets the event again
+        if (await d.job(job_id)).state == State.SUBMITTED:
+            return
+        await d.answered.wait()
+
+
+# -- logs and metrics in words ------------------------------------------------------------------
+
+_CLASS_NAMES = re.compile(r"\b(Ambiguous|PermanentFailure|Retry|Hold|Accepted|DeliveryOutcome|\w+Error|\w+Exception)\b")
+
+
+@pytest.mark.parametrize("fault", ["code:107", "code:103", "no-credit", "5xx", "html", "reset", "hang"])
+async def test_logs_and_timeline_say_each_outcome_once_in_words(
+    make_delivery: DeliveryFactory, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    d, sim = await make_delivery({"provider": {"total_timeout": 0.5}})
+    sim.set_fault(fault, once=True)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        (job_id,) = await d.spool_message()
+        await d.drain()
+    job = await d.job(job_id)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.") and job_id in r.getMessage()]
+    texts = lines + [f"{kind}: {detail}" for kind, detail in await d.events(job_id)]
+    assert not [t for t in texts if _CLASS_NAMES.search(t)]
+    outcome = job.reason.split("; ")[0].removeprefix("outcome unknown: ")
+    assert sum(outcome in line for line in lines) == 1, lines  # the answer is said once, with the job's new state
+    for line in lines:
+        phrases = re.split(r"[:;] ", line)
+        assert len(phrases) == len(set(phrases)), line
+
+
+async def test_metrics_label_every_ambiguous_answer_alike_with_its_cause(make_delivery: DeliveryFactory) -> None:
+    d, sim = await make_delivery({"provider": {"total_timeout": 0.5}})
+    metrics = Metrics()
+    metered = MeteredProvider(d.provider, metrics)
+    for fault in ("html", "5xx", "empty", "hang", "code:107", "code:105"):
+        sim.set_fault(fault, once=True)
+        with contextlib.suppress(DeliveryOutcome):
+            await metered.submit(Submission("0123456789abcdef", "+33145678900", "http://127.0.0.1:1/doc.pdf"))
+    counts = {(f.name, tuple(sorted(s.labels.items()))): s.value
+              for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples
+              if s.name == "faxgw_provider_answers_total"}  # fmt: skip
+    assert {labels for _, labels in counts} == {
+        (("answer", "ambiguous"), ("cause", "not-an-answer")),
+        (("answer", "ambiguous"), ("cause", "http-500")),
+        (("answer", "ambiguous"), ("cause", "empty-answer")),
+        (("answer", "ambiguous"), ("cause", "timeout")),
+        (("answer", "failed"), ("cause", "107")),
+        (("answer", "held"), ("cause", "105")),
+    }
 
 
 # -- concurrency and recovery ---------------------------------------------------------------

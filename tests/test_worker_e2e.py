@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from gateway.answers import ANSWER_CODES
 from gateway.daemon.app import Gateway
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.store import Job, State
@@ -161,6 +162,23 @@ async def test_a_spooled_job_and_the_notice_it_ends_in_go_out_at_once_not_at_the
     assert got.message["X-Fax-Job"] == job_id and got.message["X-Fax-Status"] == "failed"
     assert (await _job(gw, job_id)).state == State.FAILED
 
+
+
+@pytest.mark.parametrize("code", [107, 109])
+async def test_a_french_receipt_for_a_refused_fax_gives_the_provider_reason_in_french(
+    started: list[Gateway], make_settings: SettingsFactory, sim_factory: SimFactory, sink: Sink, code: int
+) -> None:
+    sim = await sim_factory()
+    sim.set_fault(f"code:{code}")
+    table = {"notify": {"relay": f"127.0.0.1:{sink.port}", "language": "fr"}}
+    gw = await _gateway(started, make_settings, sim, table)
+    await asyncio.to_thread(_send, gw.smtp.port, "0145678900@fax.local")
+    (got,) = await sink.wait_for(1, timeout=30)
+    body = str(got.message.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+    entry = ANSWER_CODES[code]
+    assert f"{entry.french} (code {code})" in body and entry.french in got.message["Subject"]
+    assert entry.english not in body and entry.english not in got.message["X-Fax-Reason"]
+    assert "the provider" not in body  # no English words left in a French receipt
 
 
 async def test_an_early_receipt_is_applied_and_mailed_on_wake_ups_alone(

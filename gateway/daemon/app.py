@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -128,8 +129,13 @@ class Gateway:
         self.spool.unlock()
 
 
+def _words(name: str) -> str:
+    """``SmtpServer`` -> ``smtp server``: a part's name said in words."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower()
+
+
 async def _quietly(fn: Callable[[], Awaitable[None]], what: object) -> None:
     try:
         await fn()
     except Exception:
-        log.exception("error while stopping %s", type(what).__name__)
+        log.exception("error while stopping the %s", _words(type(what).__name__))

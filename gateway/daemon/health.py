@@ -85,7 +85,7 @@ class Health:
         try:
             writable, counts = await self.store.run(_store_state)
         except Exception as exc:  # a store that cannot answer is the finding, not a crash
-            return False, {}, f"{type(exc).__name__}: {exc}"
+            return False, {}, f"the job store did not answer: {exc}"
         return writable, counts, "a probe row was written and deleted" if writable else "a write failed"
 
     async def _spool(self) -> dict[str, Any]:

@@ -22,8 +22,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.replies import clean
 from gateway.settings import Settings
+from gateway.text import clean
 
 log = logging.getLogger("gateway.http")
 

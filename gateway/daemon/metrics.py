@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gateway.outcomes import Accepted, DeliveryOutcome, PermanentFailure, Submission
+from gateway.outcomes import Accepted, Ambiguous, DeliveryOutcome, Hold, PermanentFailure, Retry, Submission
 from gateway.replies import Answer
 from gateway.store import State, Store, kind_family
 
@@ -123,8 +123,11 @@ class Metrics:
             "faxgw_smtp_refusals", "SMTP replies that refused something, by reply name", ["reason"], registry=r
         )
         self.provider_answers = Counter(
-            "faxgw_provider_answers", "Provider answers to submissions, by code (or fault)", ["code"], registry=r
-        )
+            "faxgw_provider_answers",
+            "Provider answers to submissions, by what they mean (accepted, failed, held, retry, ambiguous) and cause "
+            "(the provider's code, an HTTP status, or a transport fault)",
+            ["answer", "cause"], registry=r,
+        )  # fmt: skip
         self.uploads = Counter("faxgw_uploads", "Document uploads to storage, by result", ["result"], registry=r)
         self.submit_latency = Histogram(
             "faxgw_submit_latency_seconds", "From the end of DATA to the provider's acceptance",
@@ -167,8 +170,8 @@ class Metrics:
         """A receipt for a reference no job has: ``kept`` (early), ``ignored`` or ``refused`` (over a limit)."""
         self.unknown_receipts.labels(outcome=outcome).inc()
 
-    def provider_answer(self, code: str, *, ok: bool, detail: str) -> None:
-        self.provider_answers.labels(code=code).inc()
+    def provider_answer(self, answer: str, cause: str, *, ok: bool, detail: str) -> None:
+        self.provider_answers.labels(answer=answer, cause=cause).inc()
         self.last_provider = Result(ok, detail, self.clock())
 
     def storage_result(self, *, ok: bool, detail: str) -> None:
@@ -218,6 +221,12 @@ class _StoreCollector:
         yield notices
 
 
+# What an outcome means, as the ``answer`` label of faxgw_provider_answers_total.
+_ANSWERS: tuple[tuple[type[DeliveryOutcome], str], ...] = (
+    (PermanentFailure, "failed"), (Hold, "held"), (Retry, "retry"), (Ambiguous, "ambiguous"),
+)
+
+
 class MeteredProvider:
     """The worker's provider client, counting each answer by code."""
 
@@ -229,11 +238,12 @@ class MeteredProvider:
         try:
             accepted = await self.inner.submit(submission)
         except DeliveryOutcome as exc:
-            label = exc.code or type(exc).__name__.lower()
+            answer = next((words for kind, words in _ANSWERS if isinstance(exc, kind)), "ambiguous")
             # A refused document or number is the sender's matter; anything else is the gateway's.
-            self.metrics.provider_answer(label, ok=isinstance(exc, PermanentFailure), detail=exc.reason)
+            self.metrics.provider_answer(answer, exc.code or "unknown", ok=isinstance(exc, PermanentFailure),
+                                         detail=exc.reason)  # fmt: skip
             raise
-        self.metrics.provider_answer(accepted.code, ok=True, detail=f"accepted (code {accepted.code})")
+        self.metrics.provider_answer("accepted", accepted.code, ok=True, detail=f"accepted (code {accepted.code})")
         return accepted
 
 
@@ -257,7 +267,7 @@ class MeteredStorage:
         try:
             await self.inner.put(key, data, content_type)
         except Exception as exc:
-            self.metrics.storage_result(ok=False, detail=getattr(exc, "reason", None) or type(exc).__name__)
+            self.metrics.storage_result(ok=False, detail=getattr(exc, "reason", None) or "the storage failed")
             raise
         self.metrics.storage_result(ok=True, detail=f"stored {len(data)} bytes")
 

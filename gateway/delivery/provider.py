@@ -20,7 +20,6 @@ run through :func:`gateway.redact.redact` when they quote anything received.
 
 from __future__ import annotations
 
-import enum
 import logging
 import re
 import types
@@ -32,45 +31,23 @@ import aiohttp
 import phonenumbers
 from yarl import URL
 
+from gateway.answers import ANSWER_CODES, Answer
 from gateway.outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailure, Retry, Submission
 from gateway.redact import redact, secrets_of
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.provider")
 
+__all__ = ["ANSWERS", "Answer", "ProviderClient", "build_query", "parse_answer", "wire_number"]
+
 # A real answer is a dozen bytes; anything longer is not the provider talking.
 MAX_ANSWER_BYTES = 4096
 
 
-class Answer(enum.Enum):
-    ACCEPTED = "accepted"
-    FAILED = "failed"  # the sender's document or number: tell the sender
-    FAILED_BUG = "failed-bug"  # the gateway should have caught it: also a bug alert
-    HOLD_CONFIG = "hold-config"  # our configuration: pause submissions, alert the administrator
-    HOLD_URL = "hold-url"  # the provider could not fetch the document
-    HOLD_CREDIT = "hold-credit"  # no credit: retried on a timer
-
-
-# The provider's answer codes (../shared/provider/README.md), one table.
-ANSWERS: Mapping[int, tuple[Answer, str]] = types.MappingProxyType({
-    101: (Answer.HOLD_CONFIG, "the provider says the account e-mail is empty: set provider.email"),
-    102: (Answer.HOLD_CONFIG, "the provider says the password is empty: set FAX_GATEWAY_PROVIDER_PASSWORD"),
-    103: (Answer.HOLD_CONFIG,
-          "the provider refused the credentials: check provider.email and FAX_GATEWAY_PROVIDER_PASSWORD"),
-    104: (Answer.HOLD_CONFIG, "the provider received no document URL (a gateway fault): check the storage settings"),
-    105: (Answer.HOLD_URL,
-          "the provider could not use the document URL: check that storage (or http.public_url) is reachable "
-          "from the internet and not expired"),
-    106: (Answer.HOLD_CONFIG, "the provider received no fax number (a gateway fault)"),
-    107: (Answer.FAILED, "the provider says the fax number is not valid: check the number and send again"),
-    109: (Answer.FAILED, "the provider refused the document format: send a PDF, TIFF, JPEG, PNG or GIF"),
-    110: (Answer.FAILED_BUG, "the provider refused the document as larger than 1 MB: send fewer or lighter pages"),
-    111: (Answer.FAILED_BUG, "the provider says the document is empty: send a document with at least one page"),
-    108: (Answer.HOLD_CREDIT, "the provider account balance is zero: credit the account; the fax will be retried"),
-    112: (Answer.HOLD_CREDIT,
-          "the provider account needs credit for this fax: credit the account; the fax will be retried"),
-    113: (Answer.ACCEPTED, "the provider accepted the fax and passed it to the operator"),
-})
+# The provider's answer codes (gateway.answers): code -> (what it means, the reason in English).
+ANSWERS: Mapping[int, tuple[Answer, str]] = types.MappingProxyType(
+    {code: (entry.answer, entry.english) for code, entry in ANSWER_CODES.items()}
+)
 
 # An answer: a code, then "-" and the reference (the reference may be empty).
 _ANSWER = re.compile(r"(?P<code>\d{1,6})(?:-(?P<ref>[\x21-\x7e]{0,128}))?")
@@ -118,7 +95,8 @@ def parse_answer(body: bytes, secrets: list[str]) -> Accepted:
     if m is None:
         shown = redact(re.sub(r"[^\x20-\x7e]+", " ", text)[:80], secrets)
         what = "an empty answer" if not text else f"an answer that is not CODE-reference ({shown!r})"
-        raise Ambiguous(f"the provider sent {what}; the fax may have been accepted")
+        raise Ambiguous(f"the provider sent {what}; the fax may have been accepted",
+                        code="empty-answer" if not text else "not-an-answer")
     code, ref = int(m["code"]), m["ref"] or ""
     entry = ANSWERS.get(code)
     if entry is None:
@@ -142,7 +120,8 @@ def parse_answer(body: bytes, secrets: list[str]) -> Accepted:
 def _status_outcome(status: int) -> Hold | Retry | Ambiguous:
     """An HTTP status other than 200."""
     if status in (408, 429):
-        return Retry(f"the provider refused the request with HTTP {status} before handling it; it will be retried")
+        return Retry(f"the provider refused the request with HTTP {status} before handling it; it will be retried",
+                     code=f"http-{status}")
     if 400 <= status < 500:
         return Hold(f"the provider URL answered HTTP {status}: check provider.url", kind=HoldKind.CONFIG,
                     code=f"http-{status}")
@@ -196,11 +175,11 @@ class ProviderClient:
         try:
             accepted = parse_answer(await self._get(build_query(self.settings, sub)), self._secrets)
         except (PermanentFailure, Hold, Retry, Ambiguous) as outcome:
-            log.warning("job %s: provider outcome %s: %s", sub.job_id, type(outcome).__name__, outcome.reason,
-                        extra={"job_id": sub.job_id})
+            # The worker logs the job's new state with this reason: said once there, here only for debugging.
+            log.debug("job %s: the provider's answer: %s", sub.job_id, outcome.reason, extra={"job_id": sub.job_id})
             raise
-        log.info("job %s: provider accepted the fax, reference %s", sub.job_id, accepted.ref_accuse,
-                 extra={"job_id": sub.job_id})
+        log.debug("job %s: the provider accepted the fax, reference %s", sub.job_id, accepted.ref_accuse,
+                  extra={"job_id": sub.job_id})
         return accepted
 
     async def probe(self) -> str:
@@ -244,17 +223,18 @@ class ProviderClient:
                     body += chunk
                     if len(body) > MAX_ANSWER_BYTES:
                         raise Ambiguous(f"the provider sent an answer over {MAX_ANSWER_BYTES} bytes "
-                                        "(not CODE-reference); the fax may have been accepted")
+                                        "(not CODE-reference); the fax may have been accepted",
+                                        code="oversized-answer")
                 return bytes(body)
         except aiohttp.ClientConnectorError as exc:
             raise Retry(f"could not connect to the provider at {self._where()}: {_why(exc)}; "
-                        "no fax was sent") from None
+                        "no fax was sent", code=_cause(exc)) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if not progress.sent:
                 raise Retry(f"the request to the provider at {self._where()} failed before it was sent "
-                            f"({_why(exc)}); no fax was sent") from None
+                            f"({_why(exc)}); no fax was sent", code=_cause(exc)) from None
             raise Ambiguous(f"the provider at {self._where()} did not answer usably: {_why(exc)}; "
-                            "the fax may have been accepted") from None
+                            "the fax may have been accepted", code=_cause(exc)) from None
 
 
 def _why(exc: BaseException) -> str:
@@ -277,4 +257,19 @@ def _why(exc: BaseException) -> str:
         return "the connection was closed in the middle of the answer"
     if isinstance(exc, OSError):
         return (exc.strerror or "connection error").lower()
-    return type(exc).__name__
+    return "the connection failed"
+
+
+def _cause(exc: BaseException) -> str:
+    """A transport failure as a short label (the outcome's ``code``: a metrics label, never shown alone)."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "tls"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
+        return "disconnected"
+    return "transport"

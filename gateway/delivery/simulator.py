@@ -291,7 +291,7 @@ class ProviderSimulator:
                         return 110, 0
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             # The URL may carry a signature: the failure's type only, never its text.
-            log.info("simulator: document download failed (%s): 105", type(exc).__name__)
+            log.info("simulator: the document could not be downloaded (%s): 105", exc or "no detail")
             return 105, 0
         if not data:
             return 111, 0
@@ -375,7 +375,7 @@ class ProviderSimulator:
             await aiosmtplib.send(msg, hostname=self.mail_relay.host, port=self.mail_relay.port, start_tls=False,
                                   sender="accuse@123-fax.net", recipients=[fax.accuse_email], timeout=10)
         except (aiosmtplib.SMTPException, OSError) as exc:
-            log.warning("simulator: receipt copy for %s not mailed: %s", fax.ref, type(exc).__name__)
+            log.warning("simulator: receipt copy for %s not mailed: %s", fax.ref, exc or "no detail")
             return
         self.mails.append(msg)
         await self._notify()

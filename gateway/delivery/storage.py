@@ -103,7 +103,7 @@ def _s3_reason(action: str, exc: Exception) -> str:
         "NoCredentialsError": "no S3 credentials found",
         "SSLError": "TLS failure talking to the S3 endpoint",
     }
-    return f"S3 {action} failed: {names.get(type(exc).__name__, type(exc).__name__)}"
+    return f"S3 {action} failed: {names.get(type(exc).__name__, 'the S3 request failed')}"
 
 
 class S3Storage:

@@ -30,7 +30,7 @@ from gateway.outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailu
 from gateway.sender import Row, recipient_of_message
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, Spool
-from gateway.store import AsyncStore, Job, NoticeKind, State, Store, alert
+from gateway.store import AsyncStore, Delay, Job, NoticeKind, State, Store, alert, delay_of
 
 log = logging.getLogger("gateway.worker")
 
@@ -50,6 +50,18 @@ class Provider(Protocol):
 # timer retries it (credit) or a person/restart releases it (config, URL).
 HOLD_ALERTS = {kind: alert(kind) for kind in (HoldKind.CONFIG, HoldKind.URL, HoldKind.CREDIT)}
 TIMED_HOLDS = frozenset({HoldKind.CREDIT})
+
+# States worth a warning in the log: the fax did not go (yet), or a person must look.
+_WARNED = frozenset({State.DEFERRED, State.HELD, State.AMBIGUOUS, State.QUARANTINED, State.FAILED})
+
+# Why a job waits, in words for its timeline (the sender's mail says it in its own language).
+DELAY_WORDS = {
+    Delay.CREDIT: "the fax account needs credit",
+    Delay.RETRY: "the provider or the storage could not be reached yet; retried on a timer",
+    Delay.OPERATOR: "waiting for an operator",
+    Delay.CHECKING: "the provider's answer was unclear; waiting for a matching receipt",
+    Delay.WAITING: "waiting its turn",
+}
 
 
 class Worker:
@@ -88,6 +100,8 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._next_wakeup = 0.0
+        self._config_hold = False  # whether the last look found submissions paused by a configuration hold
 
     # -- life cycle ---------------------------------------------------------
 
@@ -129,14 +143,22 @@ class Worker:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def next_wakeup(self) -> float:
+        """When (by the worker's clock) it looks again by itself at the latest, as of its last pass:
+        the earliest retry, grace period, credit hold or delay notice due, else the next poll."""
+        return self._next_wakeup
+
     async def drain(self) -> None:
         """Process until no job is due and nothing is in flight (tests call it instead of sleeping)."""
         while True:
             started = await self._fill()
             await self._sweep()
+            await self._tell_delayed()
             if self._tasks:
                 await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
             elif not started:
+                self._next_wakeup = await self._next_timer()
                 return
 
     async def _run(self) -> None:
@@ -147,12 +169,45 @@ class Worker:
                 self._sweep_task = asyncio.create_task(self._sweep(), name="worker sweep")
             try:
                 await self._fill()
+                await self._tell_delayed()
+                self._next_wakeup = await self._next_timer()
             except Exception:
                 log.exception("worker pass failed; trying again at the next wake-up")
+                self._next_wakeup = self.clock() + self.delivery.poll_seconds
+            # Timers fire at their due time; the poll only catches changes made by another process (the CLI).
             try:
-                await asyncio.wait_for(self._wake.wait(), self.delivery.poll_seconds)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, self._next_wakeup - self.clock()))
             except TimeoutError:
                 pass
+
+    async def _next_timer(self) -> float:
+        """The earliest of the next poll, the next job due on a timer and the next delay notice due.
+
+        A job due while none can start (submissions paused, every slot taken) does not count: a
+        release is seen at the next poll, a freed slot wakes the loop.
+        """
+        now = self.clock()
+        after = self.settings.notify.delay_notice_seconds
+        blocked = self._config_hold or self.delivery.paused or len(self._tasks) >= self._limit
+
+        def look(s: Store) -> list[float]:
+            found = [None if blocked else s.next_attempt_at()]
+            if after > 0 and (first := s.first_untold_delay()) is not None:
+                found.append(first + after)
+            return [t for t in found if t is not None]
+
+        return min([now + self.delivery.poll_seconds, *await self.store.run(look)])
+
+    async def _tell_delayed(self) -> None:
+        """One "delayed" notice for each job still waiting ``notify.delay_notice_seconds`` after its mail came."""
+        after = self.settings.notify.delay_notice_seconds
+        if after <= 0 or self._stopping:
+            return
+        cutoff = self.clock() - after
+        for job in await self.store.run(lambda s: s.jobs_to_tell_delayed(cutoff, 100)):
+            cause = delay_of(job.state, job.hold_kind, job.next_attempt_at)
+            await self._notice(job, NoticeKind.DELAYED, f"not sent after {duration(after)}: {DELAY_WORDS[cause]}",
+                               code=cause)  # fmt: skip
 
     # -- dispatch -----------------------------------------------------------
 
@@ -165,6 +220,7 @@ class Worker:
                 if free <= 0:
                     break
                 jobs, paused = await self.store.run(_due(self.clock(), free))
+                self._saw_config_hold(paused)
                 if paused or not jobs:
                     break
                 for due in jobs:
@@ -177,10 +233,15 @@ class Worker:
                         started += 1
         return started
 
+    def _saw_config_hold(self, paused: bool) -> None:
+        if self._config_hold and not paused:
+            log.info("submissions resume: no job is held for a configuration error any more")
+        self._config_hold = paused
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("%s: stopped by an unexpected error: %s", task.get_name(), type(exc).__name__, exc_info=exc)
+            log.error("%s: stopped by a fault in the gateway (the traceback follows)", task.get_name(), exc_info=exc)
         if not self._stopping:
             self.wake()  # a slot is free
 
@@ -245,13 +306,12 @@ class Worker:
             await self._settle(job, exc)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            log.exception("job %s: unexpected error", job.id, extra={"job_id": job.id})
-            what = f"unexpected error ({type(exc).__name__})"
+        except Exception:
+            log.exception("job %s: a fault in the gateway", job.id, extra={"job_id": job.id})
             if sent:
-                await self._settle(job, Ambiguous(f"{what} during submission"))
+                await self._settle(job, Ambiguous("a fault in the gateway during the submission (see the log)"))
             else:
-                await self._retry(job, what, sent)
+                await self._retry(job, "a fault in the gateway (see the log)", sent)
         else:
             await self._accepted(job, accepted)
 
@@ -290,7 +350,7 @@ class Worker:
         reason = exc.reason  # words for a person; the provider code is in them
         if isinstance(exc, PermanentFailure):
             await self._record(job, State.FAILED, reason)
-            await self._notice(job, NoticeKind.FAILED, reason)
+            await self._notice(job, NoticeKind.FAILED, reason, code=exc.code)
             if exc.bug_alert:
                 await self._notice(job, alert("bug"), f"the gateway should have refused this document: {reason}")
         elif isinstance(exc, Hold):
@@ -302,7 +362,7 @@ class Worker:
             await self._notice(job, HOLD_ALERTS[exc.kind], reason)
             if exc.kind == HoldKind.CREDIT:
                 delayed = "the fax service account needs credit; the fax will be sent later"
-                await self._notice(job, NoticeKind.DELAYED, delayed)
+                await self._notice(job, NoticeKind.DELAYED, delayed, code=Delay.CREDIT)
         else:
             grace = self.delivery.ambiguous_grace_seconds
             # A grace period that starts now, watched by this run (a restart marks it unwatched).
@@ -339,13 +399,16 @@ class Worker:
         changed = await asyncio.shield(
             self.store.run(lambda s: s.transition(job.id, state, reason, expect=expect, event=event, **columns))
         )
-        level = logging.INFO if changed else logging.WARNING
+        level = logging.WARNING if not changed or state in _WARNED else logging.INFO
         note = "" if changed else " (not recorded: the job moved meanwhile)"
-        log.log(level, "job %s: %s: %s%s", job.id, event or state, reason, note, extra={"job_id": job.id})
+        head = str(event or state)
+        said = reason if head in reason else f"{head}: {reason}"  # each phrase once
+        log.log(level, "job %s: %s%s", job.id, said, note, extra={"job_id": job.id})
         return changed
 
-    async def _notice(self, job: Job, kind: str, detail: str) -> None:
-        await asyncio.shield(self.store.run(lambda s: s.queue_notice(job.id, kind, detail)))
+    async def _notice(self, job: Job, kind: str, detail: str, *, code: str = "") -> None:
+        """Queue a notice; ``code`` is the provider's answer code it tells of, for the mail's own language."""
+        await asyncio.shield(self.store.run(lambda s: s.queue_notice(job.id, kind, detail, code=code)))
         self._on_notice()
 
     async def _sweep(self) -> None:

@@ -41,12 +41,11 @@ from email.utils import format_datetime
 
 import phonenumbers
 
-from gateway import dates
+from gateway import answers, dates
 from gateway.arcodes import Category, ReceiptCode, lookup
-from gateway.outcomes import HoldKind
 from gateway.sender import Row
 from gateway.settings import Settings
-from gateway.store import Job, NoticeKind, State, alert_subject, is_ar_mail
+from gateway.store import Delay, Job, NoticeKind, State, alert_subject, delay_of, is_ar_mail
 from gateway.text import clean
 
 # Status words, What-to-do texts, per language. Keys: category values, plus notice kinds.
@@ -66,7 +65,9 @@ class Situation(enum.StrEnum):
     NOT_SENT = "not-sent"  # refused by the provider, or could not be sent in time: the reason says why
     CANCELLED = "cancelled"  # cancelled by the administrator
     DELAYED_CREDIT = "delayed-credit"  # the fax account needs credit
-    DELAYED = "delayed"  # not final yet for another reason (checked, retried, waiting for the administrator)
+    DELAYED_RETRY = "delayed-retry"  # the provider or the storage could not be reached yet: retried on a timer
+    DELAYED_OPERATOR = "delayed-operator"  # waiting for the administrator (held, left after unclear answers, ...)
+    DELAYED = "delayed"  # not final yet for another reason (an unclear answer being checked, waiting its turn)
     ACCEPTED = "accepted"  # notify.accepted_notice
     RECEIPT = "receipt"  # a copy of the provider's own receipt mail
 
@@ -83,6 +84,11 @@ _NEXT: dict[str, dict[str, str]] = {
         "Send the mail again if it is still needed.",
         Situation.DELAYED_CREDIT: "Nothing for now. The fax goes out as soon as the fax account is credited again, "
         "and you will get its receipt.",
+        Situation.DELAYED_RETRY: "Nothing for now. The gateway tries again on its own; you will get the fax's "
+        "receipt, or a mail that says why it could not be sent.",
+        Situation.DELAYED_OPERATOR: "Nothing for now, and do not send the mail again: the fax could go out twice. "
+        "The fax administrator will send it or tell you why it cannot go; you will get its receipt, or a mail "
+        "that says what went wrong.",
         Situation.DELAYED: "Nothing for now. The gateway makes sure the fax is sent once and only once; you will "
         "get its receipt, or a mail that says what went wrong.",
         Situation.ACCEPTED: "Nothing for now. You will get another mail when the recipient's machine answers.",
@@ -110,6 +116,11 @@ _NEXT: dict[str, dict[str, str]] = {
         "Renvoyez le message s'il est toujours nécessaire.",
         Situation.DELAYED_CREDIT: "Rien pour l'instant. Le fax partira dès que le compte fax sera recrédité, et "
         "vous recevrez son accusé de réception.",
+        Situation.DELAYED_RETRY: "Rien pour l'instant. La passerelle réessaie d'elle-même ; vous recevrez l'accusé "
+        "de réception du fax, ou un message qui dit pourquoi il n'a pas pu partir.",
+        Situation.DELAYED_OPERATOR: "Rien pour l'instant, et ne renvoyez pas le message : le fax pourrait partir "
+        "deux fois. L'administrateur fax l'enverra ou vous dira pourquoi il ne peut pas partir ; vous recevrez son "
+        "accusé de réception, ou un message qui dit ce qui n'a pas marché.",
         Situation.DELAYED: "Rien pour l'instant. La passerelle veille à ce que le fax parte une fois et une seule ; "
         "vous recevrez son accusé de réception, ou un message qui dit ce qui n'a pas marché.",
         Situation.ACCEPTED: "Rien pour l'instant. Vous recevrez un autre message quand le fax distant aura répondu.",
@@ -128,6 +139,29 @@ _NEXT: dict[str, dict[str, str]] = {
         "fax en citant le numéro de tâche.",
     },
 }
+
+# The reason a "delayed" notice gives, per language.
+_DELAY_REASON: dict[str, dict[Delay, str]] = {
+    "en": {
+        Delay.CREDIT: "the fax service account needs credit; the fax will be sent later",
+        Delay.RETRY: "the fax service could not be reached yet; the gateway tries again on its own",
+        Delay.OPERATOR: "the fax waits for the fax administrator, who has been alerted",
+        Delay.CHECKING: "the fax service's answer was unclear; the gateway checks that the fax did not already go "
+        "out before it tries again",
+        Delay.WAITING: "the fax waits its turn to be sent",
+    },
+    "fr": {
+        Delay.CREDIT: "le compte fax doit être recrédité ; le fax partira plus tard",
+        Delay.RETRY: "le service de fax n'a pas encore pu être joint ; la passerelle réessaie d'elle-même",
+        Delay.OPERATOR: "le fax attend l'administrateur fax, qui a été prévenu",
+        Delay.CHECKING: "la réponse du service de fax n'était pas claire ; la passerelle vérifie que le fax n'est "
+        "pas déjà parti avant de réessayer",
+        Delay.WAITING: "le fax attend son tour d'envoi",
+    },
+}
+_DELAY_SITUATION = {Delay.CREDIT: Situation.DELAYED_CREDIT, Delay.RETRY: Situation.DELAYED_RETRY,
+                    Delay.OPERATOR: Situation.DELAYED_OPERATOR}  # fmt: skip
+
 _LABEL_KEYS = ("status", "number", "pages", "received", "attempt", "job", "subject", "date", "code", "next",
                "left_out", "in_document", "clock", "recorded", "fitted")  # fmt: skip
 _LABELS = {
@@ -153,6 +187,7 @@ class Facts:
     job: Job
     message: Row
     receipt: Row | None = None
+    code: str = ""  # the provider's answer code the notice tells of (gateway.answers), or ""
 
 
 def pretty_number(number: str) -> str:
@@ -184,8 +219,14 @@ def situation(f: Facts) -> Situation:
     if f.kind == NoticeKind.FAILED:
         return Situation.CANCELLED if f.job.state == State.CANCELLED else Situation.NOT_SENT
     if f.kind == NoticeKind.DELAYED:
-        return Situation.DELAYED_CREDIT if f.job.hold_kind == HoldKind.CREDIT else Situation.DELAYED
+        return _DELAY_SITUATION.get(_delay(f), Situation.DELAYED)
     return Situation.ACCEPTED
+
+
+def _delay(f: Facts) -> Delay:
+    """Why the job of a "delayed" notice waits: as recorded with the notice, else from the job's state."""
+    j = f.job
+    return Delay(f.code) if f.code in set(Delay) else delay_of(j.state, j.hold_kind, j.next_attempt_at)
 
 
 def _subject(lang: str, f: Facts, status: str, reason: str, pages: int) -> str:
@@ -256,7 +297,15 @@ def _outcome(lang: str, f: Facts) -> _Outcome:
         reason = code.french if lang == "fr" else code.english
         next_step = _NEXT[lang][Situation.DELIVERED if code.delivered else code.category]
     else:
-        reason, next_step = clean(f.detail, 200), _NEXT[lang][situation(f)]
+        where = situation(f)
+        answer = answers.lookup(f.code) if f.code else None
+        if f.kind == NoticeKind.DELAYED and f.code in set(Delay):  # the cause recorded, in the mail's language
+            reason = _DELAY_REASON[lang][Delay(f.code)]
+        elif answer is not None and where is Situation.NOT_SENT:  # the provider's answer, in the mail's language
+            reason = answer.reason(lang)
+        else:
+            reason = clean(f.detail, 200)
+        next_step = _NEXT[lang][where]
     delivered = status == "delivered"
     pages = f.job.pages_sent if delivered and f.job.pages_sent else int(f.job.doc_pages or 0)
     heure = clean(f.receipt["heure"], 40) if f.receipt is not None else ""

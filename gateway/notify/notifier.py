@@ -8,8 +8,11 @@ with backoff (doubling from ``notify.min_backoff_seconds``) until
 ``notify.max_retry_seconds``; a 5xx refusal of the recipient or content is
 recorded (``failed``) and never retried. Rows that must not be sent (no
 usable recipient; delivered receipts with ``notify.receipts = "failures"``;
-alerts with no admin address) end ``skipped`` with the reason. Admin alerts
-go out at most once per ``notify.admin_alert_interval_seconds``: the alerts
+alerts with no admin address) end ``skipped`` with the reason. An admin alert
+that stops faxing (:data:`URGENT_ALERTS`: submissions paused for the
+configuration or credit, a job left to an operator, a quarantined job) goes out
+at once; the others, and an urgent one whose kind already went out within
+``notify.admin_alert_interval_seconds``, at most once per interval: the alerts
 due together form one mail.
 """
 
@@ -32,7 +35,7 @@ from gateway.notify.compose import Alert, Facts, compose, compose_alerts
 from gateway.sender import recipient_of_message
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, Spool
-from gateway.store import AsyncStore, Notice, NoticeKind, NoticeState, Store
+from gateway.store import FINAL_STATES, AsyncStore, Notice, NoticeKind, NoticeState, Store, alert
 from gateway.text import clean
 
 log = logging.getLogger("gateway.notify")
@@ -43,8 +46,35 @@ _BATCH = 50
 WIRE = email.policy.SMTP.clone(max_line_length=998)
 
 
+# Alerts that stop faxing: sent at once, only their repeats wait for the interval.
+URGENT_ALERTS = frozenset(alert(what) for what in ("config", "credit", "ambiguous-operator", "quarantined"))
+
+
 class _Refused(Exception):
     """The relay refused for good (5xx on the recipient or the content)."""
+
+
+def relay_error(exc: BaseException) -> str:
+    """What went wrong with the relay, in words (never an exception's class name)."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return "the relay answered " + "; ".join(f"{e.code} {clean(e.message)}" for e in exc.recipients)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return f"the relay answered {exc.code} {clean(exc.message)}"
+    if isinstance(exc, (aiosmtplib.SMTPTimeoutError, TimeoutError)):
+        return "the relay did not answer in time"
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return "the relay closed the connection"
+    if isinstance(exc, aiosmtplib.SMTPConnectError):
+        cause = exc.__cause__
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+        return f"could not connect to the relay ({why})"
+    if isinstance(exc, ssl.SSLError):
+        return "the TLS handshake with the relay failed (check notify.relay_ca_file)"
+    if isinstance(exc, aiosmtplib.SMTPException):
+        return f"the relay conversation failed: {exc}"
+    if isinstance(exc, OSError):
+        return f"the relay could not be reached ({(exc.strerror or 'connection error').lower()})"
+    return f"an unexpected fault while talking to the relay: {exc}"
 
 
 # -- store side (store thread) ------------------------------------------------------
@@ -72,6 +102,10 @@ def _prepare(store: Store, settings: Settings, spool: Spool, item: Notice) -> No
     if job is None or message is None:
         _finish(notice, NoticeState.SKIPPED, "the job is not in the store")(store)
         return None
+    if kind == NoticeKind.DELAYED and job.state in FINAL_STATES:
+        why = f"the job ended ({job.state}) before the notice went out"
+        _finish(notice, NoticeState.SKIPPED, why, job_id=job.id)(store)
+        return None
     if kind == NoticeKind.DELIVERED and settings.notify.receipts == "failures":
         _finish(notice, NoticeState.SKIPPED, "notify.receipts is 'failures'", job_id=job.id)(store)
         return None
@@ -85,7 +119,7 @@ def _prepare(store: Store, settings: Settings, spool: Spool, item: Notice) -> No
     if settings.notify.attach_document and kind in (NoticeKind.DELIVERED, NoticeKind.FAILED):
         with contextlib.suppress(OSError):
             document = spool.read(job.message_id, FAX_NAME)
-    facts = Facts(kind, notice.detail, notice.message_id, job, message, receipt)
+    facts = Facts(kind, notice.detail, notice.message_id, job, message, receipt, code=notice.code)
     mail = compose(settings, facts, recipient, document=document, source=notice.source, now=store.clock())
     payload = mail.as_bytes(policy=WIRE)
     store.mark_notice_composed(notice.id, recipient, payload)
@@ -204,11 +238,14 @@ class Notifier:
                 await self.store.run(_finish(notice, NoticeState.SKIPPED, "no notify.admin_address", job_id=""))
             return 0
         now = self.clock()
-        not_before = await self.store.run(lambda s: s.last_alert_sent_at()) + notify.admin_alert_interval_seconds
-        if now < not_before:  # rate limit: the alerts wait and go out together
-            ids = [n.id for n in due]
-            await self.store.run(lambda s: s.postpone_notices(ids, not_before))
-            return 0
+        interval = notify.admin_alert_interval_seconds
+        not_before = await self.store.run(lambda s: s.last_alert_sent_at()) + interval
+        if now < not_before:  # rate limit: the alerts wait and go out together, unless one stops faxing
+            recent = await self.store.run(lambda s: s.alert_kinds_sent_since(now - interval))
+            if not any(n.kind in URGENT_ALERTS and n.kind not in recent for n in due):
+                ids = [n.id for n in due]
+                await self.store.run(lambda s: s.postpone_notices(ids, not_before))
+                return 0
         alerts = [Alert(n.kind, n.job_id, n.detail, n.created_at) for n in due]
         mail = compose_alerts(self.settings, alerts, due[0].message_id, now)
         try:
@@ -226,7 +263,7 @@ class Notifier:
                           exc: Exception) -> None:  # fmt: skip
         notify = self.settings.notify
         now = self.clock()
-        error = clean(f"{type(exc).__name__}: {exc}", 300)
+        error = clean(relay_error(exc), 300)
         if now - created >= notify.max_retry_seconds:
             log.error("%s: given up after %d tries: %s", what, attempts + 1, error, extra={"job_id": job_id})
             why = f"relay unreachable: {error}"

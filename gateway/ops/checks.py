@@ -215,7 +215,7 @@ async def run_checks(settings: Settings, config: str | None = None) -> list[Chec
         except Warn as exc:
             results.append(Check(name, True, redact(str(exc), hidden), warning=True))
         except Exception as exc:  # every failure is a finding to print, not a crash
-            why = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            why = getattr(exc, "reason", None) or str(exc) or "an unexpected error"
             results.append(Check(name, False, redact(f"{why}", hidden)))
     return results
 

@@ -250,6 +250,16 @@ class JobQueries(Connection):
                 self.add_event(job_id, "grace not watched", why)
         return ids
 
+    def next_attempt_at(self) -> float | None:
+        """The earliest time a job waiting on a timer is due for delivery (a retry, the end of a grace
+        period, a credit hold's retry), perhaps already past; None when no job waits on one."""
+        row = self.db.execute(
+            "SELECT MIN(next_attempt_at) FROM jobs WHERE (state IN (?, ?) OR (state = ? AND hold_kind = ?)"
+            " OR state = ?) AND next_attempt_at > 0",
+            (State.QUEUED, State.DEFERRED, State.HELD, HoldKind.CREDIT, State.AMBIGUOUS),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
     def has_held(self, kind: HoldKind) -> bool:
         """Whether a job is held for ``kind`` (held for configuration: submissions are paused)."""
         row = self.db.execute(

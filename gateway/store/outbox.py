@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from gateway.store.jobs import JobQueries
-from gateway.store.states import FINAL_STATES
+from gateway.store.jobs import _JOB_SELECT, Job, JobQueries, _marks
+from gateway.store.states import FINAL_STATES, WAITING_STATES
 
 
 class NoticeState(enum.StrEnum):
@@ -91,6 +91,7 @@ class Notice:
     next_attempt_at: float
     sent_at: float
     last_error: str
+    code: str = ""  # the provider's answer code the notice tells of (gateway.answers), or ""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Notice:
@@ -103,6 +104,7 @@ def _notice_id(job_id: str, kind: str) -> str:
     return f"{job_id}.{kind}"
 
 
+_WAITING = sorted(str(s) for s in WAITING_STATES)
 _DUE = "SELECT * FROM notifications WHERE state IN (?, ?) AND next_attempt_at <= ?"
 
 
@@ -111,18 +113,21 @@ class Outbox(JobQueries):
 
     # -- queueing -------------------------------------------------------------
 
-    def queue_notice(self, job_id: str, kind: str, detail: str = "", *, recipient: str = "") -> bool:
+    def queue_notice(self, job_id: str, kind: str, detail: str = "", *, recipient: str = "", code: str = "") -> bool:
         """Ask the notifier to tell someone about ``job_id``: once per (job, kind).
 
         ``kind`` names the outcome (a :class:`NoticeKind`, or :func:`alert` for the
         administrator). The notifier composes and sends it; a second call with the
-        same job and kind changes nothing. Returns whether it was queued.
+        same job and kind changes nothing. ``code`` is the provider's answer code
+        the notice tells of, so a mail can give its reason in its own language.
+        Returns whether it was queued.
         """
         with self.transaction() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO notifications (job_id, kind, recipient, message_id, detail, state, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, kind, recipient, _notice_id(job_id, kind), detail, NoticeState.NEW, self.clock()),
+                "INSERT OR IGNORE INTO notifications"
+                " (job_id, kind, recipient, message_id, detail, code, state, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, kind, recipient, _notice_id(job_id, kind), detail, code, NoticeState.NEW, self.clock()),
             )
             if cur.rowcount == 1 and job_id:
                 self.add_event(job_id, f"notice queued: {kind}", detail)
@@ -157,6 +162,25 @@ class Outbox(JobQueries):
         ).fetchall()
         return [str(r["id"]) for r in rows]
 
+    def jobs_to_tell_delayed(self, taken_before: float, limit: int) -> list[Job]:
+        """Jobs taken in before ``taken_before`` that wait (:data:`WAITING_STATES`) and have no ``delayed`` notice."""
+        rows = self.db.execute(
+            _JOB_SELECT + " LEFT JOIN notifications n ON n.message_id = j.id || '.' || ?"
+            f" WHERE n.id IS NULL AND j.created_at <= ? AND j.state IN ({_marks(_WAITING)})"
+            " ORDER BY j.created_at LIMIT ?",
+            (NoticeKind.DELAYED, taken_before, *_WAITING, limit),
+        )
+        return [Job.from_row(r) for r in rows]
+
+    def first_untold_delay(self) -> float | None:
+        """When the oldest waiting job without a ``delayed`` notice was taken in (None: there is none)."""
+        row = self.db.execute(
+            "SELECT MIN(j.created_at) FROM jobs j LEFT JOIN notifications n ON n.message_id = j.id || '.' || ?"
+            f" WHERE n.id IS NULL AND j.state IN ({_marks(_WAITING)})",
+            (NoticeKind.DELAYED, *_WAITING),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
     # -- sending --------------------------------------------------------------
 
     def notice(self, notice_id: int) -> Notice | None:
@@ -184,6 +208,14 @@ class Outbox(JobQueries):
             "SELECT MAX(sent_at) FROM notifications WHERE kind LIKE ? AND state = ?", (alert("%"), NoticeState.SENT)
         )
         return float(row.fetchone()[0] or 0.0)
+
+    def alert_kinds_sent_since(self, since: float) -> set[str]:
+        """The kinds of the alerts sent at ``since`` or later."""
+        rows = self.db.execute(
+            "SELECT DISTINCT kind FROM notifications WHERE kind LIKE ? AND state = ? AND sent_at >= ?",
+            (alert("%"), NoticeState.SENT, since),
+        )
+        return {str(r[0]) for r in rows}
 
     def mark_notice_composed(self, notice_id: int, recipient: str, payload: bytes) -> None:
         """The mail is composed: the notice is ``pending``, due now."""
@@ -233,7 +265,7 @@ class Outbox(JobQueries):
     def notices_of_job(self, job_id: str) -> list[dict[str, Any]]:
         """The job's notices, oldest first, as plain data (without the mails themselves)."""
         rows = self.db.execute(
-            "SELECT kind, recipient, state, attempts, created_at, sent_at, last_error, detail FROM notifications"
+            "SELECT kind, recipient, state, attempts, created_at, sent_at, last_error, detail, code FROM notifications"
             " WHERE job_id = ? ORDER BY id",
             (job_id,),
         )

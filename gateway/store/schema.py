@@ -117,6 +117,11 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE jobs ADD COLUMN grace_unwatched INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: what a notice tells, as data a mail in any language can say: the provider's answer code
+    # (gateway.answers) that failed or held the job, "" when the notice has no such code.
+    """
+    ALTER TABLE notifications ADD COLUMN code TEXT NOT NULL DEFAULT '';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -254,7 +254,8 @@ class Worker:
                 await self._record(job, State.AMBIGUOUS, f"{reason}; left for an operator", expect=[State.AMBIGUOUS],
                                    event="left for an operator", next_attempt_at=0)  # fmt: skip
                 await self._notice(job, alert("ambiguous-operator"), f"{reason}; resolve it with fax-gateway resolve")
-                await self._notice(job, NoticeKind.DELAYED, CHECKING)
+                # The sender's one delayed notice, at once: a person now decides whether the fax went out.
+                await self._notice(job, NoticeKind.DELAYED, CHECKING, code=Delay.OPERATOR)
                 return None
             of = f"{job.ambiguities} of {self.delivery.ambiguous_resubmits}"
             reason += f": submitting once more with the same reference (resubmission {of})"

@@ -63,7 +63,10 @@ class Connection:
     ip: str = ""
     network: Network | None = None
     user: User | None = None
+    # Whether AUTH can be used on this connection (TLS, or a network that allows plaintext AUTH).
     tls_possible: bool = False
+    listener: str = ""  # its name
+    tls: bool = False  # encrypted now (implicit TLS, or after STARTTLS)
 
 
 class FaxEnvelope(Envelope):

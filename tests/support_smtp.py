@@ -17,6 +17,7 @@ import ipaddress
 import os
 import re
 import ssl
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -272,6 +273,17 @@ def make_cert(directory: Path, name: str = "cert") -> tuple[str, str]:
 
 def client_tls(cert: str) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=cert)
+    return context
+
+
+def tls10_client(cert: str) -> ssl.SSLContext:
+    """What an old printer speaks: TLS 1.0 and nothing else."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.load_verify_locations(cert)
     return context
 
 

@@ -7,7 +7,6 @@ import logging
 import signal
 import smtplib
 import ssl
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,19 @@ from gateway.daemon.run import run
 from gateway.settings import SettingsError, from_mapping
 from gateway.smtp import tls
 from tests.support_settings import SettingsFactory
-from tests.support_smtp import PASSWORD, TIMEOUT, Raw, Starter, b64, client_tls, fax_mail, make_cert, transaction, users
+from tests.support_smtp import (
+    PASSWORD,
+    TIMEOUT,
+    Raw,
+    Starter,
+    b64,
+    client_tls,
+    fax_mail,
+    make_cert,
+    tls10_client,
+    transaction,
+    users,
+)
 
 LOOP = "127.0.0.1:0"
 
@@ -26,17 +37,6 @@ def three(cert: str, key: str, **extra: Any) -> dict[str, Any]:
     listeners = [{"listen": LOOP, "tls": "none", "name": "lan"}, {"listen": LOOP, "tls": "starttls", "name": "submit"},
                  {"listen": LOOP, "tls": "implicit", "name": "smtps"}]  # fmt: skip
     return {"smtp": {"tls_cert": cert, "tls_key": key, "listeners": listeners} | extra}
-
-
-def tls10_client(cert: str) -> ssl.SSLContext:
-    """What an old printer speaks: TLS 1.0 and nothing else."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1
-    context.set_ciphers("DEFAULT:@SECLEVEL=0")
-    context.load_verify_locations(cert)
-    return context
 
 
 # -- settings --------------------------------------------------------------------------

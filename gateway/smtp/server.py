@@ -17,9 +17,12 @@ module owns what happens around those decisions:
   once and closed); certificates are read again by ``reload_certificates``
   (SIGHUP);
 - lines up to ``max_line_length`` (legacy mailers send base64 on one line),
-  SIZE, 8BITMIME, PIPELINING, STARTTLS when a certificate is set, AUTH
+  SIZE, 8BITMIME, PIPELINING, STARTTLS on a STARTTLS listener, AUTH
   PLAIN/LOGIN after TLS (538 5.7.11 before, unless the client's trusted network
-  allows plaintext AUTH); 535 5.7.8 for bad credentials;
+  allows plaintext AUTH); 535 5.7.8 for bad credentials. AUTH as printers
+  speak it: mechanism names in any case, an initial response or not, LOGIN's
+  ``Username:``/``Password:`` prompts, and ``AUTH=LOGIN PLAIN`` in EHLO too
+  (the pre-RFC 2554 form some old clients look for);
 - 451 4.3.0 for any unexpected error: the client never sees the exception,
   the log has it with the session id;
 - aiosmtpd's own answers are translated to entries of the reply table
@@ -64,6 +67,11 @@ READ_SIZE = 64 * 1024
 
 class GatewaySMTP(library.Protocol):
     """One client connection: aiosmtpd's protocol with the gateway's limits."""
+
+    # AUTH LOGIN's prompts as every other server sends them (base64 in the 334 lines);
+    # aiosmtpd's own ("User Name\0") make some printers abandon the login.
+    AuthLoginUsernameChallenge = "Username:"
+    AuthLoginPasswordChallenge = "Password:"
 
     def __init__(self, server: SmtpServer, door: Door, loop: asyncio.AbstractEventLoop) -> None:
         settings = server.settings.smtp
@@ -317,6 +325,12 @@ class GatewaySMTP(library.Protocol):
             await self.push(replies.SHUTTING_DOWN.answer())
 
     # -- AUTH: aiosmtpd parses PLAIN/LOGIN; the password check runs in a thread --
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        # Mechanism names are case-insensitive (RFC 4954 4): printers send "AUTH login".
+        mechanism, _, rest = (arg or "").strip().partition(" ")
+        await super().smtp_AUTH(f"{mechanism.upper()} {rest}".strip())
 
     def authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         self._credentials = auth_data

@@ -238,8 +238,8 @@ async def transaction(raw: Raw, sender: str, recipients: list[str], message: byt
     return out
 
 
-def make_cert(directory: Path, name: str = "cert") -> tuple[str, str]:
-    """A self-signed certificate for localhost / 127.0.0.1, made now (``name``.pem and its key)."""
+def make_cert(directory: Path, stem: str = "cert") -> tuple[str, str]:
+    """A self-signed certificate for localhost / 127.0.0.1, made now (``stem``.pem and its key)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -262,8 +262,8 @@ def make_cert(directory: Path, name: str = "cert") -> tuple[str, str]:
         )
         .sign(key, hashes.SHA256())
     )
-    key_name = "key.pem" if name == "cert" else f"{name}-key.pem"
-    cert_path, key_path = directory / f"{name}.pem", directory / key_name
+    key_name = "key.pem" if stem == "cert" else f"{stem}-key.pem"
+    cert_path, key_path = directory / f"{stem}.pem", directory / key_name
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

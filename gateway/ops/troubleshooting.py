@@ -93,6 +93,8 @@ ADVICE: dict[str, str] = {
     "DOC_LIMITS": "Send a simpler mail: the document alone, not forwarded mails nested in mails.",
     "DOC_TNEF": "In Outlook, send as HTML or plain text instead of Rich Text.",
     "DOC_TOO_BIG": "Send fewer pages or a lighter scan (black and white, 200 dpi): the provider takes 1 MB.",
+    "DOC_NOT_PDF": "Save or export the document as PDF from the program that made it (or scan to PDF); a file"
+    " renamed to .pdf is still what it was.",
 }
 
 _PROVIDER_ACTION = {

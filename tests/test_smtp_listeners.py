@@ -244,9 +244,10 @@ async def test_sighup_reloads_the_certificates(make_settings: SettingsFactory, t
     finally:
         if ready.done() and not daemon.done():  # its SIGTERM handler is installed: the orderly stop
             signal.raise_signal(signal.SIGTERM)
-        else:
+            await asyncio.wait_for(daemon, 60)
+        else:  # it never got ready (the test fails on that): just end it
             daemon.cancel()
-        await asyncio.wait_for(asyncio.gather(daemon, return_exceptions=True), 60)
+            await asyncio.wait_for(asyncio.gather(daemon, return_exceptions=True), 60)
 
 
 # -- handshakes that fail or stall ---------------------------------------------------------

@@ -177,7 +177,10 @@ DOC_TNEF = Reply(
     "winmail.dat holds nothing that can be faxed ({accepted}): send the file in plain format"
     " (in Outlook, use HTML or plain text instead of Rich Text)",
 )
-DOC_TOO_BIG = Reply(552, "5.3.4", "Fax document is {size} bytes{what}, over the limit of {limit} bytes")
+DOC_TOO_BIG = Reply(
+    552, "5.3.4", "{name}: the fax document is {size} bytes{what}, over the limit of {limit} bytes: {advice}"
+)
+
 DOC_TOO_BIG_FITTED = Reply(
     552,
     "5.3.4",
@@ -189,6 +192,15 @@ DOC_FIT_TIMEOUT = Reply(
     "5.3.4",
     "{name}: converting {pages} pages to fit the fax limit of {limit} bytes took longer than {seconds} s"
     " (documents.convert_timeout_seconds): send fewer pages per mail",
+)
+
+# -- documents: what to change, said to the person at the copier ----------------
+# A file named .pdf whose content is something else (a renamed file, a scanner's TIFF).
+DOC_NOT_PDF = Reply(
+    554,
+    "5.6.1",
+    "{name}: type {found} cannot be faxed: the name says .pdf but the content is not a PDF (accepted: {accepted});"
+    " save or export it as PDF again, renaming the file does not convert it",
 )
 
 

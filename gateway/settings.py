@@ -93,8 +93,38 @@ class User:
     refusals: Literal["smtp", "mail"] = "smtp"
 
 
+# -- SMTP listeners ------------------------------------------------------------
+
+# TLS versions below 1.2: with OpenSSL 3 they need security level 0.
+LEGACY_TLS_VERSIONS = frozenset({"TLSv1", "TLSv1.1"})
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One SMTP listener (``[[smtp.listeners]]``): an address and how TLS is spoken there."""
+
+    listen: HostPort
+    # "none": plain SMTP only; "starttls": STARTTLS offered; "implicit": TLS from the
+    # first byte (SMTPS, port 465; RFC 8314).
+    tls: Literal["none", "starttls", "implicit"] = "starttls"
+    # Oldest TLS version accepted; "TLSv1" and "TLSv1.1" (old printers) lower
+    # OpenSSL's security level on this listener only, and start-up warns.
+    tls_min_version: Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    # Name in logs, check-config and metrics; empty: the address.
+    name: str = ""
+    # Certificate and key for this listener; empty: smtp.tls_cert and smtp.tls_key.
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    @property
+    def legacy_tls(self) -> bool:
+        """Whether TLS versions older than 1.2 are accepted here."""
+        return self.tls != "none" and self.tls_min_version in LEGACY_TLS_VERSIONS
+
+
 @dataclass(frozen=True)
 class SmtpSettings:
+    # The single listener used when no [[smtp.listeners]] are given.
     listen: HostPort = HostPort("127.0.0.1", 2525)
     hostname: str = "fax-gateway.localdomain"
     # Fax domains: recipients must be <number>@one of these (case-insensitive).
@@ -122,6 +152,20 @@ class SmtpSettings:
     dedupe_window_seconds: int = 86400
     trusted_networks: tuple[Network, ...] = (Network("127.0.0.0/8"), Network("::1/128"))
     users: tuple[User, ...] = ()
+    # Listeners, each with its own address and TLS mode; empty: one on ``listen``
+    # (STARTTLS when tls_cert is set).
+    listeners: tuple[Listener, ...] = ()
+
+    def effective_listeners(self) -> tuple[Listener, ...]:
+        """The listeners to open, each with its name, certificate and key filled in."""
+        given = self.listeners or (Listener(self.listen, "starttls" if self.tls_cert else "none", name="smtp"),)
+        return tuple(
+            dataclasses.replace(
+                li, name=li.name or str(li.listen), tls_cert=li.tls_cert or self.tls_cert,
+                tls_key=li.tls_key or self.tls_key,
+            )
+            for li in given
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -482,12 +526,33 @@ def _validate_smtp(smtp: SmtpSettings) -> None:
         path = getattr(smtp, key)
         if path and not Path(path).is_file():
             raise SettingsError(f"smtp.{key}: {path!r} does not exist")
+    _validate_listeners(smtp)
     for key in ("max_message_size", "max_line_length", "max_recipients", "max_connections", "max_errors"):
         _positive(f"smtp.{key}", getattr(smtp, key))
     for key in ("max_commands", "idle_timeout", "shutdown_grace_seconds"):
         _positive(f"smtp.{key}", getattr(smtp, key))
     if smtp.max_line_length < 1000:
         raise SettingsError(f"smtp.max_line_length: must be at least 1000 (RFC 5321), got {smtp.max_line_length}")
+
+
+def _validate_listeners(smtp: SmtpSettings) -> None:
+    names: set[str] = set()
+    for i, (given, li) in enumerate(zip(smtp.listeners, smtp.effective_listeners(), strict=False)):
+        key = f"smtp.listeners[{i}]"
+        if li.name in names:
+            raise SettingsError(f"{key}.name: {li.name!r} is the name of another listener: give each its own name")
+        names.add(li.name)
+        if bool(given.tls_cert) != bool(given.tls_key):
+            raise SettingsError(f"{key}.tls_cert: tls_cert and tls_key go together")
+        for field_name in ("tls_cert", "tls_key"):
+            path = getattr(given, field_name)
+            if path and not Path(path).is_file():
+                raise SettingsError(f"{key}.{field_name}: {path!r} does not exist")
+        if li.tls != "none" and not li.tls_cert:
+            raise SettingsError(
+                f"{key}.tls: {li.tls!r} needs a certificate: set smtp.tls_cert and smtp.tls_key"
+                f" (or this listener's tls_cert and tls_key), or tls = \"none\""
+            )
 
 
 def _validate_numbers(numbers: NumberSettings) -> None:

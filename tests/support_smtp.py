@@ -10,12 +10,15 @@ input a client library refuses to send.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
+import functools
 import ipaddress
 import os
 import re
 import smtplib
 import ssl
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -167,12 +170,28 @@ class Raw:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, *, greet: bool = True) -> Raw:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, limit=2**22), TIMEOUT)
+    async def open(cls, port: int, *, greet: bool = True, tls: ssl.SSLContext | None = None) -> Raw:
+        """Connect (``tls``: implicit TLS, handshake first) and read the greeting."""
+        hostname = "localhost" if tls is not None else None
+        opening = asyncio.open_connection("127.0.0.1", port, limit=2**22, ssl=tls, server_hostname=hostname)
+        reader, writer = await asyncio.wait_for(opening, TIMEOUT)
         raw = cls(reader, writer)
         if greet:
             assert (await raw.reply()).startswith("220")
         return raw
+
+    async def starttls(self, context: ssl.SSLContext) -> None:
+        """EHLO, STARTTLS and the handshake (the client then says EHLO again)."""
+        assert "250-STARTTLS" in await self.cmd("EHLO mfp")
+        assert await self.cmd("STARTTLS") == "220 2.0.0 Ready to start TLS"
+        await asyncio.wait_for(self.writer.start_tls(context, server_hostname="localhost"), TIMEOUT)
+
+    def peer_certificate(self) -> bytes:
+        """The server's certificate (DER) on this TLS connection."""
+        sslobj = self.writer.get_extra_info("ssl_object")
+        assert sslobj is not None, "not a TLS connection"
+        der: bytes = sslobj.getpeercert(binary_form=True)
+        return der
 
     async def reply(self) -> str:
         """One whole reply (all its lines, joined by newlines); '' if the server closed."""
@@ -220,8 +239,8 @@ async def transaction(raw: Raw, sender: str, recipients: list[str], message: byt
     return out
 
 
-def make_cert(directory: Path) -> tuple[str, str]:
-    """A self-signed certificate for localhost / 127.0.0.1, made now."""
+def make_cert(directory: Path, stem: str = "cert") -> tuple[str, str]:
+    """A self-signed certificate for localhost / 127.0.0.1, made now (``stem``.pem and its key)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -244,7 +263,8 @@ def make_cert(directory: Path) -> tuple[str, str]:
         )
         .sign(key, hashes.SHA256())
     )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    key_name = "key.pem" if stem == "cert" else f"{stem}-key.pem"
+    cert_path, key_path = directory / f"{stem}.pem", directory / key_name
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -255,6 +275,76 @@ def make_cert(directory: Path) -> tuple[str, str]:
 def client_tls(cert: str) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=cert)
     return context
+
+
+def tls10_client(cert: str) -> ssl.SSLContext:
+    """What an old printer speaks: TLS 1.0 and nothing else."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.load_verify_locations(cert)
+    return context
+
+
+# -- AUTH users ------------------------------------------------------------------------
+
+PASSWORD = "correct horse battery staple"
+
+
+@functools.cache
+def _hash() -> str:
+    from gateway import passwords
+
+    return passwords.hash_password(PASSWORD)
+
+
+def users() -> list[dict[str, Any]]:
+    """``smtp.users``: "scanner" and "printer", both with :data:`PASSWORD`, any sender."""
+    return [{"name": "scanner", "password_hash": _hash()}, {"name": "printer", "password_hash": _hash()}]
+
+
+def b64(text: str | bytes) -> str:
+    """Base64 of ``text``, as an AUTH line carries it."""
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+# -- listeners -------------------------------------------------------------------
+
+LISTENER_KINDS = ("none", "starttls", "implicit")
+
+
+@dataclass
+class Door:
+    """One listener kind for a test: the settings that open it and a client that comes in through it."""
+
+    kind: str
+    cert: str
+    key: str
+
+    def table(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Settings with this one listener (port 0), merged with ``extra``."""
+        from tests.support_settings import deep_merge
+
+        smtp = {"tls_cert": self.cert, "tls_key": self.key,
+                "listeners": [{"listen": "127.0.0.1:0", "tls": self.kind, "name": self.kind}]}  # fmt: skip
+        return deep_merge({"smtp": smtp}, extra or {})
+
+    async def open(self, port: int) -> Raw:
+        """A greeted client, over TLS when the listener has it (after STARTTLS: EHLO is due again)."""
+        context = client_tls(self.cert)
+        raw = await Raw.open(port, tls=context if self.kind == "implicit" else None)
+        if self.kind == "starttls":
+            await raw.starttls(context)
+        return raw
+
+
+@pytest.fixture(params=LISTENER_KINDS)
+def door(request: pytest.FixtureRequest, tmp_path: Path) -> Door:
+    """Each listener kind in turn: plain SMTP, STARTTLS, implicit TLS."""
+    cert, key = make_cert(tmp_path, "door")
+    return Door(str(request.param), cert, key)
 
 
 # -- one mail through the real server, and what it spooled ----------------------------------

@@ -102,7 +102,8 @@ def test_exact_size_boundary() -> None:
     unfitted = dataclasses.replace(DEFAULT, fit="off")
     got, reply, _ = outcome(plain_with([("big.pdf", "application/pdf", pdf_of_size(1_048_577))]), unfitted)
     assert got == "refuse:too-big"
-    assert reply == "552 5.3.4 Fax document is 1048577 bytes, over the limit of 1048576 bytes"
+    assert reply == ("552 5.3.4 big.pdf: the fax document is 1048577 bytes, over the limit of 1048576 bytes:"
+                     " even one page is over it: scan in black and white at 200 dpi")  # fmt: skip
 
 
 def test_size_refusal_says_it_is_the_sum_of_several_documents() -> None:
@@ -111,8 +112,9 @@ def test_size_refusal_says_it_is_the_sum_of_several_documents() -> None:
     raw = plain_with([("a.pdf", "application/pdf", one), ("b.pdf", "application/pdf", one)])
     got, reply, _ = outcome(raw, dataclasses.replace(DEFAULT, max_fax_bytes=limit, fit="off"))
     assert got == "refuse:too-big"
-    assert reply.startswith("552 5.3.4 Fax document is ")
+    assert reply.startswith("552 5.3.4 a.pdf and 1 more: the fax document is ")
     assert f"(2 documents together), over the limit of {limit} bytes" in reply
+    assert reply.endswith(": scan in black and white at 200 dpi, or send at most 1 page per mail")
 
 
 def test_pdf_behind_an_application_warning_is_faxed_clean() -> None:

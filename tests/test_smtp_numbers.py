@@ -6,7 +6,7 @@ import pytest
 
 from gateway.settings import NumberSettings
 from gateway.smtp.recipients import Domains, FaxRecipient, ReceiptRecipient, classify, split_path
-from tests.support_smtp import Raw, Starter
+from tests.support_smtp import Door, Raw, Starter
 
 DOMAINS = Domains(("fax.local",), "ar.fax.local")
 FR = NumberSettings()
@@ -132,9 +132,9 @@ def test_the_path_is_split_strictly(arg: str, expected: object) -> None:
 
 
 @pytest.mark.parametrize("address", RELAY_TRICKS)
-async def test_relay_tricks_on_the_wire_from_a_trusted_client(smtp_gateway: Starter, address: str) -> None:
-    h = await smtp_gateway()
-    raw = await Raw.open(h.port)
+async def test_relay_tricks_on_the_wire_from_a_trusted_client(smtp_gateway: Starter, door: Door, address: str) -> None:
+    h = await smtp_gateway(door.table())
+    raw = await door.open(h.port)
     await raw.cmd("EHLO mfp")
     assert (await raw.cmd("MAIL FROM:<alice@example.com>")).startswith("250")
     try:

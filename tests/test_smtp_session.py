@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from tests.support_docs import pdf as make_pdf
-from tests.support_smtp import Raw, Starter, fax_mail, transaction
+from tests.support_smtp import Door, Raw, Starter, fax_mail, transaction
 
 
 def crlf(message: bytes) -> bytes:
@@ -27,9 +27,9 @@ async def test_ehlo_advertises_size_8bitmime_pipelining_and_no_smtputf8(smtp_gat
     assert not any("SMTPUTF8" in line or "STARTTLS" in line or "AUTH" in line for line in lines)
 
 
-async def test_pipelined_commands_are_answered_in_order(smtp_gateway: Starter) -> None:
-    h = await smtp_gateway()
-    raw = await Raw.open(h.port)
+async def test_pipelined_commands_are_answered_in_order(smtp_gateway: Starter, door: Door) -> None:
+    h = await smtp_gateway(door.table())
+    raw = await door.open(h.port)
     await raw.cmd("EHLO mfp")
     await raw.send(
         b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<0145678900@fax.local>\r\n"
@@ -48,8 +48,8 @@ async def test_pipelined_commands_are_answered_in_order(smtp_gateway: Starter) -
 
 
 @pytest.mark.parametrize("ending", [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r"])
-async def test_smuggled_endings_do_not_end_data(smtp_gateway: Starter, ending: bytes) -> None:
-    h = await smtp_gateway()
+async def test_smuggled_endings_do_not_end_data(smtp_gateway: Starter, door: Door, ending: bytes) -> None:
+    h = await smtp_gateway(door.table())
     message = crlf(fax_mail(body="before SMUGGLE after"))
     smuggled = (
         ending + b"MAIL FROM:<mallory@example.com>\r\nRCPT TO:<0612345678@fax.local>\r\nDATA\r\n"
@@ -57,7 +57,7 @@ async def test_smuggled_endings_do_not_end_data(smtp_gateway: Starter, ending: b
     )  # fmt: skip
     # The smuggled part holds a complete "\r\n.\r\n": put it where it stays inside the text part.
     payload = message.replace(b"SMUGGLE", smuggled.replace(b"\r\n.\r\n", b"\r\n..\r\n"))
-    raw = await Raw.open(h.port)
+    raw = await door.open(h.port)
     await raw.cmd("EHLO mfp")
     assert (await raw.cmd("MAIL FROM:<alice@example.com>")).startswith("250")
     assert (await raw.cmd("RCPT TO:<0145678900@fax.local>")).startswith("250")
@@ -92,9 +92,9 @@ async def test_a_base64_attachment_on_one_long_line_is_accepted(smtp_gateway: St
     assert h.spool.read(job.message_id, "fax.pdf") == pdf
 
 
-async def test_a_line_over_the_limit_is_refused_after_the_data(smtp_gateway: Starter) -> None:
-    h = await smtp_gateway({"smtp": {"max_line_length": 5000}})
-    raw = await Raw.open(h.port)
+async def test_a_line_over_the_limit_is_refused_after_the_data(smtp_gateway: Starter, door: Door) -> None:
+    h = await smtp_gateway(door.table({"smtp": {"max_line_length": 5000}}))
+    raw = await door.open(h.port)
     await raw.cmd("EHLO mfp")
     message = fax_mail().replace(b"Subject: Invoice", b"Subject: " + b"z" * 8000)
     replies = await transaction(raw, "alice@example.com", ["0145678900@fax.local"], message)

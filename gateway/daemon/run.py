@@ -8,7 +8,9 @@ bounds) and returns, so the process exits 0.
 - Readiness: once SMTP and HTTP listen, ``READY=1`` goes to ``$NOTIFY_SOCKET``
   (systemd ``Type=notify``); ``STOPPING=1`` when a stop begins.
 - SIGHUP: the file is read again; the log settings (format, level) apply at
-  once; any other change is logged as needing a restart. A file that no longer
+  once, and every SMTP listener reads its TLS certificate and key again (a
+  renewed certificate at the same path); any other change is logged as
+  needing a restart. A file that no longer
   validates is logged and ignored: the daemon keeps its settings.
 - ``provider.simulator = true``: the provider simulator runs in-process and
   every submission goes to it. No fax is sent, and the log says so loudly.
@@ -139,16 +141,16 @@ async def run(
     def on_hup() -> None:
         nonlocal from_file
         from_file = reload(config, from_file, handler, secrets_of(settings))
+        gateway.smtp.reload_certificates()  # a renewed certificate at the same path: the next handshake has it
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
-        smtp_port = getattr(gateway.smtp, "port", settings.smtp.listen.port)
-        log.info(
-            "fax-gateway ready: SMTP on %s port %s, HTTP on %s port %s",
-            settings.smtp.listen.host, smtp_port, settings.http.listen.host, gateway.http.port,
-        )  # fmt: skip
+        listening = ", ".join(f"{li.listen.host} port {gateway.smtp.port_of(li.name)} ({li.name})"
+                              for li in settings.smtp.effective_listeners())  # fmt: skip
+        log.info("fax-gateway ready: SMTP on %s, HTTP on %s port %s", listening, settings.http.listen.host,
+                 gateway.http.port)  # fmt: skip
         if simulator is not None:
             log.warning(SIMULATOR_BANNER)
         if on_ready is not None:

@@ -8,12 +8,14 @@ step, before the 250. Blocking (parser, libmagic, pikepdf, Pillow): callers
 run it off the event loop.
 
 Replies it can give (``gateway.replies``): NO_DOCUMENT and DOC_TNEF (554
-5.6.0/5.6.1, nothing to fax), DOC_TYPE (554 5.6.1), DOC_EMPTY (554 5.6.0),
+5.6.0/5.6.1, nothing to fax), DOC_TYPE and DOC_NOT_PDF (554 5.6.1: the
+latter for a file named .pdf that is not one), DOC_EMPTY (554 5.6.0),
 DOC_ENCODING, DOC_CORRUPT and DOC_ENCRYPTED (554 5.6.5), DOC_LIMITS (554
-5.6.0), DOC_TOO_BIG (552 5.3.4, with ``documents.fit = "off"``),
-DOC_TOO_BIG_FITTED and DOC_FIT_TIMEOUT (552 5.3.4: over the limit even once
-fitted, or not fitted in time; ``gateway.documents.fit`` makes a fax document
-over the limit fit first). Which parts are candidates and the order of
+5.6.0), DOC_TOO_BIG (552 5.3.4, with ``documents.fit = "off"``: the file, its
+size, the limit and how many pages would fit), DOC_TOO_BIG_FITTED and
+DOC_FIT_TIMEOUT (552 5.3.4: over the limit even once fitted, or not fitted in
+time; ``gateway.documents.fit`` makes a fax document over the limit fit
+first). Which parts are candidates and the order of
 the checks follow document policy v1: checks run in MIME order and the first
 candidate that fails decides. With ``documents.unsupported = "skip"`` a part
 of a type that cannot be faxed is left out instead and listed in
@@ -23,6 +25,7 @@ DOC_TYPE names the first such part.
 
 from __future__ import annotations
 
+import re
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -101,10 +104,31 @@ def accepted_list(settings: DocumentSettings) -> str:
 
 def _refused(reason: str, name: str, found: str, detail: str, settings: DocumentSettings) -> DocumentRefused:
     target = "PDF" if "pdf" in settings.accepted_types else settings.accepted_types[0].upper()
-    reply = REASON_REPLIES[reason].format(
+    entry = REASON_REPLIES[reason]
+    if reason == "type" and _NAMED_PDF.search(name):  # not "convert it to PDF" about a file named .pdf
+        entry = replies.DOC_NOT_PDF
+    reply = entry.format(
         name=for_reply(name), found=found, reason=detail, accepted=accepted_list(settings), target=target
     )
     return DocumentRefused(reply, reason)
+
+
+# A candidate's label whose file name ends in .pdf ("scan.pdf", "scan.pdf (in winmail.dat)").
+_NAMED_PDF = re.compile(r"\.pdf(?: \(in .*\))?$", re.IGNORECASE | re.DOTALL)
+
+
+def _too_big(size: int, documents: list[Document], pages: int, settings: DocumentSettings) -> DocumentRefused:
+    """DOC_TOO_BIG: which file, its size, the limit, and how many pages would fit at this density."""
+    limit, n = settings.max_fax_bytes, len(documents)
+    name = documents[0].name if n == 1 else f"{documents[0].name} and {n - 1} more"
+    most = min(pages * limit // size, settings.max_pdf_pages)
+    if most >= 1:
+        advice = f"scan in black and white at 200 dpi, or send at most {most} page{'s' if most > 1 else ''} per mail"
+    else:
+        advice = "even one page is over it: scan in black and white at 200 dpi"
+    what = f" ({n} documents together)" if n > 1 else ""
+    reply = replies.DOC_TOO_BIG.format(name=for_reply(name), size=size, what=what, limit=limit, advice=advice)
+    return DocumentRefused(reply, "too-big")
 
 
 class _Run:
@@ -202,13 +226,10 @@ class _Run:
             reply = replies.DOC_TNEF if self.tnef_seen else replies.NO_DOCUMENT
             raise DocumentRefused(reply.format(accepted=accepted_list(s)), "no-document")
         fax = formats.build(self.documents, s.page_size)
-        n = len(self.documents)
         fitted = self._fit(fax) if fit.needed(len(fax), s) else None
         fax = fitted.document if fitted is not None else fax
         if len(fax) > s.max_fax_bytes:
-            what = f" ({n} documents together)" if n > 1 else ""
-            too_big = replies.DOC_TOO_BIG.format(size=len(fax), what=what, limit=s.max_fax_bytes)
-            raise DocumentRefused(too_big, "too-big")
+            raise _too_big(len(fax), self.documents, self.pages, s)
         listed = [{"name": d.name, "type": d.kind, "pages": d.pages, "bytes": len(d.data)} for d in self.documents]
         if fitted is not None:  # what fitting did, for the receipt
             for entry in listed:

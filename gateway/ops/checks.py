@@ -1,8 +1,10 @@
 """``fax-gateway check-config``: is this settings file ready to run?
 
 In: a settings file (and the secrets in the environment). Out: the effective
-settings with secrets masked, then one line per check (``ok`` / ``warn`` /
-``FAIL`` and why): the settings file is readable by the service's user (the
+settings with secrets masked, each SMTP listener (address, TLS mode, oldest
+TLS version, certificate), then one line per check (``ok`` / ``warn`` /
+``FAIL`` and why): each TLS listener's certificate and key load (a warning for
+a listener that accepts TLS older than 1.2), the settings file is readable by the service's user (the
 unit runs as a dynamic user; a warning otherwise), the spool is writable (a real file written,
 fsync'd and removed), a receipt can reach the gateway (a callback secret, or
 the provider's AR mails to the gateway) at a public URL the provider can
@@ -30,7 +32,7 @@ from urllib.parse import urlsplit
 from gateway import settings as settings_mod
 from gateway.networks import parse_address
 from gateway.redact import redact, secrets_of
-from gateway.settings import Settings
+from gateway.settings import Listener, Settings
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,33 @@ async def check_relay(settings: Settings) -> str:
             pass
 
 
+def listener_lines(settings: Settings) -> list[str]:
+    """Each SMTP listener in one line: name, address, TLS mode, oldest TLS version, certificate."""
+    from gateway.smtp import tls
+
+    lines = [tls.describe(li) for li in settings.smtp.effective_listeners()]
+    if settings.smtp.listeners and settings.smtp.listen != settings_mod.SmtpSettings().listen:
+        lines.append(f"(smtp.listen = {settings.smtp.listen} is not used: [[smtp.listeners]] are given)")
+    return lines
+
+
+def check_listener_tls(listener: Listener) -> str:
+    """Blocking: does this listener's certificate and key load, as the server loads them?"""
+    import ssl
+
+    from gateway.smtp import tls
+
+    try:
+        context = tls.server_context(listener)
+    except (OSError, ssl.SSLError) as exc:
+        raise OSError(f"{listener.tls_cert} / {listener.tls_key} do not load: {exc}") from None
+    del context
+    detail = f"{listener.listen} ({listener.tls}): certificate {listener.tls_cert} loads"
+    if listener.legacy_tls:
+        raise Warn(f"{detail}; {tls.legacy_warning(listener)}")
+    return detail
+
+
 async def run_checks(settings: Settings, config: str | None = None) -> list[Check]:
     async def spool() -> str:
         return await asyncio.to_thread(check_spool, settings)
@@ -199,6 +228,10 @@ async def run_checks(settings: Settings, config: str | None = None) -> list[Chec
     steps: list[tuple[str, Callable[[], Awaitable[str]]]] = []
     if config is not None:
         steps.append(("config", lambda: asyncio.to_thread(check_config_file, config)))
+    def tls_check(listener: Listener) -> Callable[[], Awaitable[str]]:
+        return lambda: asyncio.to_thread(check_listener_tls, listener)
+
+    steps += [(f"tls {li.name}", tls_check(li)) for li in settings.smtp.effective_listeners() if li.tls != "none"]
     steps += [
         ("spool", spool),
         ("receipts", receipts),
@@ -241,11 +274,16 @@ def main(args: argparse.Namespace) -> int:
     settings = settings_mod.load(args.config)
     described = settings_mod.describe(settings)
     results = asyncio.run(run_checks(settings, args.config))
+    listeners = listener_lines(settings)
     if args.json:
-        print(json.dumps({"settings": described, "checks": [r.as_json() for r in results]}, indent=2))
+        report = {"settings": described, "listeners": listeners, "checks": [r.as_json() for r in results]}
+        print(json.dumps(report, indent=2))
     else:
         print(f"# Effective settings of {args.config} (secrets masked)")
         print("\n".join(_toml_lines(described)))
+        print("# SMTP listeners")
+        print("\n".join(f"listener  {line}" for line in listeners))
+        print()
         for r in results:
             print(f"{'FAIL' if not r.ok else 'warn' if r.warning else 'ok  '}  {r.name:<9} {r.detail}")
     return 0 if all(r.ok for r in results) else 1

@@ -100,6 +100,8 @@ ADVICE: dict[str, str] = {
     " in black and white at 200 dpi. The gateway already converted them to fax pages and it was not enough.",
     "DOC_FIT_TIMEOUT": "Send fewer pages per mail, or raise `documents.convert_timeout_seconds`"
     " (each page takes a fraction of a second; a very complex page takes longer).",
+    "DOC_NOT_PDF": "Save or export the document as PDF from the program that made it (or scan to PDF); a file"
+    " renamed to .pdf is still what it was.",
 }
 
 _PROVIDER_ACTION = {

@@ -64,7 +64,10 @@ class Connection:
     ip: str = ""
     network: Network | None = None
     user: User | None = None
+    # Whether AUTH can be used on this connection (TLS, or a network that allows plaintext AUTH).
     tls_possible: bool = False
+    listener: str = ""  # its name
+    tls: bool = False  # encrypted now (implicit TLS, or after STARTTLS)
 
 
 class FaxEnvelope(Envelope):
@@ -126,7 +129,12 @@ class Handler:
         session.host_name = hostname
         # SMTPUTF8 is not offered (addresses are ASCII); PIPELINING is supported;
         # every reply carries an enhanced status code (RFC 2034).
-        out = [r for r in responses if r != "250-SMTPUTF8" and r != "250 HELP"]
+        out = []
+        for line in responses:
+            if line not in ("250-SMTPUTF8", "250 HELP"):
+                out.append(line)
+            if line.startswith("250-AUTH "):  # very old clients look for the draft form, "AUTH=LOGIN"
+                out.append("250-AUTH=" + line.removeprefix("250-AUTH "))
         return [Hello((*out, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"))]
 
     async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> Hello:

@@ -29,7 +29,9 @@ Why each private name is needed (all of aiosmtpd's are on ``aiosmtpd.smtp.SMTP``
 - ``_strip_command_keyword`` (method): RCPT's argument is cut after ``TO:``
   exactly as aiosmtpd does for MAIL.
 - ``_original_transport`` (attribute): set once STARTTLS replaced the
-  transport, so that the second ``connection_made`` is told from the first.
+  transport, so that the second ``connection_made`` is told from the first;
+  and closed when a STARTTLS handshake never comes (asyncio then ends the TLS
+  layer without telling the session, which would wait forever).
 - ``_auth_require_tls`` (attribute): a trusted network may allow AUTH without
   TLS; aiosmtpd takes this at construction, before the client's address is known.
 - ``_handler_coroutine`` (attribute): the session's task; cancelled when the
@@ -140,6 +142,12 @@ class Protocol(SMTP):
     def tls_started(self) -> bool:
         """Whether STARTTLS replaced the transport."""
         return self._original_transport is not None
+
+    @property
+    def plain_transport(self) -> asyncio.BaseTransport | None:
+        """The TCP transport under TLS once STARTTLS replaced it (None before)."""
+        transport: asyncio.BaseTransport | None = self._original_transport
+        return transport
 
     def allow_auth_without_tls(self) -> None:
         self._auth_require_tls = False

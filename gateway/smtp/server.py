@@ -1,7 +1,8 @@
 """The SMTP front door: the aiosmtpd server, its limits and its replies.
 
-In: TCP connections on ``smtp.listen``, and the :class:`~gateway.smtp.intake.Handler`
-the daemon built for them. Out: messages spooled by that handler (which
+In: TCP connections on every listener (``[[smtp.listeners]]``, or the one
+``smtp.listen``; see :mod:`gateway.smtp.tls`), and the
+:class:`~gateway.smtp.intake.Handler` the daemon built for them. Out: messages spooled by that handler (which
 decides every MAIL, RCPT and DATA), and
 one reply from :mod:`gateway.replies` for every command; each one pushed in
 the session also goes to ``SmtpServer.on_reply`` as its
@@ -11,10 +12,17 @@ module owns what happens around those decisions:
 - 421 4.7.0 past ``max_connections`` (at connect), past ``max_errors`` refused
   commands, past ``max_commands`` uses of one command; 421 4.4.2 after
   ``idle_timeout`` of silence; 421 4.3.2 on shutdown;
+- per listener: plain SMTP, STARTTLS, or implicit TLS (a :class:`TlsHandshake`
+  first: a handshake that fails or takes longer than ``idle_timeout`` is logged
+  once and closed); certificates are read again by ``reload_certificates``
+  (SIGHUP);
 - lines up to ``max_line_length`` (legacy mailers send base64 on one line),
-  SIZE, 8BITMIME, PIPELINING, STARTTLS when a certificate is set, AUTH
+  SIZE, 8BITMIME, PIPELINING, STARTTLS on a STARTTLS listener, AUTH
   PLAIN/LOGIN after TLS (538 5.7.11 before, unless the client's trusted network
-  allows plaintext AUTH); 535 5.7.8 for bad credentials;
+  allows plaintext AUTH); 535 5.7.8 for bad credentials. AUTH as printers
+  speak it: mechanism names in any case, an initial response or not, LOGIN's
+  ``Username:``/``Password:`` prompts, and ``AUTH=LOGIN PLAIN`` in EHLO too
+  (the pre-RFC 2554 form some old clients look for);
 - 451 4.3.0 for any unexpected error: the client never sees the exception,
   the log has it with the session id;
 - aiosmtpd's own answers are translated to entries of the reply table
@@ -34,14 +42,15 @@ import re
 import ssl
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, syntax
 
 from gateway import replies
 from gateway.replies import Answer, Hello, Reply
-from gateway.settings import Settings
-from gateway.smtp import library
+from gateway.settings import Listener, Settings
+from gateway.smtp import library, tls
 from gateway.smtp.access import check_user, client_network
 from gateway.smtp.data import read_data
 from gateway.smtp.intake import Connection, FaxEnvelope, Handler
@@ -59,15 +68,25 @@ READ_SIZE = 64 * 1024
 class GatewaySMTP(library.Protocol):
     """One client connection: aiosmtpd's protocol with the gateway's limits."""
 
-    def __init__(self, server: SmtpServer, loop: asyncio.AbstractEventLoop) -> None:
+    # AUTH LOGIN's prompts as every other server sends them (base64 in the 334 lines);
+    # aiosmtpd's own ("User Name\0") make some printers abandon the login.
+    AuthLoginUsernameChallenge = "Username:"
+    AuthLoginPasswordChallenge = "Password:"
+
+    def __init__(self, server: SmtpServer, door: Door, loop: asyncio.AbstractEventLoop) -> None:
         settings = server.settings.smtp
         self.server = server
-        self.conn = Connection(id=new_id(), tls_possible=server.tls_context is not None)
+        self.door = door
+        implicit = door.listener.tls == "implicit"
+        starttls = door.context if door.listener.tls == "starttls" else None
+        self.conn = Connection(id=new_id(), listener=door.listener.name, tls=implicit,
+                               tls_possible=implicit or starttls is not None)  # fmt: skip
         self.errors = 0
         self.in_data = False
         self._refused = False
         self._hook_running = False
         self._credentials: LoginPassword | None = None
+        self._handshake_logged = False
         # Read by SMTP.__init__ for the StreamReader limit: the longest line.
         self.line_length_limit = settings.max_line_length
         super().__init__(
@@ -76,7 +95,7 @@ class GatewaySMTP(library.Protocol):
             enable_SMTPUTF8=True,  # to read non-ASCII addresses and refuse them precisely
             hostname=settings.hostname,
             ident="fax-gateway ESMTP",
-            tls_context=server.tls_context,
+            tls_context=starttls,
             timeout=settings.idle_timeout,
             auth_require_tls=True,
             auth_exclude_mechanism=() if settings.users else ("PLAIN", "LOGIN"),
@@ -105,14 +124,18 @@ class GatewaySMTP(library.Protocol):
         library.set_read_size(transport, READ_SIZE)
         if after_starttls:
             self.conn.user = None  # RFC 3207 4.2: forget everything learned before TLS
+            self.conn.tls = True
             return
         peer = transport.get_extra_info("peername")
         self.conn.ip = str(peer[0]) if isinstance(peer, tuple) else ""
         self.conn.network = client_network(self.conn.ip, self.server.settings.smtp.trusted_networks)
-        if self.conn.network is not None and self.conn.network.plaintext_auth:
+        if self.conn.tls:  # implicit TLS: encrypted from the first byte, AUTH may follow at once
+            self.allow_auth_without_tls()
+        elif self.conn.network is not None and self.conn.network.plaintext_auth:
             self.allow_auth_without_tls()
             self.conn.tls_possible = True
-        log.info("session %s: connection from %s", self.conn.id, self.conn.ip)
+        where = f" on {self.conn.listener}" if len(self.server.doors) > 1 else ""
+        log.info("session %s: connection from %s%s", self.conn.id, self.conn.ip, where)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -136,12 +159,28 @@ class GatewaySMTP(library.Protocol):
     def idle_timed_out(self) -> None:
         if self.transport is None or self._hook_running:
             return
-        log.info("session %s: idle for %.0f s, closing", self.conn.id, self.idle_seconds)
+        if self.tls_started and not self.conn.tls:  # STARTTLS said 220, and no handshake came
+            self._handshake_logged = True
+            log.warning("session %s: STARTTLS handshake with %s failed, connection closed: %s (idle for %g s)",
+                        self.conn.id, self.conn.ip, "no handshake", self.idle_seconds)  # fmt: skip
+        else:
+            log.info("session %s: idle for %.0f s, closing", self.conn.id, self.idle_seconds)
         self.hang_up(replies.IDLE_TIMEOUT)
+
+    def _drop_unfinished_tls(self) -> None:
+        # asyncio ends a TLS layer closed mid-handshake without telling the session:
+        # close the TCP connection and end the session here.
+        plain = self.plain_transport
+        if plain is not None:
+            plain.close()
+        if self.transport is not None:
+            self.connection_lost(None)
 
     def hang_up(self, reply: Reply) -> None:
         """Say ``reply`` and close, from outside the session's own task."""
-        if self.transport is not None:
+        if self.tls_started and not self.conn.tls:  # mid-handshake after STARTTLS: nothing can be said
+            self._drop_unfinished_tls()
+        elif self.transport is not None:
             typing.cast(asyncio.WriteTransport, self.transport).write(f"{reply.answer()}\r\n".encode())
             self.transport.close()
 
@@ -195,6 +234,13 @@ class GatewaySMTP(library.Protocol):
             current.cancel()
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):  # aiosmtpd closes the connection after this
+            if not self._handshake_logged:
+                self._handshake_logged = True
+                why = handshake_problem(error.__cause__ or error, self.idle_seconds)
+                log.warning("session %s: STARTTLS handshake with %s failed, connection closed: %s", self.conn.id,
+                            self.conn.ip, why)  # fmt: skip
+            return ""  # not sent: there is no channel left to say it on
         log.error("session %s: unexpected error: 451", self.conn.id, exc_info=error)
         return library.status(replies.ERROR.answer())
 
@@ -280,6 +326,12 @@ class GatewaySMTP(library.Protocol):
 
     # -- AUTH: aiosmtpd parses PLAIN/LOGIN; the password check runs in a thread --
 
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        # Mechanism names are case-insensitive (RFC 4954 4): printers send "AUTH login".
+        mechanism, _, rest = (arg or "").strip().partition(" ")
+        await super().smtp_AUTH(f"{mechanism.upper()} {rest}".strip())
+
     def authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         self._credentials = auth_data
         return AuthResult(success=False, handled=True)
@@ -306,26 +358,122 @@ class GatewaySMTP(library.Protocol):
         return AuthResult(success=True, auth_data=user.name, message=library.status(replies.AUTH_OK.answer()))
 
 
+@dataclass
+class Door:
+    """One listener at run time: its settings, its TLS context (reloaded on SIGHUP), its socket."""
+
+    listener: Listener
+    context: ssl.SSLContext | None = None
+    server: asyncio.Server | None = None
+    port: int = 0
+
+
+class TlsHandshake(asyncio.Protocol):
+    """An implicit-TLS connection until its handshake is done; then a :class:`GatewaySMTP` takes it over.
+
+    The handshake is bounded by ``idle_timeout``; one that fails or stalls is
+    logged once (with the client's address and the listener) and closed.
+    """
+
+    def __init__(self, server: SmtpServer, door: Door, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.door = door
+        self.loop = loop
+        self.task: asyncio.Task[None] | None = None
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        smtp = self.server.settings.smtp
+        if self.server.stopping or len(self.server.sessions) + len(self.server.handshakes) >= smtp.max_connections:
+            log.warning("listener %s: TLS connection refused, %d connections open", self.door.listener.name,
+                        len(self.server.sessions) + len(self.server.handshakes))  # fmt: skip
+            transport.close()
+            return
+        library.set_read_size(transport, READ_SIZE)
+        self.server.handshakes.add(self)
+        self.task = self.loop.create_task(self._handshake(typing.cast(asyncio.Transport, transport)))
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        door, smtp = self.door, self.server.settings.smtp
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) else "?"
+        session = GatewaySMTP(self.server, door, self.loop)
+        assert door.context is not None
+        try:
+            secure = await self.loop.start_tls(
+                transport, session, door.context, server_side=True, ssl_handshake_timeout=smtp.idle_timeout
+            )
+        except (OSError, TimeoutError, RuntimeError, asyncio.CancelledError) as exc:
+            log.warning("listener %s: TLS handshake with %s failed, connection closed: %s", door.listener.name, ip,
+                        handshake_problem(exc, smtp.idle_timeout))  # fmt: skip
+            transport.close()
+            return
+        finally:
+            self.server.handshakes.discard(self)
+        if secure is None or secure.is_closing():  # pragma: no cover - gone between the handshake and here
+            transport.close()
+            return
+        session.connection_made(secure)
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+
+def handshake_problem(exc: BaseException, timeout: float) -> str:
+    """Why a TLS handshake failed, in a few words for the log."""
+    if isinstance(exc, asyncio.CancelledError):
+        return "the gateway is stopping"
+    if isinstance(exc, ssl.SSLError):
+        return f"{exc.reason or exc.__class__.__name__} (the client's TLS version or ciphers, or not TLS at all)"
+    text = str(exc)
+    if "longer than" in text or isinstance(exc, TimeoutError):
+        return f"no handshake within {timeout:g} s (smtp.idle_timeout)"
+    return text or type(exc).__name__
+
+
 class SmtpServer:
-    """The listener: ``start()`` returns once bound (``port`` is then real); ``stop()`` is idempotent."""
+    """The listeners: ``start()`` returns once all are bound (``ports`` are then real); ``stop()`` is idempotent.
+
+    ``port`` is the first listener's port; ``port_of(name)`` any listener's.
+    """
 
     def __init__(self, settings: Settings, handler: Handler) -> None:
         self.settings = settings
         self.handler = handler  # decides every MAIL, RCPT and DATA; its examiner is started by whoever made it
         self.throttle = handler.throttle
-        self.tls_context: ssl.SSLContext | None = None
+        self.doors = [Door(listener) for listener in settings.smtp.effective_listeners()]
         self.sessions: set[GatewaySMTP] = set()
-        self.port = 0
+        self.handshakes: set[TlsHandshake] = set()
         self.stopping = False
         # Sees every reply of the table sent (the metrics count refusals by reply name).
         self.on_reply: Callable[[Answer], None] = lambda answer: None
-        self._server: asyncio.Server | None = None
+        self._started = False
         self._all_closed = asyncio.Event()
 
     @property
+    def port(self) -> int:
+        """The first listener's port (0 until started)."""
+        return self.doors[0].port
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Each listener's real port, by name."""
+        return {door.listener.name: door.port for door in self.doors}
+
+    def port_of(self, name: str) -> int:
+        return self.ports[name]
+
+    @property
     def listening(self) -> bool:
-        """Whether new connections are taken right now (for /healthz)."""
-        return self._server is not None and self._server.is_serving() and not self.stopping
+        """Whether new connections are taken right now (for /healthz): every listener serves."""
+        return (
+            self._started and not self.stopping
+            and all(d.server is not None and d.server.is_serving() for d in self.doors)
+        )  # fmt: skip
 
     def admit(self, session: GatewaySMTP) -> bool:
         if self.stopping or len(self.sessions) >= self.settings.smtp.max_connections:
@@ -339,28 +487,65 @@ class SmtpServer:
         if not self.sessions:
             self._all_closed.set()
 
-    def _load_tls(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.settings.smtp.tls_cert, self.settings.smtp.tls_key)
-        return context
+    def _load_contexts(self) -> list[ssl.SSLContext | None]:
+        return [tls.server_context(d.listener) if d.listener.tls != "none" else None for d in self.doors]
+
+    def reload_certificates(self) -> bool:
+        """SIGHUP: read every listener's certificate and key again; new handshakes present them.
+
+        Blocking for a moment (small files). When one does not load, every listener
+        keeps the one it has and the error is logged; returns whether they were replaced.
+        """
+        try:
+            contexts = self._load_contexts()
+        except (OSError, ssl.SSLError) as exc:
+            log.error("SIGHUP: TLS certificates not reloaded, the running ones stay: %s", exc)
+            return False
+        for door, context in zip(self.doors, contexts, strict=True):
+            door.context = context
+        names = [d.listener.name for d in self.doors if d.context is not None]
+        if names:
+            log.info("SIGHUP: TLS certificates reloaded for %s", ", ".join(names))
+        return True
 
     async def start(self) -> None:
-        smtp = self.settings.smtp
-        if smtp.tls_cert:
-            self.tls_context = await asyncio.to_thread(self._load_tls)
+        contexts = await asyncio.to_thread(self._load_contexts)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: GatewaySMTP(self, loop), smtp.listen.host, smtp.listen.port, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("SMTP listening on %s port %d", smtp.listen.host, self.port)
+        try:
+            for door, context in zip(self.doors, contexts, strict=True):
+                door.context = context
+                await self._open(door, loop)
+        except BaseException:
+            for door in self.doors:
+                if door.server is not None:
+                    door.server.close()
+            raise
+        self._started = True
+
+    async def _open(self, door: Door, loop: asyncio.AbstractEventLoop) -> None:
+        listener = door.listener
+        factory: Callable[[], asyncio.BaseProtocol]
+        if listener.tls == "implicit":
+            factory = lambda: TlsHandshake(self, door, loop)  # noqa: E731
+        else:
+            factory = lambda: GatewaySMTP(self, door, loop)  # noqa: E731
+        door.server = await loop.create_server(factory, listener.listen.host, listener.listen.port,
+                                               reuse_address=True)  # fmt: skip
+        door.port = door.server.sockets[0].getsockname()[1]
+        if listener.legacy_tls:
+            log.warning(tls.legacy_warning(listener))
+        log.info("SMTP listening: %s (port %d)", tls.describe(listener), door.port)
 
     async def stop(self) -> None:
         """Stop accepting; sessions in DATA get ``shutdown_grace_seconds`` to finish."""
-        if self._server is None or self.stopping:
+        if not self._started or self.stopping:
             return
         self.stopping = True
-        self._server.close()
+        for door in self.doors:
+            assert door.server is not None
+            door.server.close()
+        for handshake in list(self.handshakes):
+            handshake.close()
         for session in list(self.sessions):
             if not session.in_data:
                 session.hang_up(replies.SHUTTING_DOWN)
@@ -376,5 +561,7 @@ class SmtpServer:
         if self.handler.inflight:  # spooling continues without its client; let it commit
             remaining = max(0.1, deadline - asyncio.get_running_loop().time())
             await asyncio.wait(set(self.handler.inflight), timeout=remaining)
-        await self._server.wait_closed()
+        for door in self.doors:
+            assert door.server is not None
+            await door.server.wait_closed()
         log.info("SMTP stopped")

@@ -48,8 +48,9 @@ def test_a_file_of_another_name_is_still_told_to_convert() -> None:
 def test_too_big_says_how_many_pages_would_fit() -> None:
     ten = pdf(10)
     limit = len(ten) // 2
-    got = refusal(plain_with([("report.pdf", "application/pdf", ten)]), dataclasses.replace(DEFAULT,
-                                                                                           max_fax_bytes=limit))
+    # fit = "off": refused as it is (fitting would make these pages fit)
+    settings = dataclasses.replace(DEFAULT, max_fax_bytes=limit, fit="off")
+    got = refusal(plain_with([("report.pdf", "application/pdf", ten)]), settings)
     size = int(str(got.reply).split(" is ")[1].split(" bytes")[0])
     most = 10 * limit // size
     assert 1 <= most < 10

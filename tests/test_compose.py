@@ -147,3 +147,31 @@ def test_a_delayed_notice_says_why_in_its_own_language(make_settings: SettingsFa
         reason = _DELAY_REASON[lang][delay]
         assert reason in body and reason in msg["Subject"] and msg["X-Fax-Reason"] == reason
         assert english_detail not in body
+
+
+@pytest.mark.parametrize(
+    ("code", "detail", "english", "french"),
+    [
+        ("cancelled", "cancelled by the gateway's administrator; the fax was not sent",
+         "cancelled by the fax administrator; the fax was not sent",
+         "annulé par l'administrateur fax ; le fax n'a pas été envoyé"),
+        ("expired", "could not be sent within 5 days; last error: timeout",
+         "the fax service could not be reached in the time allowed",
+         "le service de fax n'a pas pu être joint dans le délai prévu"),
+        ("refused:type", "the mail cannot be faxed as it is: scan.docx: type Word document cannot be faxed",
+         "scan.docx: type Word document cannot be faxed",
+         "la pièce jointe n'est pas d'un type qui se faxe : envoyez-la en PDF"),
+    ],
+)
+def test_a_failure_the_gateway_decided_is_said_in_the_mail_s_language(
+    make_settings: SettingsFactory, code: str, detail: str, english: str, french: str
+) -> None:
+    job = _job(state="cancelled" if code == "cancelled" else "failed")
+    for lang, words, other in (("en", english, french), ("fr", french, english)):
+        facts = Facts("failed", detail, f"{job.id}.failed", job, MESSAGE, None, code)
+        msg = compose(make_settings({"notify": {"language": lang}}), facts, "alice@example.com", now=T0)
+        body = str(msg.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+        status = body.splitlines()[0]
+        assert words in status and other not in body, (lang, status)
+        if lang == "fr":
+            assert detail not in body  # no English reason left in a French receipt

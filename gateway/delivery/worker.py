@@ -30,7 +30,7 @@ from gateway.outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailu
 from gateway.sender import Row, recipient_of_message
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, Spool
-from gateway.store import AsyncStore, Delay, Job, NoticeKind, State, Store, alert, delay_of
+from gateway.store import AsyncStore, Delay, Ending, Job, NoticeKind, State, Store, alert, delay_of
 
 log = logging.getLogger("gateway.worker")
 
@@ -383,7 +383,7 @@ class Worker:
         if now >= give_up_at:
             failed = f"could not be sent within {duration(d.max_queue_lifetime_seconds)}; last error: {reason}"
             if await self._record(job, State.FAILED, failed, expect=expect):
-                await self._notice(job, NoticeKind.FAILED, failed)
+                await self._notice(job, NoticeKind.FAILED, failed, code=Ending.EXPIRED)
             return
         delay = jittered(doubling(d.min_backoff_seconds, job.attempts - 1, d.max_backoff_seconds))
         retry_at = min(now + delay, give_up_at)

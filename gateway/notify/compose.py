@@ -45,7 +45,7 @@ from gateway import answers, dates
 from gateway.arcodes import Category, ReceiptCode, lookup
 from gateway.sender import Row
 from gateway.settings import Settings
-from gateway.store import Delay, Job, NoticeKind, State, alert_subject, delay_of, is_ar_mail
+from gateway.store import Delay, Ending, Job, NoticeKind, State, alert_subject, delay_of, is_ar_mail
 from gateway.text import clean
 
 # Status words, What-to-do texts, per language. Keys: category values, plus notice kinds.
@@ -187,7 +187,7 @@ class Facts:
     job: Job
     message: Row
     receipt: Row | None = None
-    code: str = ""  # the provider's answer code the notice tells of (gateway.answers), or ""
+    code: str = ""  # what the notice records of its cause: a provider answer code, a Delay, an Ending
 
 
 def pretty_number(number: str) -> str:
@@ -301,6 +301,8 @@ def _outcome(lang: str, f: Facts) -> _Outcome:
         answer = answers.lookup(f.code) if f.code else None
         if f.kind == NoticeKind.DELAYED and f.code in set(Delay):  # the cause recorded, in the mail's language
             reason = _DELAY_REASON[lang][Delay(f.code)]
+        elif f.kind == NoticeKind.FAILED and (ending := _ending_reason(lang, f)) is not None:
+            reason = ending
         elif answer is not None and where is Situation.NOT_SENT:  # the provider's answer, in the mail's language
             reason = answer.reason(lang)
         else:
@@ -310,6 +312,42 @@ def _outcome(lang: str, f: Facts) -> _Outcome:
     pages = f.job.pages_sent if delivered and f.job.pages_sent else int(f.job.doc_pages or 0)
     heure = clean(f.receipt["heure"], 40) if f.receipt is not None else ""
     return _Outcome(status, key, code, reason, next_step, pages, heure)
+
+
+# Why a job failed when neither a provider answer nor a receipt says it (the cause recorded with the notice).
+_ENDING_REASON: dict[str, dict[Ending, str]] = {
+    "en": {
+        Ending.EXPIRED: "the fax service could not be reached in the time allowed; the fax was not sent",
+        Ending.CANCELLED: "cancelled by the fax administrator; the fax was not sent",
+    },
+    "fr": {
+        Ending.EXPIRED: "le service de fax n'a pas pu être joint dans le délai prévu ; le fax n'a pas été envoyé",
+        Ending.CANCELLED: "annulé par l'administrateur fax ; le fax n'a pas été envoyé",
+    },
+}
+# A mail refused for its document but answered 250 (refusals = "mail"), by the documents stage's reason. In
+# English the refusal's own words are given (they name the file); these are the French ones.
+_REFUSED_FR = {
+    "no-document": "aucun document à faxer : joignez le document en pièce jointe (PDF, TIFF, JPEG, PNG ou GIF)",
+    "type": "la pièce jointe n'est pas d'un type qui se faxe : envoyez-la en PDF (ou TIFF, JPEG, PNG, GIF)",
+    "empty": "la pièce jointe est vide : joignez le document à nouveau",
+    "encoding": "la pièce jointe est arrivée abîmée : envoyez-la à nouveau",
+    "corrupt": "la pièce jointe ne peut pas être lue : envoyez une copie intacte",
+    "encrypted": "le document est protégé par un mot de passe : envoyez-le sans mot de passe",
+    "limits": "le message est trop complexe : envoyez le document seul, pas des messages transférés",
+    "too-big": "le document reste trop lourd pour le fax même converti : envoyez moins de pages par message",
+}
+_REFUSED_FR_ANY = "le message ne peut pas être faxé tel quel"
+
+
+def _ending_reason(lang: str, f: Facts) -> str | None:
+    """The reason of a failure the gateway itself decided, in ``lang``; None when the notice records none."""
+    cause, _, why = f.code.partition(":")
+    if cause == Ending.REFUSED:
+        return clean(f.detail, 300) if lang == "en" else _REFUSED_FR.get(why, _REFUSED_FR_ANY)
+    if cause in set(Ending):
+        return _ENDING_REASON[lang][Ending(cause)]
+    return None
 
 
 def _body(lang: str, f: Facts, o: _Outcome, tz: dt.tzinfo) -> str:

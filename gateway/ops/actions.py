@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from gateway.store import FINAL_STATES, Job, NoticeKind, State, Store
+from gateway.store import FINAL_STATES, Ending, Job, NoticeKind, State, Store
 
 
 class AdminError(Exception):
@@ -144,7 +144,8 @@ def _cancel(store: Store, job: Job) -> bool:
         job.id, State.CANCELLED, "cancelled by the operator", expect=[job.state], event="operator: cancel"
     )
     if moved:
-        store.queue_notice(job.id, NoticeKind.FAILED, "cancelled by the gateway's administrator; the fax was not sent")
+        store.queue_notice(job.id, NoticeKind.FAILED, "cancelled by the gateway's administrator; the fax was not sent",
+                           code=Ending.CANCELLED)
     return moved
 
 

@@ -281,7 +281,7 @@ class Handler:
             if _refusals(conn) != "mail":
                 return exc.reply
             try:
-                return await self._refuse_by_mail(conn, sender, numbers, raw, exc.reply)
+                return await self._refuse_by_mail(conn, sender, numbers, raw, exc.reply, exc.reason)
             except Exception:
                 log.exception("session %s: the refusal could not be recorded to go by mail: 451", conn.id)
                 return replies.ERROR.answer()
@@ -362,7 +362,7 @@ class Handler:
         return reply
 
     async def _refuse_by_mail(
-        self, conn: Connection, sender: str, numbers: list[str], raw: bytes, refusal: Answer
+        self, conn: Connection, sender: str, numbers: list[str], raw: bytes, refusal: Answer, why: str
     ) -> Answer:
         """``refusals = "mail"``: 250, and the refusal goes to the person behind the sender as a receipt.
 
@@ -385,7 +385,7 @@ class Handler:
         detail = f"from {sender} via {via}; cannot be faxed: {refusal}; reply: {reply}"
         reason = f"the mail cannot be faxed as it is: {refusal.text}"
         try:
-            await self.store.run(lambda s: s.add_refused_message(msg, jobs, detail, reason))
+            await self.store.run(lambda s: s.add_refused_message(msg, jobs, detail, reason, why=why))
         except BaseException:
             await asyncio.to_thread(self.spool.remove, message_id)
             raise

@@ -31,7 +31,7 @@ from gateway.store.outbox import NoticeKind, Outbox
 from gateway.store.receipts import ReceiptQueries
 from gateway.store.reports import Reports
 from gateway.store.schema import StoreError
-from gateway.store.states import State
+from gateway.store.states import Ending, State
 
 T = TypeVar("T")
 
@@ -39,17 +39,20 @@ T = TypeVar("T")
 class Store(ReceiptQueries, Outbox, Reports):
     """Synchronous access to the job store. One instance per thread."""
 
-    def add_refused_message(self, msg: NewMessage, jobs: Sequence[tuple[str, str]], detail: str, reason: str) -> None:
+    def add_refused_message(
+        self, msg: NewMessage, jobs: Sequence[tuple[str, str]], detail: str, reason: str, *, why: str = ""
+    ) -> None:
         """Commit a message that cannot be faxed but was answered 250 (``refusals = "mail"``).
 
         One transaction: the message, its jobs (``jobs`` is (job id, number)) already ``failed``
-        with ``reason``, and for each the "failed" notice that tells the sender why.
+        with ``reason``, and for each the "failed" notice that tells the sender why (``why``: the
+        documents stage's reason, so that the mail can say it in its own language).
         """
         with self.transaction():
             self.add_message(msg, [(job_id, number, "") for job_id, number in jobs], detail)
             for job_id, _ in jobs:
                 self.transition(job_id, State.FAILED, reason, expect=[State.QUEUED], event="refused")
-                self.queue_notice(job_id, NoticeKind.FAILED, reason)
+                self.queue_notice(job_id, NoticeKind.FAILED, reason, code=f"{Ending.REFUSED}:{why}")
 
 
 class AsyncStore:

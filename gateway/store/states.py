@@ -44,6 +44,14 @@ class Delay(enum.StrEnum):
     WAITING = "waiting"  # queued, or on its way
 
 
+class Ending(enum.StrEnum):
+    """Why a job failed when no provider answer or receipt says it: the cause a "failed" notice records."""
+
+    EXPIRED = "expired"  # not sent within delivery.max_queue_lifetime_seconds
+    CANCELLED = "cancelled"  # by the administrator
+    REFUSED = "refused"  # accepted with refusals = "mail": the document cannot be faxed ("refused:<reason>")
+
+
 def delay_of(state: State, hold_kind: str, next_attempt_at: float) -> Delay:
     """Why a job in ``state`` waits (an ambiguous job with no next attempt is left for an operator)."""
     if state == State.HELD:

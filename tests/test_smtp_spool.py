@@ -82,7 +82,7 @@ async def test_a_store_from_a_newer_version_stops_the_daemon_with_a_clear_messag
         await daemon.start()
         assert await daemon.wait() == 1
         err = daemon.stderr()
-        assert f"{spool.db_path}: schema version 99 is newer than this fax-gateway knows (1)" in err
+        assert f"{spool.db_path}: schema version 99 is newer than this fax-gateway knows (2)" in err
         assert "Traceback" not in err
     finally:
         await daemon.close()

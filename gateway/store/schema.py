@@ -108,6 +108,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX notifications_due ON notifications(state, next_attempt_at);
     """,
+    # 2: the links to the senders' status pages (gateway.store.links): each token only as its SHA-256.
+    """
+    CREATE TABLE status_links (
+        token_hash TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX status_links_job ON status_links(job_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -66,6 +66,11 @@ class Health:
     async def healthz(self, request: web.Request) -> web.Response:
         if not self._allowed(request):
             raise web.HTTPNotFound()
+        body = await self.report()
+        return web.json_response(body, status=503 if body["status"] == "failing" else 200)
+
+    async def report(self) -> dict[str, Any]:
+        """What /healthz answers (the web console's front page shows it too)."""
         smtp_ok = self.smtp_listening()
         store_ok, counts, store_detail = await self._counts()
         waiting = {str(state): counts.get(state, 0) for state in _WAITING}
@@ -76,7 +81,7 @@ class Health:
             status = "degraded"
         else:
             status = "ok"
-        body = {
+        return {
             "status": status,
             "smtp": {"ok": smtp_ok},
             "store": {"ok": store_ok, "detail": store_detail},
@@ -84,7 +89,6 @@ class Health:
             "storage": _result(self.metrics.last_storage),
             "waiting": waiting,
         }
-        return web.json_response(body, status=503 if status == "failing" else 200)
 
     async def scrape(self, request: web.Request) -> web.Response:
         if not self._allowed(request):

@@ -12,12 +12,14 @@ the final receipt). These are right across restarts and include what the CLI
 did. What the store does not keep is counted as it happens: SMTP refusals by
 reply (:meth:`Metrics.smtp_reply`), provider answers by code and storage
 results (:class:`MeteredProvider`, :class:`MeteredStorage`, which wrap the
-worker's clients); the last provider and storage results also feed /healthz.
+worker's clients); the last provider and storage results also feed /healthz, and
+the provider's last ten answers the web console's front page.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -105,6 +107,8 @@ class Metrics:
         r.register(_StoreCollector(self))
         self.last_provider: Result | None = None
         self.last_storage: Result | None = None
+        # The provider's last answers, newest last (the console's front page).
+        self.provider_history: deque[tuple[str, Result]] = deque(maxlen=10)
 
     # -- counted as it happens --------------------------------------------------
 
@@ -116,6 +120,11 @@ class Metrics:
     def provider_answer(self, code: str, *, ok: bool, detail: str) -> None:
         self.provider_answers.labels(code=code).inc()
         self.last_provider = Result(ok, detail, self.clock())
+        self.provider_history.append((code, self.last_provider))
+
+    def provider_answers_seen(self) -> list[dict[str, object]]:
+        """The provider's last answers, newest first: code, ok, detail, at."""
+        return [{"code": c, "ok": r.ok, "detail": r.detail, "at": r.at} for c, r in reversed(self.provider_history)]
 
     def storage_result(self, *, ok: bool, detail: str) -> None:
         self.uploads.labels(result="ok" if ok else "error").inc()

@@ -14,6 +14,7 @@ under CI and is skipped elsewhere), with a fresh profile in a temporary director
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from collections.abc import Iterator
@@ -24,7 +25,9 @@ import aiohttp
 import pytest
 
 from gateway.passwords import hash_password
-from gateway.store import Job
+from gateway.spool import FAX_NAME, RAW_NAME
+from gateway.store import Job, NewMessage, State, Store, new_id
+from tests.support_docs import pdf
 from tests.support_receipts import Running
 from tests.support_sink import Received
 from tests.support_tools import need_program
@@ -123,3 +126,24 @@ def screenshot(driver: Any, directory: Path, name: str) -> Path:
     driver.save_screenshot(str(path))
     assert path.stat().st_size > 1000
     return path
+
+
+async def put_job(r: Running, *, state: State = State.HELD, number: str = "+33145678900", subject: str = "Invoice",
+                  reason: str = "test: held for a configuration fix") -> Job:  # fmt: skip
+    """A job as intake and the worker leave it, put in the running gateway's store."""
+    message_id, job_id = new_id(), new_id()
+    await asyncio.to_thread(r.gw.spool.write, message_id, {RAW_NAME: b"Subject: x\r\n\r\nx\r\n", FAX_NAME: pdf()})
+    msg = NewMessage(id=message_id, envelope_from="bob@example.com", header_from="Bob <bob@example.com>",
+                     reply_to="", message_id_header=f"<{message_id}@example.com>", subject=subject, date_header="",
+                     client_addr="127.0.0.1", auth_user="", doc_type="pdf", doc_pages=1, doc_bytes=100)  # fmt: skip
+
+    def put(s: Store) -> Job:
+        s.add_message(msg, [(job_id, number, "")], "accepted for test")
+        if state != State.QUEUED:
+            hold = {"hold_kind": "config"} if state == State.HELD else {}
+            s.transition(job_id, state, reason, expect=[State.QUEUED], **hold)
+        job = s.get_job(job_id)
+        assert job is not None
+        return job
+
+    return await r.gw.store.run(put)

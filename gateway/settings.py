@@ -20,6 +20,7 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,14 @@ class Listener:
     def legacy_tls(self) -> bool:
         """Whether TLS versions older than 1.2 are accepted here."""
         return self.tls != "none" and self.tls_min_version in LEGACY_TLS_VERSIONS
+
+
+@dataclass(frozen=True)
+class Admin:
+    """A user of the web console (``/admin/``); ``password_hash`` comes from ``fax-gateway hash-password``."""
+
+    name: str
+    password_hash: str
 
 
 @dataclass(frozen=True)
@@ -298,13 +307,20 @@ class HttpSettings:
     callback_secret: Secret = Secret("")
     # Source networks allowed to call the receipt callback; empty: any.
     callback_networks: tuple[str, ...] = ()
-    # Source networks allowed to read /healthz and /metrics; empty: any.
+    # Source networks allowed to read /healthz and /metrics and to use the console (/admin/); empty: any.
     status_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     # Receipts for a reference no job has yet (kept only while a submission to their number is in
     # flight): at most this many kept per minute, and this many on file over two days; past either,
     # the callback answers 503 and keeps nothing.
     unknown_receipts_per_minute: int = 60
     unknown_receipts_max: int = 1000
+    # Users of the web console at /admin/ ([[http.admins]]); none: the console is off.
+    admins: tuple[Admin, ...] = ()
+    # A console session ends after this many seconds without a request.
+    admin_session_seconds: float = 3600.0
+    # Failed console logins from one address before each further try is refused for a while (doubling).
+    login_failures_before_backoff: int = 3
+    login_backoff_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -339,6 +355,11 @@ class NotifySettings:
     # CA file to verify the relay's STARTTLS certificate with (empty: the system's).
     relay_ca_file: str = ""
     relay_timeout: float = 60.0
+    # A link to the fax's status page (<http.public_url>/fax/<token>) in every receipt and notice:
+    # true, false, or "auto" (on when public_url is not a loopback address).
+    status_links: bool | Literal["auto"] = "auto"
+    # Days the status page answers after the job's final state (then 410 Gone).
+    status_days: int = 30
 
 
 @dataclass(frozen=True)
@@ -392,6 +413,13 @@ def _convert(key: str, hint: Any, value: object) -> Any:
     origin = typing.get_origin(hint)
     if hint is HostPort:
         return parse_hostport(key, value)
+    if origin in (typing.Union, types.UnionType):  # the first type that takes the value
+        for arm in typing.get_args(hint):
+            try:
+                return _convert(key, arm, value)
+            except SettingsError:
+                pass
+        raise SettingsError(f"{key}: {value!r} is not {' or '.join(_words(arm) for arm in typing.get_args(hint))}")
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if not isinstance(value, dict):
             raise SettingsError(f"{key}: expected a table, got {type(value).__name__}")
@@ -422,6 +450,13 @@ _SCALARS: dict[Any, tuple[Callable[[object], bool], str, Callable[[Any], Any]]] 
     float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number", float),
     str: (lambda v: isinstance(v, str), "a string", str),
 }
+
+
+def _words(hint: Any) -> str:
+    """What a value of type ``hint`` is, for an error message."""
+    if typing.get_origin(hint) is Literal:
+        return ", ".join(repr(a) for a in typing.get_args(hint))
+    return _SCALARS[hint][1] if hint in _SCALARS else getattr(hint, "__name__", str(hint))
 
 
 def _scalar(key: str, hint: Any, value: object) -> Any:
@@ -491,6 +526,7 @@ def _check_url(key: str, url: str) -> None:
         raise SettingsError(f"{key}: {url!r} is not an http(s) URL")
 
 
+_ADMIN_NAME = re.compile(r"[A-Za-z0-9._@\-]{1,64}")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}")
 
@@ -579,6 +615,18 @@ def _validate_http(http: HttpSettings) -> None:
     _check_url("http.public_url", http.public_url)
     for key in ("unknown_receipts_per_minute", "unknown_receipts_max"):
         _positive(f"http.{key}", getattr(http, key), zero_ok=True)
+    from gateway import passwords
+
+    for i, admin in enumerate(http.admins):
+        if not _ADMIN_NAME.fullmatch(admin.name):
+            raise SettingsError(f"http.admins[{i}].name: {admin.name!r} is not 1 to 64 letters, digits or . _ @ -")
+        if not passwords.is_hash(admin.password_hash):
+            raise SettingsError(f"http.admins[{i}].password_hash: not a hash made by 'fax-gateway hash-password'")
+    if len({a.name for a in http.admins}) != len(http.admins):
+        raise SettingsError("http.admins: a name appears twice")
+    _positive("http.admin_session_seconds", http.admin_session_seconds)
+    _positive("http.login_failures_before_backoff", http.login_failures_before_backoff)
+    _positive("http.login_backoff_seconds", http.login_backoff_seconds)
 
 
 def _validate_storage(storage: StorageSettings) -> None:
@@ -616,6 +664,7 @@ def _validate_notify(notify: NotifySettings) -> None:
         raise SettingsError("notify.min_backoff_seconds: larger than notify.max_backoff_seconds")
     if notify.relay_ca_file and not Path(notify.relay_ca_file).is_file():
         raise SettingsError(f"notify.relay_ca_file: {notify.relay_ca_file!r} does not exist")
+    _positive("notify.status_days", notify.status_days)
     try:
         dates.zone(notify.timezone)
     except ValueError as exc:
@@ -644,6 +693,19 @@ def validate(s: Settings) -> None:
     _validate_http(s.http)
     _validate_notify(s.notify)
     _validate_delivery(s.delivery)
+
+
+def status_links_on(settings: Settings) -> bool:
+    """Whether receipts and notices carry the status page's link (``notify.status_links``)."""
+    if settings.notify.status_links != "auto":
+        return bool(settings.notify.status_links)
+    host = urllib.parse.urlsplit(settings.http.public_url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a name: a public one, or at least not this machine's loopback
 
 
 def from_mapping(table: Mapping[str, object], env: Mapping[str, str] | None = None) -> Settings:

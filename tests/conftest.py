@@ -26,6 +26,7 @@ pytest_plugins = [
     "tests.support_sink",
     "tests.support_smtp",
     "tests.support_tools",
+    "tests.support_web",
 ]
 
 # Support modules import each other: mark them all for assertion rewriting before the first is

@@ -81,13 +81,13 @@ def test_only_the_outbox_writes_the_notifications_table() -> None:
 # - store and spool: the ground floor and themselves;
 # - the stages smtp, documents, delivery, receipts, notify: the ground floor, the store, the spool and
 #   themselves, and no other stage, except smtp -> documents (documents are judged before the 250);
-# - daemon and ops on top: anything.
+# - daemon, ops and web (the web pages) on top: anything.
 # Imports inside functions and under TYPE_CHECKING count too.
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gateway"
 STAGES = {"smtp", "documents", "delivery", "receipts", "notify"}
 BELOW_STAGES = {"store", "spool"}
-TOP = {"daemon", "ops"}
+TOP = {"daemon", "ops", "web"}
 EXCEPTIONS = {("smtp", "documents")}
 
 

@@ -51,7 +51,9 @@ class Gateway:
         stage applies the receipts that jobs recovered ambiguous may have on
         file), then the document examiner (its worker processes are up
         before the first mail, and stop only once intake has closed and finished
-        spooling), and SMTP intake last: it opens last and closes first.
+        spooling), and SMTP intake last: it opens last and closes first. The web pages (the
+        sender's status page, the administrator's console) are routes on the HTTP listener
+        that read the store; the console's actions wake the worker and the notifier.
         """
         from gateway.daemon.health import Health
         from gateway.daemon.http import HttpServer
@@ -64,6 +66,8 @@ class Gateway:
         from gateway.receipts.callback import Receipts
         from gateway.smtp.intake import Handler
         from gateway.smtp.server import SmtpServer
+        from gateway.web.console import Console
+        from gateway.web.status import StatusPage
 
         self.http = HttpServer(self.settings)
         self.health = Health(self.settings, self.store, self.metrics, lambda: self._smtp_listening(),
@@ -85,6 +89,11 @@ class Gateway:
         intake = Handler(self.settings, self.store, self.spool, on_spooled=self._on_spooled, clock=self.clock,
                          on_receipt_mail=self.receipts.on_receipt_mail, examiner=self.examiner)  # fmt: skip
         self.smtp = SmtpServer(self.settings, intake)
+        self.status_page = StatusPage(self.settings, self.store, clock=self.clock)
+        self.http.add_routes(self.status_page.routes())
+        self.console = Console(self.settings, self.store, clock=self.clock, health=self.health.report,
+                               provider_answers=self.metrics.provider_answers_seen, on_change=self._on_spooled)
+        self.http.add_routes(self.console.routes())
         self.smtp.on_reply = self.metrics.smtp_reply
         self.components = [self.http, self.storage, self.provider, self.worker, self.receipts, self.notifier,
                            self.examiner, self.smtp]  # fmt: skip

@@ -117,6 +117,11 @@ class Health:
     async def healthz(self, request: web.Request) -> web.Response:
         if not self._allowed(request):
             raise web.HTTPNotFound()
+        body = await self.report()
+        return web.json_response(body, status=503 if body["status"] == "failing" else 200)
+
+    async def report(self) -> dict[str, Any]:
+        """What /healthz answers (the web console's front page shows it too)."""
         smtp_ok = self.smtp_listening()
         store_ok, counts, store_detail = await self._counts()
         spool = await self._spool()
@@ -130,7 +135,7 @@ class Health:
             status = "degraded"
         else:
             status = "ok"
-        body = {
+        return {
             "status": status,
             "smtp": {"ok": smtp_ok},
             "connections": connections,
@@ -141,7 +146,6 @@ class Health:
             "storage": _result(self.metrics.last_storage),
             "waiting": waiting,
         }
-        return web.json_response(body, status=503 if status == "failing" else 200)
 
     async def scrape(self, request: web.Request) -> web.Response:
         if not self._allowed(request):

@@ -14,13 +14,15 @@ reply (:meth:`Metrics.smtp_reply`), provider answers by code and storage
 results (:class:`MeteredProvider`, :class:`MeteredStorage`, which wrap the
 worker's clients), unknown receipts by what became of them; the last provider
 and storage results, and the recent 4xx replies that were the gateway's own
-fault (:meth:`Metrics.recent_own_refusals`), also feed /healthz.
+fault (:meth:`Metrics.recent_own_refusals`), also feed /healthz, and the
+provider's last ten answers the web console's front page.
 """
 
 from __future__ import annotations
 
 import collections
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -147,6 +149,8 @@ class Metrics:
         self.last_storage: Result | None = None
         # (time, own fault): the gateway's own 4xx refusals (True) and mails taken (False), newest last.
         self._recent: collections.deque[tuple[float, bool]] = collections.deque(maxlen=_RECENT_MAX)
+        # The provider's last answers, newest last (the console's front page).
+        self.provider_history: deque[tuple[str, Result]] = deque(maxlen=10)
 
     # -- counted as it happens --------------------------------------------------
 
@@ -173,6 +177,11 @@ class Metrics:
     def provider_answer(self, answer: str, cause: str, *, ok: bool, detail: str) -> None:
         self.provider_answers.labels(answer=answer, cause=cause).inc()
         self.last_provider = Result(ok, detail, self.clock())
+        self.provider_history.append((cause, self.last_provider))
+
+    def provider_answers_seen(self) -> list[dict[str, object]]:
+        """The provider's last answers, newest first: code (or the cause of an unusable answer), ok, detail, at."""
+        return [{"code": c, "ok": r.ok, "detail": r.detail, "at": r.at} for c, r in reversed(self.provider_history)]
 
     def storage_result(self, *, ok: bool, detail: str) -> None:
         self.uploads.labels(result="ok" if ok else "error").inc()

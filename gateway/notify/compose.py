@@ -395,9 +395,13 @@ def _set_fax_headers(msg: EmailMessage, f: Facts, o: _Outcome) -> None:
         msg["X-Fax-Received"] = o.heure
 
 
+# The line with the link to the sender's status page (notify.status_links), after the body.
+_FOLLOW = {"en": "Where the fax is now", "fr": "Où en est le fax"}
+
+
 def compose(settings: Settings, f: Facts, recipient: str, *, document: bytes | None = None,
-            source: bytes = b"", now: float = 0.0) -> EmailMessage:  # fmt: skip
-    """The mail that tells ``recipient`` about ``f`` (a receipt, a notice, or an AR copy)."""
+            source: bytes = b"", now: float = 0.0, status_url: str = "") -> EmailMessage:  # fmt: skip
+    """The mail that tells ``recipient`` about ``f`` (a receipt, a notice, or an AR copy), with ``status_url``."""
     lang = settings.notify.language
     o = _outcome(lang, f)
     msg = EmailMessage()
@@ -413,8 +417,10 @@ def compose(settings: Settings, f: Facts, recipient: str, *, document: bytes | N
     msg["Auto-Submitted"] = "auto-replied"  # RFC 3834 5
     msg["X-Auto-Response-Suppress"] = "All"  # no out-of-office answers to a receipt
     _set_fax_headers(msg, f, o)
-    msg.set_content(_body(lang, f, o, dates.zone(settings.notify.timezone)), charset="utf-8",
-                    cte="quoted-printable")
+    body = _body(lang, f, o, dates.zone(settings.notify.timezone))
+    if status_url:
+        body += f"{_FOLLOW[lang]}{' : ' if lang == 'fr' else ': '}{status_url}\n"
+    msg.set_content(body, charset="utf-8", cte="quoted-printable")
     if source:
         # message/rfc822 is never base64 (RFC 2046 5.2.1): the mail goes in whole, 7bit or 8bit as it came.
         msg.add_attachment(email.message_from_bytes(source, policy=email.policy.default), filename="receipt.eml")

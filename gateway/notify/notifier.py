@@ -8,7 +8,9 @@ with backoff (doubling from ``notify.min_backoff_seconds``) until
 ``notify.max_retry_seconds``; a 5xx refusal of the recipient or content is
 recorded (``failed``) and never retried. Rows that must not be sent (no
 usable recipient; delivered receipts with ``notify.receipts = "failures"``;
-alerts with no admin address) end ``skipped`` with the reason. An admin alert
+alerts with no admin address) end ``skipped`` with the reason. With
+``notify.status_links``, each mail about a job carries a link of its own to
+the sender's status page (``/fax/<token>``). An admin alert
 that stops faxing (:data:`URGENT_ALERTS`: submissions paused for the
 configuration or credit, a job left to an operator, a quarantined job) goes out
 at once; the others, and an urgent one whose kind already went out within
@@ -33,7 +35,7 @@ import aiosmtplib
 from gateway.backoff import doubling
 from gateway.notify.compose import Alert, Facts, compose, compose_alerts
 from gateway.sender import recipient_of_message
-from gateway.settings import Settings
+from gateway.settings import Settings, status_links_on
 from gateway.spool import FAX_NAME, Spool
 from gateway.store import FINAL_STATES, AsyncStore, Notice, NoticeKind, NoticeState, Store, alert
 from gateway.text import clean
@@ -120,7 +122,11 @@ def _prepare(store: Store, settings: Settings, spool: Spool, item: Notice) -> No
         with contextlib.suppress(OSError):
             document = spool.read(job.message_id, FAX_NAME)
     facts = Facts(kind, notice.detail, notice.message_id, job, message, receipt, code=notice.code)
-    mail = compose(settings, facts, recipient, document=document, source=notice.source, now=store.clock())
+    link = ""
+    if status_links_on(settings):  # each mail its own token; only its hash is stored
+        link = f"{settings.http.public_url.rstrip('/')}/fax/{store.add_status_link(job.id)}"
+    mail = compose(settings, facts, recipient, document=document, source=notice.source, now=store.clock(),
+                   status_url=link)  # fmt: skip
     payload = mail.as_bytes(policy=WIRE)
     store.mark_notice_composed(notice.id, recipient, payload)
     return dataclasses.replace(item, recipient=recipient, payload=payload)

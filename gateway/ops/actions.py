@@ -8,7 +8,8 @@ or :class:`AdminError` saying why the action does not apply. Every change goes
 through :meth:`Store.transition` with ``expect``: an atomic move from the
 states the action applies to, so a job the daemon is working on at that
 moment is never taken from under it, and every action is a timeline event
-(``operator: ...``). The daemon's worker picks up re-queued jobs on its timer
+(``operator: ...``) whose detail says who: "the operator" from the command
+line, or the name the web console passes as ``actor``. The daemon's worker picks up re-queued jobs on its timer
 (``delivery.poll_seconds``).
 """
 
@@ -41,6 +42,11 @@ _WHY_NOT = {
     State.CANCELLED: "it was cancelled",
     State.QUEUED: "it is queued already",
 }
+
+
+def _by(actor: str) -> str:
+    """Who acted, as the timeline says it: the operator (the command line), or the console's user."""
+    return f"the operator {actor}" if actor else "the operator"
 
 
 def _job(store: Store, job_id: str) -> Job:
@@ -119,11 +125,11 @@ def _act(
     return _job(store, job_id)
 
 
-def _requeue(store: Store, job: Job) -> bool:
+def _requeue(store: Store, job: Job, actor: str = "") -> bool:
     moved = store.transition(
         job.id,
         State.QUEUED,
-        f"retry requested by the operator (was {job.state}: {job.reason})",
+        f"retry requested by {_by(actor)} (was {job.state}: {job.reason})",
         expect=[job.state],
         event="operator: retry",
         next_attempt_at=0,
@@ -139,9 +145,9 @@ def _requeue(store: Store, job: Job) -> bool:
     return moved
 
 
-def _cancel(store: Store, job: Job) -> bool:
+def _cancel(store: Store, job: Job, actor: str = "") -> bool:
     moved = store.transition(
-        job.id, State.CANCELLED, "cancelled by the operator", expect=[job.state], event="operator: cancel"
+        job.id, State.CANCELLED, f"cancelled by {_by(actor)}", expect=[job.state], event="operator: cancel"
     )
     if moved:
         store.queue_notice(job.id, NoticeKind.FAILED, "cancelled by the gateway's administrator; the fax was not sent",
@@ -149,17 +155,17 @@ def _cancel(store: Store, job: Job) -> bool:
     return moved
 
 
-def retry(store: Store, job_id: str) -> Job:
+def retry(store: Store, job_id: str, *, actor: str = "") -> Job:
     """Queue a failed, held, deferred or quarantined job for a fresh attempt now."""
-    return _act(store, job_id, "retry", RETRYABLE, lambda job: _requeue(store, job))
+    return _act(store, job_id, "retry", RETRYABLE, lambda job: _requeue(store, job, actor))
 
 
-def cancel(store: Store, job_id: str) -> Job:
+def cancel(store: Store, job_id: str, *, actor: str = "") -> Job:
     """Give up on a job that is not with the provider; the sender is told."""
-    return _act(store, job_id, "cancel", CANCELLABLE, lambda job: _cancel(store, job))
+    return _act(store, job_id, "cancel", CANCELLABLE, lambda job: _cancel(store, job, actor))
 
 
-def release(store: Store, job_ids: Sequence[str] = ()) -> list[Job]:
+def release(store: Store, job_ids: Sequence[str] = (), *, actor: str = "") -> list[Job]:
     """Queue held jobs again (after a configuration or credit fix): the given ones, or all."""
     if job_ids:
         jobs = [_job(store, j) for j in job_ids]
@@ -173,7 +179,7 @@ def release(store: Store, job_ids: Sequence[str] = ()) -> list[Job]:
         if store.transition(
             job.id,
             State.QUEUED,
-            f"released by the operator (was held: {job.reason})",
+            f"released by {_by(actor)} (was held: {job.reason})",
             expect=[State.HELD],
             event="operator: release",
             next_attempt_at=0,
@@ -183,7 +189,7 @@ def release(store: Store, job_ids: Sequence[str] = ()) -> list[Job]:
     return released
 
 
-def resolve(store: Store, job_id: str, *, sent: bool) -> Job:
+def resolve(store: Store, job_id: str, *, sent: bool, actor: str = "") -> Job:
     """Settle an ambiguous job from the provider's records.
 
     ``sent``: the provider's account shows the fax went through; the job is
@@ -196,7 +202,7 @@ def resolve(store: Store, job_id: str, *, sent: bool) -> Job:
             return store.transition(
                 job.id,
                 State.QUEUED,
-                "the operator confirmed from the provider's records that the fax was not sent",
+                f"{_by(actor)} confirmed from the provider's records that the fax was not sent",
                 expect=[State.AMBIGUOUS],
                 event="operator: resolve --not-sent",
                 next_attempt_at=0,
@@ -204,7 +210,7 @@ def resolve(store: Store, job_id: str, *, sent: bool) -> Job:
         moved = store.transition(
             job.id,
             State.DELIVERED,
-            "the operator confirmed from the provider's records that the fax was sent",
+            f"{_by(actor)} confirmed from the provider's records that the fax was sent",
             expect=[State.AMBIGUOUS],
             event="operator: resolve --sent",
         )

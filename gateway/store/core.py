@@ -13,7 +13,8 @@ daemon reaches it through :class:`AsyncStore`, which runs every call on one
 dedicated thread. Its methods come in layers, one module per table group:
 :mod:`~gateway.store.jobs` (messages, jobs, the timeline),
 :mod:`~gateway.store.receipts`, :mod:`~gateway.store.outbox`
-(notifications) and :mod:`~gateway.store.reports` (what metrics read), over
+(notifications), :mod:`~gateway.store.reports` (what metrics read) and
+:mod:`~gateway.store.links` (the senders' status pages), over
 the connection of :mod:`~gateway.store.base`.
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.store.jobs import NewMessage
+from gateway.store.links import StatusLinks
 from gateway.store.outbox import NoticeKind, Outbox
 from gateway.store.receipts import ReceiptQueries
 from gateway.store.reports import Reports
@@ -36,7 +38,7 @@ from gateway.store.states import Ending, State
 T = TypeVar("T")
 
 
-class Store(ReceiptQueries, Outbox, Reports):
+class Store(ReceiptQueries, Outbox, Reports, StatusLinks):
     """Synchronous access to the job store. One instance per thread."""
 
     def add_refused_message(

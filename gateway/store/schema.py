@@ -122,6 +122,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE notifications ADD COLUMN code TEXT NOT NULL DEFAULT '';
     """,
+    # 4: the links to the senders' status pages (gateway.store.links): each token only as its SHA-256.
+    """
+    CREATE TABLE status_links (
+        token_hash TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX status_links_job ON status_links(job_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -174,6 +174,15 @@ class DocumentSettings:
     convert_timeout_seconds: float = 60.0
     # Largest fax page rendered, in pixels (1728 wide; an A4 page at fine resolution is 4 million).
     max_page_pixels: int = 12_000_000
+    # Bytes all streams of a mail's PDFs may decode to (object and cross-reference streams included),
+    # counted in a bounded decode before pikepdf or PDFium opens them.
+    max_stream_bytes: int = 256 * 1024 * 1024
+    # Largest image decoded, in pixels, one frame (an A4 page at 600 dpi is 35 million), from its header.
+    max_image_pixels: int = 40_000_000
+    # Pixels of every image and frame of a mail together (200 A4 pages at 300 dpi are 1.74 billion).
+    max_total_pixels: int = 2_000_000_000
+    # Address space of each worker process (RLIMIT_AS), in bytes; 0: no cap.
+    worker_memory_bytes: int = 2 * 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -413,6 +422,12 @@ def _validate_documents(d: DocumentSettings) -> None:
         raise SettingsError(f"documents.convert_timeout_seconds: {d.convert_timeout_seconds!r} is not in (0, 3600]")
     if not 1_000_000 <= d.max_page_pixels <= 100_000_000:
         raise SettingsError(f"documents.max_page_pixels: {d.max_page_pixels} is not between 1000000 and 100000000")
+    for key in ("max_stream_bytes", "max_image_pixels", "max_total_pixels"):
+        _positive(f"documents.{key}", getattr(d, key))
+    if d.max_image_pixels > 89_000_000:  # Pillow's own decompression-bomb threshold warns past it
+        raise SettingsError(f"documents.max_image_pixels: {d.max_image_pixels} is over 89000000")
+    if d.worker_memory_bytes and d.worker_memory_bytes < 256 * 1024 * 1024:
+        raise SettingsError(f"documents.worker_memory_bytes: {d.worker_memory_bytes} is under 268435456 (0: no cap)")
 
 
 def _check_cidr(key: str, cidr: str) -> None:

@@ -35,12 +35,14 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import resource
 import signal
 import threading
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from gateway import replies
 from gateway.documents import policy
 from gateway.documents.headers import Headers, read_headers
 from gateway.documents.policy import DocumentRefused, Extraction
@@ -80,6 +82,11 @@ def examine_in_worker(raw: bytes, settings: DocumentSettings) -> tuple[Extractio
         return examine(raw, settings)
     except DocumentRefused:
         raise
+    except MemoryError:
+        if not (_in_worker and settings.worker_memory_bytes):
+            raise ExaminationError(traceback.format_exc().rstrip()) from None
+        reason = f"examining it needs more memory than documents.worker_memory_bytes ({settings.worker_memory_bytes})"
+        raise DocumentRefused(replies.DOC_LIMITS.format(reason=reason), "limits") from None
     except Exception as exc:
         raise ExaminationError(traceback.format_exc().rstrip()) from exc
     finally:
@@ -102,6 +109,13 @@ def _worker_started() -> None:
         # A worker waits for work on a queue it also holds the writing end of:
         # without this it would outlive a daemon killed with SIGKILL.
         threading.Thread(target=_exit_with, args=(parent.sentinel,), name="parent-watch", daemon=True).start()
+
+
+def _worker_init(memory_bytes: int) -> None:
+    """A worker process's start: :func:`_worker_started`, then its address space capped (RLIMIT_AS)."""
+    _worker_started()
+    if memory_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
 
 def _exit_with(sentinel: int) -> None:
@@ -185,4 +199,5 @@ class Examiner:
         context = multiprocessing.get_context("forkserver")
         # Imported once in the forkserver: each worker forked from it starts with the checks loaded.
         context.set_forkserver_preload([__name__])
-        return ProcessPoolExecutor(max_workers=self.processes, mp_context=context, initializer=_worker_started)
+        return ProcessPoolExecutor(max_workers=self.processes, mp_context=context, initializer=_worker_init,
+                                   initargs=(self.settings.worker_memory_bytes,))  # fmt: skip

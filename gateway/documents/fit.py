@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -31,11 +30,8 @@ import pikepdf
 from PIL import Image
 
 from gateway.documents import render
-from gateway.documents.formats import MAX_PIXELS, Unfit
+from gateway.documents.formats import Unfit, images
 from gateway.settings import DocumentSettings
-
-# Deepest nesting of form XObjects searched for images when bounding what PDFium would decode.
-MAX_FORM_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -85,7 +81,7 @@ def fit(pdf: bytes, parts: list[Part], settings: DocumentSettings, deadline: flo
         if len(smaller) <= limit:
             return Fitted(smaller, "lossless", "compressed without loss")
         del smaller  # as large as the scan: not kept while the pages render
-    _check_images(pdf, parts)
+    _check_images(pdf, parts, settings.max_image_pixels)
     with render.opened(pdf) as doc:
         _check_pixels(doc, parts, settings.max_page_pixels)
         timer = _Timer(deadline, settings.convert_timeout_seconds, len(doc))
@@ -190,31 +186,11 @@ def _check_pixels(doc: render.Pages, parts: list[Part], bound: int) -> None:
                                   f"over documents.max_page_pixels ({bound})")  # fmt: skip
 
 
-def _check_images(pdf: bytes, parts: list[Part]) -> None:
+def _check_images(pdf: bytes, parts: list[Part], bound: int) -> None:
     """Refuse a page holding an image larger than PDFium should decode (headers only, nothing decoded)."""
     with pikepdf.open(io.BytesIO(pdf)) as doc:
         for index, page in enumerate(doc.pages):
-            for width, height in _images(page.obj, 0, set()):
-                if width * height > MAX_PIXELS:
+            for width, height in images(page.obj, 0, set()):
+                if width * height > bound:
                     raise Unfit("limits", f"{_where(index, parts)} holds an image of {width}x{height} pixels, "
-                                          f"over {MAX_PIXELS}")  # fmt: skip
-
-
-def _images(holder: pikepdf.Object, depth: int, seen: set[tuple[int, int]]) -> Iterator[tuple[int, int]]:
-    """(width, height) of each image a page or form draws from its resources, forms followed."""
-    resources = holder.get("/Resources")
-    xobjects = resources.get("/XObject") if isinstance(resources, pikepdf.Dictionary) else None
-    if not isinstance(xobjects, pikepdf.Dictionary):
-        return
-    for _, xobject in xobjects.items():
-        if not isinstance(xobject, pikepdf.Stream):
-            continue
-        key = xobject.objgen
-        if key in seen:
-            continue
-        seen.add(key)
-        subtype = xobject.get("/Subtype")
-        if subtype == "/Image":
-            yield int(xobject.get("/Width", 0)), int(xobject.get("/Height", 0))
-        elif subtype == "/Form" and depth < MAX_FORM_DEPTH:
-            yield from _images(xobject, depth + 1, seen)
+                                          f"over documents.max_image_pixels ({bound})")  # fmt: skip

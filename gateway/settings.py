@@ -166,6 +166,14 @@ class DocumentSettings:
     page_size: Literal["A4", "Letter"] = "A4"
     # Worker processes that examine messages (0: a thread of the daemon, sharing its GIL).
     processes: int = 1
+    # Most worker processes under load (0: twice processes); the ones above processes end when idle.
+    processes_max: int = 0
+    # Longest a message waits for a free worker before it gets 451 4.3.0 (the client retries).
+    queue_seconds: float = 30.0
+    # A client address with this many over-bound refusals within penalty_seconds waits behind
+    # every other message, and never makes the pool grow (0: never).
+    penalty_refusals: int = 3
+    penalty_seconds: float = 600.0
     # Making a fax document fit max_fax_bytes (gateway.documents.fit): when it is over the limit,
     # always (every document rendered as black-and-white fax pages), or never (refused as too big).
     fit: Literal["over-limit", "always", "off"] = "over-limit"
@@ -422,6 +430,14 @@ def _validate_documents(d: DocumentSettings) -> None:
         raise SettingsError(f"documents.convert_timeout_seconds: {d.convert_timeout_seconds!r} is not in (0, 3600]")
     if not 1_000_000 <= d.max_page_pixels <= 100_000_000:
         raise SettingsError(f"documents.max_page_pixels: {d.max_page_pixels} is not between 1000000 and 100000000")
+    if d.processes_max and not d.processes <= d.processes_max <= 64:
+        raise SettingsError(f"documents.processes_max: {d.processes_max} is not between processes ({d.processes}) "
+                            "and 64 (0: twice processes)")  # fmt: skip
+    _positive("documents.processes_max", d.processes_max, zero_ok=True)
+    if not 0 < d.queue_seconds <= 600:
+        raise SettingsError(f"documents.queue_seconds: {d.queue_seconds!r} is not in (0, 600]")
+    _positive("documents.penalty_refusals", d.penalty_refusals, zero_ok=True)
+    _positive("documents.penalty_seconds", d.penalty_seconds)
     for key in ("max_stream_bytes", "max_image_pixels", "max_total_pixels"):
         _positive(f"documents.{key}", getattr(d, key))
     if d.max_image_pixels > 89_000_000:  # Pillow's own decompression-bomb threshold warns past it

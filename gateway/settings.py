@@ -225,6 +225,14 @@ class DocumentSettings:
     page_size: Literal["A4", "Letter"] = "A4"
     # Worker processes that examine messages (0: a thread of the daemon, sharing its GIL).
     processes: int = 1
+    # Most worker processes under load (0: twice processes); the ones above processes end when idle.
+    processes_max: int = 0
+    # Longest a message waits for a free worker before it gets 451 4.3.0 (the client retries).
+    queue_seconds: float = 30.0
+    # A client address with this many over-bound refusals within penalty_seconds waits behind
+    # every other message, and never makes the pool grow (0: never).
+    penalty_refusals: int = 3
+    penalty_seconds: float = 600.0
     # Making a fax document fit max_fax_bytes (gateway.documents.fit): when it is over the limit,
     # always (every document rendered as black-and-white fax pages), or never (refused as too big).
     fit: Literal["over-limit", "always", "off"] = "over-limit"
@@ -233,6 +241,15 @@ class DocumentSettings:
     convert_timeout_seconds: float = 60.0
     # Largest fax page rendered, in pixels (1728 wide; an A4 page at fine resolution is 4 million).
     max_page_pixels: int = 12_000_000
+    # Bytes all streams of a mail's PDFs may decode to (object and cross-reference streams included),
+    # counted in a bounded decode before pikepdf or PDFium opens them.
+    max_stream_bytes: int = 256 * 1024 * 1024
+    # Largest image decoded, in pixels, one frame (an A4 page at 600 dpi is 35 million), from its header.
+    max_image_pixels: int = 40_000_000
+    # Pixels of every image and frame of a mail together (200 A4 pages at 300 dpi are 1.74 billion).
+    max_total_pixels: int = 2_000_000_000
+    # Address space of each worker process (RLIMIT_AS), in bytes; 0: no cap.
+    worker_memory_bytes: int = 2 * 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -512,6 +529,20 @@ def _validate_documents(d: DocumentSettings) -> None:
         raise SettingsError(f"documents.convert_timeout_seconds: {d.convert_timeout_seconds!r} is not in (0, 3600]")
     if not 1_000_000 <= d.max_page_pixels <= 100_000_000:
         raise SettingsError(f"documents.max_page_pixels: {d.max_page_pixels} is not between 1000000 and 100000000")
+    if d.processes_max and not d.processes <= d.processes_max <= 64:
+        raise SettingsError(f"documents.processes_max: {d.processes_max} is not between processes ({d.processes}) "
+                            "and 64 (0: twice processes)")  # fmt: skip
+    _positive("documents.processes_max", d.processes_max, zero_ok=True)
+    if not 0 < d.queue_seconds <= 600:
+        raise SettingsError(f"documents.queue_seconds: {d.queue_seconds!r} is not in (0, 600]")
+    _positive("documents.penalty_refusals", d.penalty_refusals, zero_ok=True)
+    _positive("documents.penalty_seconds", d.penalty_seconds)
+    for key in ("max_stream_bytes", "max_image_pixels", "max_total_pixels"):
+        _positive(f"documents.{key}", getattr(d, key))
+    if d.max_image_pixels > 89_000_000:  # Pillow's own decompression-bomb threshold warns past it
+        raise SettingsError(f"documents.max_image_pixels: {d.max_image_pixels} is over 89000000")
+    if d.worker_memory_bytes and d.worker_memory_bytes < 256 * 1024 * 1024:
+        raise SettingsError(f"documents.worker_memory_bytes: {d.worker_memory_bytes} is under 268435456 (0: no cap)")
 
 
 def _check_cidr(key: str, cidr: str) -> None:

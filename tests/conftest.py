@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 pytest_plugins = [
+    "tests.support_bombs",
     "tests.support_clock",
     "tests.support_delivery",
     "tests.support_docs",

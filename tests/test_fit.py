@@ -297,4 +297,4 @@ def test_a_scan_whose_images_alone_are_over_the_limit_skips_the_lossless_rewrite
 
     jpegs = [scan_jpeg(), scan_jpeg()]
     document = bytes(img2pdf.convert(jpegs))
-    assert _check_images(document, []) == sum(len(j) for j in jpegs)
+    assert _check_images(document, [], DEFAULT.max_image_pixels) == sum(len(j) for j in jpegs)

@@ -1,28 +1,42 @@
 """Examination of a message's documents, away from the daemon's event loop and GIL.
 
-In: the raw bytes of a message. Out: its :class:`~gateway.documents.policy.Extraction`
-and :class:`Headers`, or :class:`~gateway.documents.policy.DocumentRefused` (the
-reply that tells the sender what to change). Any other exception is our fault:
-SMTP intake answers 451 4.3.0 and the client retries.
+In: the raw bytes of a message and the client's address. Out: its
+:class:`~gateway.documents.policy.Extraction` and :class:`Headers`, or
+:class:`~gateway.documents.policy.DocumentRefused` (the reply that tells the
+sender what to change), or :class:`Busy` (no worker free within
+``documents.queue_seconds``: intake's 451, the client retries). Any other
+exception is our fault: SMTP intake answers 451 4.3.0 and the client retries.
 
 Where the work runs (``documents.processes``):
 
 - 0: in a thread of the daemon, as ``fax-gateway send`` always does. The MIME
   parse, libmagic and pikepdf then share the daemon's GIL with the SMTP sessions.
-- N > 0: in a pool of N worker processes forked by a forkserver (never a plain
-  fork of the threaded daemon) that has this module and the document checks
-  already imported. ``start()`` returns once every worker is up; ``stop()``
-  lets in-flight examinations finish (bounded), then ends the workers.
+- N > 0: in worker processes forked by a forkserver (never a plain fork of the
+  threaded daemon) that has this module and the document checks already
+  imported, each examining one message at a time. ``start()`` returns once N
+  are up; under load the pool grows to ``documents.processes_max`` (a worker
+  above N ends once no message waits for it); a message waits for a worker
+  at most ``documents.queue_seconds``. ``stop()`` lets in-flight examinations
+  finish (bounded), then ends the workers.
+
+Senders whose mails keep hitting the bounds are slowed before anyone else: a
+client address with ``documents.penalty_refusals`` over-bound refusals in
+``documents.penalty_seconds`` waits behind every other message, and never
+makes the pool grow past N (its mails still get their answer, or a 451 once
+they have waited ``queue_seconds``: a shared relay is slowed, not shut out).
 
 Time: an examination (fitting included) gives up between pages once it has run
 ``documents.convert_timeout_seconds`` (a refusal naming the bound). As a hard
 stop, a worker still busy past :func:`hard_stop_seconds` of that is killed by
 the kernel (SIGALRM, whose default action ends the process; it needs no Python
-code to run, so a C library stuck holding the GIL is stopped too).
+code to run, so a C library stuck holding the GIL is stopped too); the daemon
+kills it a second later if it is still there. Its message is refused naming
+the bound (554 5.6.0). Memory: each worker runs under ``RLIMIT_AS``
+(``documents.worker_memory_bytes``).
 
-A worker that dies (a C library crashing on a hostile file, the OOM killer, the hard stop)
-breaks its pool: every message in that pool then gets ``BrokenProcessPool``
-(intake's 451: the client retries) and the next message gets a new pool.
+A worker that dies otherwise (a C library crashing on a hostile file, the OOM
+killer) costs the message it held ``BrokenProcessPool`` (intake's 451: the
+client retries); the other workers go on, and a new one starts when needed.
 Workers ignore SIGINT and SIGTERM (a terminal's Ctrl-C or systemd reach the
 whole process group; the daemon alone decides when they end) and end by
 themselves if the daemon dies.
@@ -31,16 +45,25 @@ themselves if the daemon dies.
 from __future__ import annotations
 
 import asyncio
+import collections
+import heapq
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.process
 import os
+import resource
 import signal
 import threading
+import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
+from gateway import replies
 from gateway.documents import policy
 from gateway.documents.headers import Headers, read_headers
 from gateway.documents.policy import DocumentRefused, Extraction
@@ -50,6 +73,8 @@ log = logging.getLogger("gateway.smtp")
 
 # How long stop() waits for examinations still running before it ends their workers.
 STOP_GRACE_SECONDS = 10.0
+# Client addresses remembered for their over-bound refusals (the oldest forgotten first).
+MAX_OFFENDERS = 10_000
 
 
 def examine(raw: bytes, settings: DocumentSettings) -> tuple[Extraction, Headers]:
@@ -80,6 +105,11 @@ def examine_in_worker(raw: bytes, settings: DocumentSettings) -> tuple[Extractio
         return examine(raw, settings)
     except DocumentRefused:
         raise
+    except MemoryError:
+        if not (_in_worker and settings.worker_memory_bytes):
+            raise ExaminationError(traceback.format_exc().rstrip()) from None
+        reason = f"examining it needs more memory than documents.worker_memory_bytes ({settings.worker_memory_bytes})"
+        raise DocumentRefused(replies.DOC_LIMITS.format(reason=reason), "limits") from None
     except Exception as exc:
         raise ExaminationError(traceback.format_exc().rstrip()) from exc
     finally:
@@ -104,85 +134,335 @@ def _worker_started() -> None:
         threading.Thread(target=_exit_with, args=(parent.sentinel,), name="parent-watch", daemon=True).start()
 
 
+def _worker_init(memory_bytes: int) -> None:
+    """A worker process's start: :func:`_worker_started`, then its address space capped (RLIMIT_AS)."""
+    _worker_started()
+    if memory_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+
 def _exit_with(sentinel: int) -> None:
     multiprocessing.connection.wait([sentinel])
     os._exit(0)
 
 
-def _ready() -> int:
-    return os.getpid()
+class Busy(Exception):
+    """No worker was free for the message within ``documents.queue_seconds``."""
+
+
+class _Overdue(Exception):
+    """The worker did not answer by the hard stop."""
+
+
+def _serve(conn: multiprocessing.connection.Connection, memory_bytes: int) -> None:
+    """A worker process: examine one message at a time, sent over ``conn``, until it gets None."""
+    _worker_init(memory_bytes)
+    conn.send(os.getpid())
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        raw, settings = job
+        try:
+            conn.send(("ok", examine_in_worker(raw, settings)))
+        except DocumentRefused as exc:
+            conn.send(("refused", exc))
+        except ExaminationError as exc:
+            conn.send(("error", str(exc)))
+
+
+class _Worker:
+    """One worker process and the daemon's end of its pipe (used from one thread at a time)."""
+
+    def __init__(
+        self, process: multiprocessing.process.BaseProcess, conn: multiprocessing.connection.Connection
+    ) -> None:
+        self.process, self.conn = process, conn
+        self.overdue = False  # no answer by the hard stop: the daemon killed it
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
+
+    def call(self, raw: bytes, settings: DocumentSettings, limit: float) -> tuple[str, Any]:
+        """Blocking: send a message, wait for the answer at most ``limit`` seconds."""
+        self.conn.send((raw, settings))
+        if not self.conn.poll(limit):
+            self.overdue = True
+            raise _Overdue
+        answer: tuple[str, Any] = self.conn.recv()
+        return answer
+
+    def end(self, timeout: float) -> bool:
+        """Blocking: ask the worker to end and wait for it; True if it did within ``timeout``."""
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(timeout)
+        return self.process.exitcode is not None
+
+    def kill(self) -> None:
+        """Blocking: end the worker now, and reap it."""
+        if self.process.exitcode is None:
+            self.process.kill()
+        self.process.join(5.0)
+        self.conn.close()
 
 
 class Examiner:
-    """Runs :func:`examine` in a thread (``processes = 0``) or in a pool of worker processes."""
+    """Runs :func:`examine` in a thread (``processes = 0``) or in worker processes (see the module docstring)."""
 
     def __init__(
-        self, settings: DocumentSettings, *, processes: int | None = None, stop_grace: float = STOP_GRACE_SECONDS
+        self,
+        settings: DocumentSettings,
+        *,
+        processes: int | None = None,
+        stop_grace: float = STOP_GRACE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.processes = settings.processes if processes is None else processes
+        self.processes_max = max(self.processes, settings.processes_max or 2 * self.processes)
         self.stop_grace = stop_grace
-        self._pool: ProcessPoolExecutor | None = None
+        self.clock = clock
+        self._running = False
+        self._idle: list[_Worker] = []
+        self._busy: set[_Worker] = set()
+        self._starting = 0
+        # Messages waiting for a worker: (penalised, arrival, future the worker is handed through).
+        self._waiting: list[tuple[bool, int, asyncio.Future[_Worker]]] = []
+        self._arrivals = itertools.count()
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Set whenever a worker is taken or freed, or a message starts waiting (stop() and tests wait on it).
+        self.changed = asyncio.Event()
+        # Client address -> when its recent over-bound refusals were (the oldest first).
+        self._offences: dict[str, collections.deque[float]] = {}
+        self._threads: ThreadPoolExecutor | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Messages waiting for a worker."""
+        return sum(1 for _, _, future in self._waiting if not future.done())
+
+    @property
+    def busy(self) -> list[int]:
+        """The workers examining a message."""
+        return sorted(w.pid for w in self._busy)
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes now running (idle or busy)."""
+        return sorted(w.pid for w in [*self._idle, *self._busy])
 
     async def start(self) -> None:
         """Start the workers (none with ``processes = 0``); returns once each has answered."""
-        if self.processes == 0 or self._pool is not None:
+        if self.processes == 0 or self._running:
             return
-        pool = self._new_pool()
-        try:
-            # Submitted together, each call finds no idle worker and starts one.
-            loop = asyncio.get_running_loop()
-            pids = await asyncio.gather(*(loop.run_in_executor(pool, _ready) for _ in range(self.processes)))
-        except BaseException:
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-            raise
-        self._pool = pool
-        log.info("document examination: %d worker process(es) started (pid %s)", len(set(pids)),
-                 " ".join(str(p) for p in sorted(set(pids))))  # fmt: skip
+        # Threads that wait on the workers' pipes, one per worker at most (never the loop's own executor).
+        self._threads = ThreadPoolExecutor(self.processes_max + 2, thread_name_prefix="examiner")
+        loop = asyncio.get_running_loop()
+        started = await asyncio.gather(*(loop.run_in_executor(self._threads, self._new_worker)
+                                         for _ in range(self.processes)), return_exceptions=True)  # fmt: skip
+        workers = [w for w in started if isinstance(w, _Worker)]
+        failed = [e for e in started if isinstance(e, BaseException)]
+        if failed:
+            await asyncio.gather(*(asyncio.to_thread(w.kill) for w in workers))
+            self._threads.shutdown(wait=False)
+            raise failed[0]
+        self._idle.extend(workers)
+        self._running = True
+        log.info("document examination: %d worker process(es) started (pid %s), up to %d under load",
+                 len(workers), " ".join(str(p) for p in self.pids), self.processes_max)  # fmt: skip
 
-    async def examine(self, raw: bytes) -> tuple[Extraction, Headers]:
-        """The extraction and headers of ``raw``; DocumentRefused, BrokenProcessPool or another error."""
+    async def examine(self, raw: bytes, client: str = "") -> tuple[Extraction, Headers]:
+        """The extraction and headers of ``raw``; DocumentRefused, Busy, BrokenProcessPool or another error."""
         if self.processes == 0:
             return await asyncio.to_thread(examine, raw, self.settings)
-        pool = self._pool
-        if pool is None:
+        if not self._running:
             raise RuntimeError("document examination is not running (stopped, or never started)")
-        workers = list((pool._processes or {}).values())
+        worker = await self._acquire(client)
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, examine_in_worker, raw, self.settings)
-        except BrokenProcessPool:
-            if any(p.exitcode == -signal.SIGALRM for p in workers):
-                log.warning("document examination: a worker was still busy %.0f s after it started examining a "
-                            "message (documents.convert_timeout_seconds = %g) and was stopped",
-                            hard_stop_seconds(self.settings), self.settings.convert_timeout_seconds)  # fmt: skip
-            await self._replace(pool)
+            status, value = await asyncio.get_running_loop().run_in_executor(
+                self._threads, worker.call, raw, self.settings, hard_stop_seconds(self.settings) + 1.0)
+        except (_Overdue, EOFError, OSError):
+            self._busy.discard(worker)
+            await self._lost(worker, client)
+            raise  # pragma: no cover - _lost always raises
+        except BaseException:  # cancelled: the worker may be mid-message, so it is not reused
+            self._busy.discard(worker)
+            self._spawn_task(asyncio.to_thread(worker.kill))
             raise
+        self._busy.discard(worker)
+        self._release(worker)
+        if status == "refused":
+            if value.reason == "limits":
+                self._offence(client)
+            raise value
+        if status == "error":
+            raise ExaminationError(value)
+        result: tuple[Extraction, Headers] = value
+        return result
 
-    async def _replace(self, broken: ProcessPoolExecutor) -> None:
-        if self._pool is not broken:  # replaced already (several messages were in it), or stopped
-            return
-        self._pool = self._new_pool()  # its workers start with the next message
-        log.warning("document examination: a worker process died; the messages it held get 451; new workers")
-        await asyncio.to_thread(broken.shutdown, wait=True, cancel_futures=True)
+    # -- the pool ---------------------------------------------------------
 
-    async def stop(self) -> None:
-        """Let examinations in flight finish (``stop_grace`` at most), then end the workers. Idempotent."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        # Every worker exists by now: they start in submit(), and nothing is submitted any more.
-        workers = list((pool._processes or {}).values())
-        shutdown = asyncio.ensure_future(asyncio.to_thread(pool.shutdown, wait=True))
-        done, _ = await asyncio.wait({shutdown}, timeout=self.stop_grace)
-        if not done:
-            log.warning("document examination: still busy %.0f s after stop; ending its workers", self.stop_grace)
-            for process in workers:
-                process.kill()
-            await shutdown
-        log.info("document examination stopped")
-
-    def _new_pool(self) -> ProcessPoolExecutor:
+    def _new_worker(self) -> _Worker:
+        """Blocking: fork a worker from the forkserver and wait for it to answer."""
         context = multiprocessing.get_context("forkserver")
         # Imported once in the forkserver: each worker forked from it starts with the checks loaded.
         context.set_forkserver_preload([__name__])
-        return ProcessPoolExecutor(max_workers=self.processes, mp_context=context, initializer=_worker_started)
+        mine, theirs = context.Pipe()
+        process = context.Process(target=_serve, args=(theirs, self.settings.worker_memory_bytes), daemon=True)
+        process.start()
+        theirs.close()
+        worker = _Worker(process, mine)
+        if not mine.poll(60.0):
+            worker.kill()
+            raise RuntimeError("a document worker did not start within 60 s")
+        mine.recv()
+        return worker
+
+    async def _acquire(self, client: str) -> _Worker:
+        penalised = self._penalised(client)
+        if self._idle and not self._waiting and not penalised:
+            worker = self._idle.pop()
+            self._busy.add(worker)
+            self.changed.set()
+            return worker
+        future: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+        entry = (penalised, next(self._arrivals), future)
+        heapq.heappush(self._waiting, entry)
+        self._dispatch()
+        self.changed.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.settings.queue_seconds)
+        except TimeoutError:
+            if future.done() and not future.cancelled():
+                return future.result()
+            future.cancel()
+            log.warning("document examination: no worker free within documents.queue_seconds (%g s)%s: 451",
+                        self.settings.queue_seconds, " (a client slowed for over-bound mails)" if penalised else "")
+            raise Busy(f"no document worker free within {self.settings.queue_seconds:g} s") from None
+
+    def _dispatch(self) -> None:
+        """Hand idle workers to the first waiting messages; start workers for the others, up to the caps."""
+        while self._waiting and self._waiting[0][2].done():
+            heapq.heappop(self._waiting)
+        while self._waiting and self._idle:
+            _, _, future = heapq.heappop(self._waiting)
+            if future.done():
+                continue
+            worker = self._idle.pop()
+            self._busy.add(worker)
+            future.set_result(worker)
+        live = sorted(e for e in self._waiting if not e[2].done())
+        for penalised, _, _ in live[self._starting :]:
+            cap = self.processes if penalised else self.processes_max
+            if len(self._idle) + len(self._busy) + self._starting >= cap or not self._running:
+                break
+            self._starting += 1
+            task = asyncio.ensure_future(self._grow())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _grow(self) -> None:
+        try:
+            assert self._threads is not None
+            worker = await asyncio.get_running_loop().run_in_executor(self._threads, self._new_worker)
+        except Exception:
+            log.exception("document examination: a new worker process could not be started")
+            return
+        finally:
+            self._starting -= 1
+        log.info("document examination: worker %d started for the messages waiting", worker.pid)
+        if not self._running:
+            await asyncio.to_thread(worker.kill)
+            return
+        self._release(worker)
+
+    def _release(self, worker: _Worker) -> None:
+        """A worker is free: to the first waiting message, else idle (or ended, above ``processes``)."""
+        self._idle.append(worker)
+        self._dispatch()
+        if worker in self._idle and len(self._idle) + len(self._busy) > self.processes:
+            self._idle.remove(worker)  # grown for a burst that is over
+            self._spawn_task(asyncio.to_thread(worker.end, 5.0))
+        self.changed.set()
+
+    def _spawn_task(self, work: Awaitable[object]) -> None:
+        async def run() -> None:
+            await work
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _lost(self, worker: _Worker, client: str) -> None:
+        """The worker died or passed the hard stop: end it; the message is refused (a bound) or gets 451."""
+        await asyncio.to_thread(worker.kill)
+        self._dispatch()  # the waiting messages may need a new worker
+        if worker.process.exitcode == -signal.SIGALRM or worker.overdue:
+            self._offence(client)
+            log.warning("document examination: worker %d was still busy %.0f s after it started examining a "
+                        "message (documents.convert_timeout_seconds = %g) and was stopped", worker.pid,
+                        hard_stop_seconds(self.settings), self.settings.convert_timeout_seconds)  # fmt: skip
+            reason = (f"examining it took longer than {self.settings.convert_timeout_seconds:g} s "
+                      "(documents.convert_timeout_seconds)")  # fmt: skip
+            raise DocumentRefused(replies.DOC_LIMITS.format(reason=reason), "limits") from None
+        log.warning("document examination: worker %d died (exit code %s); the message it held gets 451",
+                    worker.pid, worker.process.exitcode)  # fmt: skip
+        raise BrokenProcessPool(f"document worker {worker.pid} died") from None
+
+    # -- slowing a sender whose mails keep hitting the bounds -----------------
+
+    def _offence(self, client: str) -> None:
+        if not client or not self.settings.penalty_refusals:
+            return
+        times = self._offences.pop(client, None) or collections.deque(maxlen=self.settings.penalty_refusals)
+        times.append(self.clock())
+        self._offences[client] = times  # the most recent offender last
+        while len(self._offences) > MAX_OFFENDERS:
+            del self._offences[next(iter(self._offences))]
+        if self._penalised(client):
+            log.warning("document examination: %s had %d over-bound refusals in %g s: its mails wait behind others",
+                        client, len(times), self.settings.penalty_seconds)  # fmt: skip
+
+    def _penalised(self, client: str) -> bool:
+        times = self._offences.get(client)
+        if not times or len(times) < self.settings.penalty_refusals:
+            return False
+        if self.clock() - times[0] > self.settings.penalty_seconds:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Let examinations in flight finish (``stop_grace`` at most), then end the workers. Idempotent."""
+        if not self._running:
+            return
+        self._running = False
+        for _, _, future in self._waiting:
+            if not future.done():
+                future.set_exception(RuntimeError("document examination stopped"))
+        self._waiting.clear()
+        deadline = time.monotonic() + self.stop_grace
+        while self._busy and time.monotonic() < deadline:
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+        workers = [*self._idle, *self._busy]
+        self._idle.clear()
+        left = max(0.0, deadline - time.monotonic())
+        ended = await asyncio.gather(*(asyncio.to_thread(w.end, left) for w in workers))
+        if not all(ended) or self._busy:
+            log.warning("document examination: still busy %.0f s after stop; ending its workers", self.stop_grace)
+        await asyncio.gather(*(asyncio.to_thread(w.kill) for w in workers))
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)
+        log.info("document examination stopped")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -31,11 +30,8 @@ import pikepdf
 from PIL import Image
 
 from gateway.documents import render
-from gateway.documents.formats import MAX_PIXELS, Unfit
+from gateway.documents.formats import Unfit, image_streams
 from gateway.settings import DocumentSettings
-
-# Deepest nesting of form XObjects searched for images when bounding what PDFium would decode.
-MAX_FORM_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -80,7 +76,7 @@ def needed(size: int, settings: DocumentSettings) -> bool:
 def fit(pdf: bytes, parts: list[Part], settings: DocumentSettings, deadline: float) -> Fitted:
     """``pdf`` under ``settings.max_fax_bytes`` (see the module docstring), or an exception that says why not."""
     limit = settings.max_fax_bytes
-    kept = _check_images(pdf, parts)
+    kept = _check_images(pdf, parts, settings.max_image_pixels)
     # Lossless rewriting leaves JPEG, JPEG 2000, JBIG2 and G4 images as they are: when those alone are over
     # the limit (a scan), it cannot succeed, and it would only hold a second copy of the scan in memory.
     if settings.fit != "always" and kept <= limit:
@@ -196,7 +192,7 @@ def _check_pixels(doc: render.Pages, parts: list[Part], bound: int) -> None:
 _KEPT_AS_IS = frozenset({"/DCTDecode", "/JPXDecode", "/JBIG2Decode", "/CCITTFaxDecode"})
 
 
-def _check_images(pdf: bytes, parts: list[Part]) -> int:
+def _check_images(pdf: bytes, parts: list[Part], bound: int) -> int:
     """Refuse a page holding an image larger than PDFium should decode (headers only, nothing decoded).
 
     Returns the bytes of the pages' images that a lossless rewrite keeps as they are.
@@ -205,34 +201,14 @@ def _check_images(pdf: bytes, parts: list[Part]) -> int:
     with pikepdf.open(io.BytesIO(pdf)) as doc:
         seen: set[tuple[int, int]] = set()
         for index, page in enumerate(doc.pages):
-            for image in _images(page.obj, 0, seen):
+            for image in image_streams(page.obj, 0, seen):
                 width, height = int(image.get("/Width", 0)), int(image.get("/Height", 0))
-                if width * height > MAX_PIXELS:
+                if width * height > bound:
                     raise Unfit("limits", f"{_where(index, parts)} holds an image of {width}x{height} pixels, "
-                                          f"over {MAX_PIXELS}")  # fmt: skip
+                                          f"over documents.max_image_pixels ({bound})")  # fmt: skip
                 filters = image.get("/Filter")
                 names = [str(f) for f in filters] if isinstance(filters, pikepdf.Array) else [str(filters)]
                 length = image.get("/Length")
                 if names and names[-1] in _KEPT_AS_IS and isinstance(length, int):
                     kept += length
     return kept
-
-
-def _images(holder: pikepdf.Object, depth: int, seen: set[tuple[int, int]]) -> Iterator[pikepdf.Stream]:
-    """Each image a page or form draws from its resources, forms followed, each once."""
-    resources = holder.get("/Resources")
-    xobjects = resources.get("/XObject") if isinstance(resources, pikepdf.Dictionary) else None
-    if not isinstance(xobjects, pikepdf.Dictionary):
-        return
-    for _, xobject in xobjects.items():
-        if not isinstance(xobject, pikepdf.Stream):
-            continue
-        key = xobject.objgen
-        if key in seen:
-            continue
-        seen.add(key)
-        subtype = xobject.get("/Subtype")
-        if subtype == "/Image":
-            yield xobject
-        elif subtype == "/Form" and depth < MAX_FORM_DEPTH:
-            yield from _images(xobject, depth + 1, seen)

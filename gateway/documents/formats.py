@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,11 +62,8 @@ FRIENDLY = {
 }
 # Page sizes in PDF points (1/72 inch).
 PAGE_SIZES = {"A4": (595.28, 841.89), "Letter": (612.0, 792.0)}
-# Largest image decoded (pixels in one frame): an A4 page at 600 dpi is 35 million.
-# Kept under Pillow's own decompression-bomb threshold (89 million), which warns first.
-MAX_PIXELS = 80_000_000
-# Pixels decoded for one image, all frames together: 200 A4 pages at 300 dpi are 1.74 billion.
-MAX_TOTAL_PIXELS = 2_000_000_000
+# Deepest nesting of form XObjects searched for images when bounding what PDFium would decode.
+MAX_FORM_DEPTH = 8
 # The DER encoding of the enveloped-data OID 1.2.840.113549.1.7.3 (RFC 5652).
 ENVELOPED_DATA_OID = bytes.fromhex("06092a864886f70d010703")
 
@@ -113,11 +110,20 @@ def is_enveloped(declared: str, smime_type: str, data: bytes) -> bool:
     return ENVELOPED_DATA_OID in data[:64]
 
 
-def pdf_pages(data: bytes) -> int:
-    """The page count of a PDF that opens without a password."""
+def pdf_pages(data: bytes, count_images: Callable[[list[tuple[int, int]], str], None] | None = None) -> int:
+    """The page count of a PDF that opens without a password.
+
+    ``count_images(sizes, what)`` is given the (width, height) of the images each page draws
+    (headers only: nothing is decoded), so the caller can bound pixels before anything renders them.
+    """
     try:
         with pikepdf.open(io.BytesIO(data)) as pdf:
             pages = len(pdf.pages)
+            if count_images is not None:
+                for index, page in enumerate(pdf.pages):
+                    count_images(list(images(page.obj, 0, set())), f"page {index + 1} holds an image")
+    except (Unfit, MemoryError):
+        raise
     except pikepdf.PasswordError:
         raise Unfit("encrypted", "it needs a password to open") from None
     except Exception as exc:  # pikepdf raises many types on damaged files
@@ -127,12 +133,41 @@ def pdf_pages(data: bytes) -> int:
     return pages
 
 
-def image_frames(data: bytes, min_pixels: int, max_frames: int) -> int:
+def images(holder: pikepdf.Object, depth: int, seen: set[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """(width, height) of each image a page or form draws from its resources, forms followed."""
+    for image in image_streams(holder, depth, seen):
+        yield int(image.get("/Width", 0)), int(image.get("/Height", 0))
+
+
+def image_streams(holder: pikepdf.Object, depth: int, seen: set[tuple[int, int]]) -> Iterator[pikepdf.Stream]:
+    """Each image a page or form draws from its resources, forms followed, each once (``seen``)."""
+    resources = holder.get("/Resources")
+    xobjects = resources.get("/XObject") if isinstance(resources, pikepdf.Dictionary) else None
+    if not isinstance(xobjects, pikepdf.Dictionary):
+        return
+    for _, xobject in xobjects.items():
+        if not isinstance(xobject, pikepdf.Stream):
+            continue
+        key = xobject.objgen
+        if key in seen:
+            continue
+        seen.add(key)
+        subtype = xobject.get("/Subtype")
+        if subtype == "/Image":
+            yield xobject
+        elif subtype == "/Form" and depth < MAX_FORM_DEPTH:
+            yield from image_streams(xobject, depth + 1, seen)
+
+
+def image_frames(
+    data: bytes, min_pixels: int, max_frames: int, count_images: Callable[[list[tuple[int, int]], str], None]
+) -> int:
     """The frame count of an image Pillow decodes in full; 0 for a tracking pixel.
 
     A tracking pixel is smaller than ``min_pixels`` in both directions (read
-    from the header, before decoding). Frame count and the size of each frame
-    and of all of them together are bounded before anything is decoded.
+    from the header, before decoding). The frame count is bounded, and each
+    frame's size is given to ``count_images(sizes, what)`` (which raises
+    ``Unfit("limits")`` past a bound), before anything is decoded.
     """
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -142,30 +177,21 @@ def image_frames(data: bytes, min_pixels: int, max_frames: int) -> int:
             frames = int(getattr(im, "n_frames", 1))
             if frames > max_frames:
                 raise Unfit("limits", f"an image of more than {max_frames} frames")
-            _check_pixels(im, frames)
+            sizes = []
+            for i in range(frames):
+                im.seek(i)
+                sizes.append(im.size)
+            count_images(sizes, "an image")
             for i in range(frames):
                 im.seek(i)
                 im.load()
             return frames
-    except Unfit:
+    except (Unfit, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise Unfit("limits", "an image has too many pixels") from None
+        raise Unfit("limits", "an image has too many pixels (documents.max_image_pixels)") from None
     except Exception as exc:  # Pillow raises many types on damaged files
         raise Unfit("corrupt", f"damaged image: {type(exc).__name__}") from None
-
-
-def _check_pixels(im: Image.Image, frames: int) -> None:
-    """Raise ``Unfit("limits")`` if a frame, or all frames together, hold too many pixels (headers only)."""
-    total = 0
-    for i in range(frames):
-        im.seek(i)
-        width, height = im.size
-        if width * height > MAX_PIXELS:
-            raise Unfit("limits", f"an image of {width}x{height} pixels is too large")
-        total += width * height
-        if total > MAX_TOTAL_PIXELS:
-            raise Unfit("limits", f"an image of more than {MAX_TOTAL_PIXELS} pixels in all its frames")
 
 
 def build(documents: list[Document], page_size: str) -> bytes:

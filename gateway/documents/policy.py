@@ -34,7 +34,7 @@ from typing import Any
 import tnefparse
 
 from gateway import replies
-from gateway.documents import fit, formats, mime
+from gateway.documents import bounds, fit, formats, mime
 from gateway.documents.formats import Document, Unfit
 from gateway.replies import Answer
 from gateway.settings import DocumentSettings
@@ -144,6 +144,8 @@ class _Run:
         self.decoded = 0
         self.pages = 0
         self.tnef_seen = False
+        # Decoded stream bytes and pixels, over every document of the mail.
+        self.budget = bounds.Budget(settings)
         # The refusal a skipped part would have given: said when nothing else is left to fax.
         self.first_skip: DocumentRefused | None = None
 
@@ -190,9 +192,10 @@ class _Run:
         s = self.settings
         try:
             if kind == "pdf":
-                pages = formats.pdf_pages(part.data)
+                bounds.pdf_streams(part.data, self.budget)
+                pages = formats.pdf_pages(part.data, self.budget.images)
             else:
-                pages = formats.image_frames(part.data, s.min_image_pixels, s.max_pdf_pages)
+                pages = formats.image_frames(part.data, s.min_image_pixels, s.max_pdf_pages, self.budget.images)
         except Unfit as exc:
             raise _refused(exc.reason, label, kind.upper(), exc.detail, s) from None
         if pages == 0:  # a tracking pixel
@@ -212,6 +215,8 @@ class _Run:
         self.tnef_seen = True
         try:
             attachments = [(_tnef_name(a), bytes(a.data or b"")) for a in tnefparse.TNEF(part.data).attachments]
+        except MemoryError:
+            raise
         except Exception as exc:  # tnefparse raises many types on damaged streams
             raise _refused("corrupt", label, "TNEF (winmail.dat)", f"damaged: {type(exc).__name__}", s) from None
         within = part.within or part.name or "winmail.dat"

@@ -92,7 +92,12 @@ ADVICE: dict[str, str] = {
     "DOC_ENCODING": "Send again: the attachment was damaged on the way.",
     "DOC_CORRUPT": "Send an intact copy of the file (open it first to check).",
     "DOC_ENCRYPTED": "Remove the password from the PDF and send again.",
-    "DOC_LIMITS": "Send a simpler mail: the document alone, not forwarded mails nested in mails.",
+    "EXAMINE_BUSY": "Nothing: the client retries later by itself. If it is frequent, raise"
+    " `documents.processes_max` (more workers under load) or `documents.queue_seconds`.",
+    "DOC_LIMITS": "Send a simpler mail: the document alone, not forwarded mails nested in mails. When the reply"
+    " names a setting (`documents.max_stream_bytes`, `max_image_pixels`, `max_total_pixels`,"
+    " `worker_memory_bytes`, `convert_timeout_seconds`), the file decodes to more than it allows: send a"
+    " lighter scan (black and white, 200-300 dpi), or raise that setting if such files are expected.",
     "DOC_TNEF": "In Outlook, send as HTML or plain text instead of Rich Text.",
     "DOC_TOO_BIG": "Send fewer pages or a lighter scan (black and white, 200 dpi): the provider takes 1 MB."
     " Given only with `documents.fit = \"off\"`; otherwise the gateway shrinks the document first.",

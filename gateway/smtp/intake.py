@@ -12,7 +12,8 @@ that says what to change. Nothing here talks to S3 or the provider.
 - DATA: 552 5.3.4 too big; the documents stage's refusal (examined by
   :mod:`gateway.documents.examiner`); 451 4.3.0 when anything fails before the
   job rows are committed (the spool directory is removed), also when the
-  process examining the message dies; else ``250 2.0.0 OK: queued as <job
+  process examining the message dies; 451 4.3.0 EXAMINE_BUSY when no document
+  worker is free within ``documents.queue_seconds``; else ``250 2.0.0 OK: queued as <job
   ids>`` (the answer also carries the ids, ``Answer.jobs``), also for a resent
   message (same sender, Message-ID and number within the dedupe window; a
   resend that arrives while the first copy is still being spooled waits for it).
@@ -38,7 +39,7 @@ from aiosmtpd.smtp import MISSING, Envelope
 
 from gateway import replies
 from gateway.documents import policy
-from gateway.documents.examiner import Examiner
+from gateway.documents.examiner import Busy, Examiner
 from gateway.documents.headers import Headers, read_headers
 from gateway.replies import Answer, Hello
 from gateway.settings import Network, Settings, User
@@ -275,7 +276,7 @@ class Handler:
 
     async def _accept(self, conn: Connection, sender: str, numbers: list[str], raw: bytes) -> Answer:
         try:
-            extraction, headers = await self.examiner.examine(raw)
+            extraction, headers = await self.examiner.examine(raw, conn.ip)
         except policy.DocumentRefused as exc:
             log.info("session %s: message from %s refused: %s", conn.id, clean(sender), exc.reason)
             if _refusals(conn) != "mail":
@@ -285,6 +286,9 @@ class Handler:
             except Exception:
                 log.exception("session %s: the refusal could not be recorded to go by mail: 451", conn.id)
                 return replies.ERROR.answer()
+        except Busy:
+            log.warning("session %s: no document worker free within documents.queue_seconds: 451", conn.id)
+            return replies.EXAMINE_BUSY.answer()
         except BrokenProcessPool:
             log.error("session %s: the process examining the message died (a crash, or out of memory): 451", conn.id)
             return replies.ERROR.answer()

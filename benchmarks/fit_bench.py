@@ -128,7 +128,7 @@ def child(pdf_path: str) -> None:
         extraction, _ = examine(raw, settings)
         how, size = extraction.documents[0].get("fit", "as is"), len(extraction.document)
     except policy.DocumentRefused as exc:
-        how, size = f"refused: {exc.reply[:60]}", 0
+        how, size = f"refused: {str(exc.reply)[:60]}", 0
     print(json.dumps({"examine_s": time.monotonic() - started, "fit_s": fitting, "fax_bytes": size, "how": how}))
 
 

@@ -358,3 +358,25 @@ async def test_send_says_a_refusal_once_and_logs_only_with_verbose(tmp_path: Pat
     assert code == 0 and out.startswith("250 2.0.0 OK: queued as ") and " INFO " not in out + err
     code, out, err = await _cli(*base, "--to", "0145678900", "-v", "--subject", "again", str(document))
     assert code == 0 and " INFO " in err, err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="checking as the spool's owner needs root (as under systemd)")
+async def test_check_config_judges_the_spool_as_its_owner_would(
+    tmp_path: Path, sim_factory: SimFactory, sink: Sink
+) -> None:
+    sim = await sim_factory()
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    store = spool / "jobs.sqlite3"
+    store.write_bytes(b"")
+    store.chmod(0o640)  # left by a daemon once started by hand as root
+    os.chown(spool, 4242, 4242)
+    config = _config(tmp_path, sim.url, sink.port, spool=spool)
+    code, out, _ = await _cli("check-config", "--config", str(config), "--json", env=_env())
+    check = _checks(out)["spool"]
+    assert code == 1 and not check["ok"], out
+    assert f"the spool's owner (uid 4242) cannot write {store}" in str(check["detail"])
+    assert f"chown -R 4242:4242 {spool}" in str(check["detail"])
+    os.chown(store, 4242, 4242)
+    code, out, _ = await _cli("check-config", "--config", str(config), "--json", env=_env())
+    assert _checks(out)["spool"]["ok"] and "writable as its owner (uid 4242)" in str(_checks(out)["spool"]["detail"])

@@ -109,8 +109,20 @@ def check_receipts(settings: Settings) -> str:
     return "receipts arrive by " + " and ".join(ways)
 
 
+def _can(path: Path, uid: int, gid: int, need: int) -> bool:
+    """Whether ``uid``/``gid`` may do ``need`` (an ``os.W_OK | os.X_OK`` mask) to ``path``, by its mode bits."""
+    st = path.stat()
+    shift = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
+    return (st.st_mode >> shift) & need == need
+
+
 def check_spool(settings: Settings) -> str:
-    """Blocking: create the spool if needed, write and fsync a file in it, remove it."""
+    """Blocking: create the spool if needed, write and fsync a file in it, remove it.
+
+    Run as root on a spool some other user owns (under systemd, the service's dynamic user), it also
+    checks, by their modes, that this owner may write the spool and the job store and its journal: a
+    file root left there (a daemon once started by hand as root) would stop the service.
+    """
     root = Path(settings.spool.directory)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -121,13 +133,25 @@ def check_spool(settings: Settings) -> str:
         finally:
             os.close(fd)
             os.unlink(name)
+        owner = root.stat()
         stat = os.statvfs(root)
     except OSError as exc:
         raise OSError(f"cannot write in {root}: {exc.strerror or exc}") from None
+    who = ""
+    if os.geteuid() == 0 and owner.st_uid != 0:
+        uid, gid = owner.st_uid, owner.st_gid
+        who = f" as its owner (uid {uid})"
+        paths = [(root, os.W_OK | os.X_OK)] + [
+            (root / n, os.W_OK) for n in ("jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm", "messages", "tmp")
+        ]  # fmt: skip
+        stuck = [str(p) for p, need in paths if p.exists() and not _can(p, uid, gid, need)]
+        if stuck:
+            raise OSError(f"the spool's owner (uid {uid}) cannot write {', '.join(stuck)}: the files there must"
+                          f" belong to it (chown -R {uid}:{gid} {root})")  # fmt: skip
     free = stat.f_bavail * stat.f_frsize
     if free < settings.spool.min_free_bytes:
         raise OSError(f"only {free} bytes free, below spool.min_free_bytes ({settings.spool.min_free_bytes})")
-    return f"{root} is writable, {free // (1024 * 1024)} MiB free"
+    return f"{root} is writable{who}, {free // (1024 * 1024)} MiB free"
 
 
 async def check_storage(settings: Settings) -> str:

@@ -39,14 +39,12 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-import phonenumbers
-
 from gateway import answers, dates
 from gateway.arcodes import Category, ReceiptCode, lookup
 from gateway.sender import Row
 from gateway.settings import Settings
 from gateway.store import Delay, Ending, Job, NoticeKind, State, alert_subject, delay_of, is_ar_mail
-from gateway.text import clean
+from gateway.text import clean, pretty_number
 
 # Status words, What-to-do texts, per language. Keys: category values, plus notice kinds.
 _STATUS = {
@@ -190,12 +188,6 @@ class Facts:
     code: str = ""  # what the notice records of its cause: a provider answer code, a Delay, an Ending
 
 
-def pretty_number(number: str) -> str:
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
-        return clean(number, 30)
-    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.INTERNATIONAL))
 
 
 def message_id_header(message_id: str, from_address: str) -> str:

@@ -34,9 +34,9 @@ from gateway.ops import actions as admin
 from gateway.ops.jobs import UsageError, number_filter, parse_since
 from gateway.settings import Settings
 from gateway.store import AsyncStore, Job, State, Store
-from gateway.text import clean, display
+from gateway.text import clean, display, pretty_number
 from gateway.web import texts
-from gateway.web.pages import Clock, page, pretty_number, stylesheet
+from gateway.web.pages import Clock, page, stylesheet
 from gateway.web.sessions import LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions, same
 
 log = logging.getLogger("gateway.web")

@@ -14,11 +14,9 @@ from importlib import resources
 from typing import Any
 
 import jinja2
-import phonenumbers
 from aiohttp import web
 
 from gateway import dates
-from gateway.text import clean
 
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self';"
@@ -50,13 +48,6 @@ async def stylesheet(request: web.Request) -> web.Response:
     return web.Response(body=CSS, content_type="text/css", charset="utf-8", headers=headers)
 
 
-def pretty_number(number: str) -> str:
-    """``+33145678900`` as a person writes it: ``+33 1 45 67 89 00``."""
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
-        return clean(number, 30)
-    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.INTERNATIONAL))
 
 
 class Clock:

@@ -28,9 +28,9 @@ from gateway.outcomes import HoldKind
 from gateway.settings import Settings
 from gateway.store import FINAL_STATES, AsyncStore, Job, State, Store
 from gateway.store.links import TOKEN
-from gateway.text import clean, display
+from gateway.text import clean, display, pretty_number
 from gateway.web import texts
-from gateway.web.pages import Clock, page, pretty_number, stylesheet
+from gateway.web.pages import Clock, page, stylesheet
 
 log = logging.getLogger("gateway.web")
 

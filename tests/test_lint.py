@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +15,12 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
-def test_ruff_finds_nothing() -> None:
+def test_ruff_finds_nothing() -> None:  # ruff and mypy are test dependencies: missing, the test fails
     result = _run("ruff", "check", "gateway", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.timeout(300)
 def test_mypy_strict_finds_nothing() -> None:
-    pytest.importorskip("mypy")
     result = _run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr

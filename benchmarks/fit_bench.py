@@ -108,8 +108,7 @@ def child(pdf_path: str) -> None:
     from gateway.settings import DocumentSettings
     from tests.support_mail import plain_with
 
-    data = Path(pdf_path).read_bytes()
-    raw = plain_with([("scan.pdf", "application/pdf", data)])
+    raw = plain_with([("scan.pdf", "application/pdf", Path(pdf_path).read_bytes())])  # a worker holds only the mail
     settings = DocumentSettings()
     fitting = 0.0
     original = fit.fit

@@ -144,7 +144,23 @@ class SmtpSettings:
     max_line_length: int = 1_048_576
     max_recipients: int = 20
     max_connections: int = 100
+    # Connections from one address outside the trusted networks (not counting those that have
+    # authenticated); more get 421 4.7.0.
+    max_connections_per_address: int = 10
+    # Of max_connections, slots only a client from a trusted network, or one that has
+    # authenticated, can hold (at most max_connections - 1: others always get at least one).
+    reserved_connections: int = 20
+    # Seconds without a command that moves the session forward before 421 4.4.2: NOOP, RSET,
+    # HELP, VRFY, EXPN, a repeated EHLO/HELO and unknown commands do not count, nor do the bytes
+    # of a command line that does not end.
     idle_timeout: float = 120.0
+    # Seconds the whole DATA section may take, from the 354 to the end-of-data line.
+    data_timeout: float = 600.0
+    # Bytes per second DATA must keep up, on average, after its first idle_timeout (0: no minimum).
+    data_min_rate: int = 1024
+    # MAIL commands refused because the client or sender may not send (530 5.7.0, 550 5.7.1)
+    # before 421 4.7.0 and the connection is closed.
+    max_refused_mail: int = 3
     # Unrecognised or refused commands before the connection is closed.
     max_errors: int = 20
     # Times one connection may send any one command (MAIL, RCPT, NOOP, ...).
@@ -596,8 +612,11 @@ def _validate_smtp(smtp: SmtpSettings) -> None:
     _validate_listeners(smtp)
     for key in ("max_message_size", "max_line_length", "max_recipients", "max_connections", "max_errors"):
         _positive(f"smtp.{key}", getattr(smtp, key))
-    for key in ("max_commands", "idle_timeout", "shutdown_grace_seconds"):
+    for key in ("max_commands", "idle_timeout", "shutdown_grace_seconds", "data_timeout", "max_refused_mail"):
         _positive(f"smtp.{key}", getattr(smtp, key))
+    _positive("smtp.max_connections_per_address", smtp.max_connections_per_address)
+    _positive("smtp.reserved_connections", smtp.reserved_connections, zero_ok=True)
+    _positive("smtp.data_min_rate", smtp.data_min_rate, zero_ok=True)
     if smtp.max_line_length < 1000:
         raise SettingsError(f"smtp.max_line_length: must be at least 1000 (RFC 5321), got {smtp.max_line_length}")
 

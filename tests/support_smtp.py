@@ -170,10 +170,14 @@ class Raw:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, *, greet: bool = True, tls: ssl.SSLContext | None = None) -> Raw:
-        """Connect (``tls``: implicit TLS, handshake first) and read the greeting."""
+    async def open(
+        cls, port: int, *, greet: bool = True, tls: ssl.SSLContext | None = None, source: str = "127.0.0.1"
+    ) -> Raw:
+        """Connect from ``source`` (another loopback address: 127.0.0.2 ...), ``tls``: implicit TLS, handshake
+        first; and read the greeting."""
         hostname = "localhost" if tls is not None else None
-        opening = asyncio.open_connection("127.0.0.1", port, limit=2**22, ssl=tls, server_hostname=hostname)
+        opening = asyncio.open_connection("127.0.0.1", port, limit=2**22, ssl=tls, server_hostname=hostname,
+                                          local_addr=(source, 0))  # fmt: skip
         reader, writer = await asyncio.wait_for(opening, TIMEOUT)
         raw = cls(reader, writer)
         if greet:

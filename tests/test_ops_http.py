@@ -244,6 +244,26 @@ async def test_healthz_fails_while_every_connection_slot_is_taken(make_settings:
         await gw.stop()
 
 
+async def test_healthz_names_an_address_held_at_its_connection_cap(make_settings: SettingsFactory,
+                                                                    sim_factory: SimFactory) -> None:  # fmt: skip
+    sim = await sim_factory()
+    smtp = {"trusted_networks": [{"cidr": "10.0.0.0/8"}], "max_connections_per_address": 1}
+    gw = await _gateway(make_settings, sim, smtp=smtp)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.smtp.port)
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"220")
+        status, body = await _health(gw)
+        assert status == 200 and body["connections"]["capped"] == ["127.0.0.1"]
+        assert body["connections"]["detail"] == "1 of 100 open; 127.0.0.1 at smtp.max_connections_per_address (1)"
+        writer.write(b"QUIT\r\n")
+        await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        status, body = await _health(gw)
+        assert "capped" not in body["connections"]
+    finally:
+        await gw.stop()
+
+
 async def test_healthz_fails_when_most_recent_mails_got_the_gateways_own_4xx(
     running: tuple[Gateway, ProviderSimulator],
 ) -> None:

@@ -71,7 +71,8 @@ class Gateway:
 
         self.http = HttpServer(self.settings)
         self.health = Health(self.settings, self.store, self.metrics, lambda: self._smtp_listening(),
-                             smtp_sessions=lambda: self._smtp_sessions(), free_bytes=self.spool.free_bytes)
+                             smtp_sessions=lambda: self._smtp_sessions(), smtp_capped=lambda: self._smtp_capped(),
+                             free_bytes=self.spool.free_bytes)  # fmt: skip
         self.http.add_routes(self.health.routes())
         self.storage = build_storage(self.settings, self.store, self.spool)
         if isinstance(self.storage, LocalStorage):
@@ -105,6 +106,10 @@ class Gateway:
     def _smtp_sessions(self) -> int:
         smtp = getattr(self, "smtp", None)
         return 0 if smtp is None else len(smtp.sessions)
+
+    def _smtp_capped(self) -> list[str]:
+        smtp = getattr(self, "smtp", None)
+        return [] if smtp is None else smtp.capped()
 
     def _on_spooled(self) -> None:
         self.spooled.set()  # the worker

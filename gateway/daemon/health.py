@@ -5,7 +5,9 @@ metrics). Out:
 
 - ``/healthz``: JSON that says what a client gets now. ``smtp`` (listening),
   ``connections`` (sessions open against ``smtp.max_connections``: when all
-  slots are taken a new client gets 421), ``spool`` (free space against
+  slots are taken a new client gets 421; ``capped``, when there are any: the
+  addresses held at ``smtp.max_connections_per_address``, whose next
+  connection gets 421), ``spool`` (free space against
   ``spool.min_free_bytes``: below it MAIL gets 452), ``store`` (a real write:
   a row written to a probe table and deleted, committed), ``replies`` (the 4xx
   replies of the last five minutes that were the gateway's own fault, such as
@@ -65,6 +67,7 @@ class Health:
         smtp_listening: Callable[[], bool],
         *,
         smtp_sessions: Callable[[], int] = lambda: 0,
+        smtp_capped: Callable[[], list[str]] = lambda: [],
         free_bytes: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
@@ -72,6 +75,7 @@ class Health:
         self.store = store
         self.smtp_listening = smtp_listening
         self.smtp_sessions = smtp_sessions  # sessions open now (the SMTP server knows them)
+        self.smtp_capped = smtp_capped  # addresses at their connection cap now
         self.free_bytes = free_bytes  # free bytes in the spool's file system (None: not checked)
         self._networks = Networks(settings.http.status_networks)
 
@@ -105,7 +109,13 @@ class Health:
         limit, open_ = self.settings.smtp.max_connections, self.smtp_sessions()
         ok = open_ < limit
         detail = f"{open_} of {limit} open" + ("" if ok else ": new clients get 421")
-        return {"ok": ok, "open": open_, "max": limit, "detail": detail}, open_ >= _BUSY_SLOTS * limit
+        body: dict[str, Any] = {"ok": ok, "open": open_, "max": limit, "detail": detail}
+        capped = self.smtp_capped()
+        if capped:
+            per_address = self.settings.smtp.max_connections_per_address
+            body["capped"] = capped
+            body["detail"] += f"; {', '.join(capped)} at smtp.max_connections_per_address ({per_address})"
+        return body, open_ >= _BUSY_SLOTS * limit
 
     def _replies(self) -> tuple[dict[str, Any], bool]:
         """The recent own-fault refusals, and whether there was any."""

@@ -45,12 +45,22 @@ ADVICE: dict[str, str] = {
     "TOO_MANY_RECIPIENTS": "The client sends the rest in another message (most do so by themselves).",
     "QUOTA_SENDER": "Wait for the next hour, or raise `quotas.per_sender_hourly`.",
     "QUOTA_GLOBAL": "Wait for the next hour, or raise `quotas.global_hourly`.",
-    "TOO_MANY_CONNECTIONS": _RETRY + " If it lasts, raise `smtp.max_connections`.",
+    "TOO_MANY_CONNECTIONS": _RETRY + " If it lasts, raise `smtp.max_connections`; a client outside the trusted"
+    " networks gets no slot of `smtp.reserved_connections`.",
+    "TOO_MANY_FROM_ADDRESS": _RETRY + " One address outside the trusted networks holds"
+    " `smtp.max_connections_per_address` connections: close idle ones, or trust its network.",
     "AUTH_BACKOFF": "Fix the password in the sending device; attempts from that address are slowed down.",
     "TLS_UNAVAILABLE": "Administrator: set `smtp.tls_cert` and `smtp.tls_key`, or turn STARTTLS off in the client.",
     "IDLE_TIMEOUT": _RETRY,
     "TOO_MANY_ERRORS": _CLIENT_BUG,
     "TOO_MANY_COMMANDS": _CLIENT_BUG,
+    "TOO_MANY_REFUSALS": "The client may not send (see the 530 or 550 before it): give it a user, or add its"
+    " network to `smtp.trusted_networks`. Closed after `smtp.max_refused_mail` refusals.",
+    "COMMAND_TIMEOUT": "The client sent part of a command and stopped: a network or client fault"
+    " (`smtp.idle_timeout`).",
+    "DATA_TIMEOUT": "The message came too slowly: check the link, send a smaller mail, or raise"
+    " `smtp.data_timeout`.",
+    "DATA_TOO_SLOW": "The message came too slowly: check the link, or lower `smtp.data_min_rate`.",
     "SHUTTING_DOWN": _RETRY + " The gateway is restarting.",
     "MIXED_RECIPIENTS": "Send faxes and receipt copies in separate messages.",
     "AUTH_REQUIRED": "Log in (SMTP AUTH) in the sending device, or add its network to `smtp.trusted_networks`.",

@@ -6,7 +6,7 @@ Out: :class:`Protocol`, aiosmtpd's ``SMTP`` with the private parts the gateway
 needs under public names; :func:`translate`, which turns a reply text aiosmtpd
 writes itself into an entry of the reply table; :func:`status`, for the two
 places where aiosmtpd's types say ``str`` of what it only hands to ``push``;
-:func:`unread` and :func:`set_read_size` for asyncio. :data:`PRIVATE` lists
+:func:`unread`, :func:`buffered` and :func:`set_read_size` for asyncio. :data:`PRIVATE` lists
 every private name used here with its kind; tests/test_smtp_library.py checks
 each against the installed releases and fails naming the one that changed.
 
@@ -19,9 +19,12 @@ Why each private name is needed (all of aiosmtpd's are on ``aiosmtpd.smtp.SMTP``
   RCPT and DATA commands the gateway rewrites call the hooks as aiosmtpd does.
 - ``_timeout_cb`` (method, overridden): an idle session hears 421 4.4.2 before
   it is closed (aiosmtpd closes without a word), and never while a hook runs.
-- ``_reset_timeout`` (method), ``_timeout_handle`` (attribute): idle means
-  silent, so the timer restarts on every byte received, also in the middle of
-  DATA (aiosmtpd restarts it per command), and stops while a hook runs.
+- ``_reset_timeout`` (method, overridden and called), ``_timeout_handle``
+  (attribute): aiosmtpd restarts its timer at connect and before every
+  recognised command; the gateway restarts it only when the session moves
+  forward (NOOP, RSET, HELP, VRFY... put the deadline back where it was), on
+  the bytes of DATA against the DATA bounds, never on the bytes of an
+  unfinished command line, and stops it while a hook runs.
 - ``_timeout_duration`` (attribute): the idle timeout, for the log line.
 - ``_authenticate`` (method, overridden): takes the credentials aiosmtpd parsed
   from AUTH PLAIN or LOGIN; the password is checked afterwards in a thread
@@ -41,7 +44,8 @@ Why each private name is needed (all of aiosmtpd's are on ``aiosmtpd.smtp.SMTP``
   the client goes away during DATA, as aiosmtpd does.
 - ``asyncio.StreamReader._buffer`` (attribute, a bytearray): bytes read past
   the end of DATA are pipelined commands and go back into the reader, which
-  has no ``unread``.
+  has no ``unread``; and when the idle timer runs out, bytes waiting there are
+  a command line that never ended.
 - ``max_size`` of asyncio's socket transports (attribute; not underscored but
   not API either): how much one wake-up reads from a socket. Optional: a
   transport without it keeps asyncio's own size.
@@ -117,6 +121,9 @@ class Protocol(SMTP):
     def _timeout_cb(self) -> None:
         self.idle_timed_out()
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        self.command_received()
+
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         return self.authenticate(mechanism, auth_data)
 
@@ -136,6 +143,10 @@ class Protocol(SMTP):
         """AUTH PLAIN or LOGIN parsed the client's credentials (``auth_data``: a ``LoginPassword``)."""
         return SMTP._authenticate(self, mechanism, auth_data)
 
+    def command_received(self) -> None:
+        """A recognised command is about to run, or the client has just connected (aiosmtpd restarts its timer)."""
+        self.restart_idle_timer()
+
     # -- private state and helpers --------------------------------------------
 
     @property
@@ -152,8 +163,9 @@ class Protocol(SMTP):
     def allow_auth_without_tls(self) -> None:
         self._auth_require_tls = False
 
-    def restart_idle_timer(self) -> None:
-        self._reset_timeout()
+    def restart_idle_timer(self, seconds: float | None = None) -> None:
+        """The timer runs out in ``seconds`` (None: the idle timeout), calling ``idle_timed_out``."""
+        SMTP._reset_timeout(self, seconds)
 
     def stop_idle_timer(self) -> None:
         if self._timeout_handle is not None:
@@ -191,6 +203,12 @@ def unread(reader: asyncio.StreamReader, data: bytes) -> None:
     """Put ``data`` back in front of what ``reader`` holds."""
     buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
     buffer[0:0] = data
+
+
+def buffered(reader: asyncio.StreamReader) -> int:
+    """How many bytes ``reader`` holds that nobody has read yet."""
+    buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
+    return len(buffer)
 
 
 def set_read_size(transport: asyncio.BaseTransport, size: int) -> None:

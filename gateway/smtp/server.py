@@ -9,9 +9,21 @@ the session also goes to ``SmtpServer.on_reply`` as its
 :class:`~gateway.replies.Answer` (the metrics count refusals by name). This
 module owns what happens around those decisions:
 
-- 421 4.7.0 past ``max_connections`` (at connect), past ``max_errors`` refused
-  commands, past ``max_commands`` uses of one command; 421 4.4.2 after
-  ``idle_timeout`` of silence; 421 4.3.2 on shutdown;
+- connection slots (:mod:`gateway.smtp.slots`): 421 4.7.0 at connect past
+  ``max_connections``, past the slots not ``reserved_connections`` for a
+  client that is neither from a trusted network nor authenticated, or past
+  ``max_connections_per_address`` from its address;
+- 421 4.7.0 past ``max_errors`` refused commands, past ``max_commands`` uses
+  of one command, past ``max_refused_mail`` MAIL commands refused because the
+  client or sender may not send (530 5.7.0, 550 5.7.1: also when that refusal
+  waits for RCPT);
+- 421 4.4.2 after ``idle_timeout`` without a command that moves the session
+  forward (NOOP, RSET, HELP, VRFY, EXPN, a repeated EHLO/HELO and unknown
+  commands do not, nor do the bytes of a command line that never ends:
+  ``COMMAND_TIMEOUT`` then); in DATA, after ``idle_timeout`` of silence, once
+  the section has taken ``data_timeout`` (``DATA_TIMEOUT``), or once it falls
+  behind ``data_min_rate`` bytes a second after its first ``idle_timeout``
+  (``DATA_TOO_SLOW``); 421 4.3.2 on shutdown;
 - per listener: plain SMTP, STARTTLS, or implicit TLS (a :class:`TlsHandshake`
   first: a handshake that fails or takes longer than ``idle_timeout`` is logged
   once and closed); certificates are read again by ``reload_certificates``
@@ -55,6 +67,7 @@ from gateway.smtp.access import check_user, client_network
 from gateway.smtp.data import read_data
 from gateway.smtp.intake import Connection, FaxEnvelope, Handler
 from gateway.smtp.recipients import split_path
+from gateway.smtp.slots import Slots
 from gateway.store import new_id
 
 log = logging.getLogger("gateway.smtp")
@@ -63,6 +76,13 @@ _NULL_SENDER = re.compile(r"FROM:\s*<>(?:\s+(?P<params>.*))?", re.IGNORECASE)
 
 # Bytes read from a client's socket per wake-up.
 READ_SIZE = 64 * 1024
+# Refusals that say the client or its sender may not send: they count against max_refused_mail.
+MAY_NOT_SEND = frozenset({replies.NOT_PERMITTED, replies.AUTH_REQUIRED, replies.SENDER_NOT_PERMITTED})
+
+
+def _same_syntax(parent: Any) -> Callable[[Any], Any]:
+    """aiosmtpd's HELP text of ``parent`` for the method that overrides it."""
+    return syntax(parent.__smtp_syntax__, parent.__smtp_syntax_extended__, parent.__smtp_syntax_when__)
 
 
 class GatewaySMTP(library.Protocol):
@@ -82,7 +102,15 @@ class GatewaySMTP(library.Protocol):
         self.conn = Connection(id=new_id(), listener=door.listener.name, tls=implicit,
                                tls_possible=implicit or starttls is not None)  # fmt: skip
         self.errors = 0
+        self.refused_mail = 0  # refusals in MAY_NOT_SEND
         self.in_data = False
+        # The idle timer: when it runs out (loop time) and what the client then hears; and the same
+        # before the command that is running, for one that moves nothing forward to put back.
+        self._deadline = 0.0
+        self._expiry: Reply = replies.IDLE_TIMEOUT
+        self._before: tuple[float, Reply] = (0.0, replies.IDLE_TIMEOUT)
+        self._data_start = 0.0
+        self._data_bytes = 0
         self._refused = False
         self._hook_running = False
         self._credentials: LoginPassword | None = None
@@ -112,12 +140,20 @@ class GatewaySMTP(library.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         after_starttls = self.tls_started
-        if not after_starttls and not self.server.admit(self):
-            self._refused = True
-            log.warning("session %s: refused, %d connections open", self.conn.id, len(self.server.sessions))
-            typing.cast(asyncio.WriteTransport, transport).write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode())
-            transport.close()
-            return
+        if not after_starttls:
+            peer = transport.get_extra_info("peername")
+            self.conn.ip = str(peer[0]) if isinstance(peer, tuple) else ""
+            self.conn.network = client_network(self.conn.ip, self.server.settings.smtp.trusted_networks)
+            refusal = self.server.admit(self)
+            if refusal is not None:
+                self._refused = True
+                log.warning("session %s: %s refused, %d connections open (%d from outside the trusted networks)",
+                            self.conn.id, self.conn.ip, len(self.server.slots),
+                            self.server.slots.unvouched())  # fmt: skip
+                answer = refusal.format(client=self.conn.ip)
+                typing.cast(asyncio.WriteTransport, transport).write(f"{answer}\r\n".encode())
+                transport.close()
+                return
         super().connection_made(transport)
         # asyncio reads up to 256 KiB per wake-up of a socket; with many sessions sending
         # at once, smaller reads keep each turn of the event loop short.
@@ -125,10 +161,8 @@ class GatewaySMTP(library.Protocol):
         if after_starttls:
             self.conn.user = None  # RFC 3207 4.2: forget everything learned before TLS
             self.conn.tls = True
+            self.server.slots.vouch(self, self.conn.network is not None)
             return
-        peer = transport.get_extra_info("peername")
-        self.conn.ip = str(peer[0]) if isinstance(peer, tuple) else ""
-        self.conn.network = client_network(self.conn.ip, self.server.settings.smtp.trusted_networks)
         if self.conn.tls:  # implicit TLS: encrypted from the first byte, AUTH may follow at once
             self.allow_auth_without_tls()
         elif self.conn.network is not None and self.conn.network.plaintext_auth:
@@ -152,20 +186,71 @@ class GatewaySMTP(library.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if not self._hook_running:
-            self.restart_idle_timer()  # idle means silent, also in the middle of DATA
+        if self.in_data and not self._hook_running:
+            self._data_progress(len(data))
+        # Outside DATA bytes alone move nothing: a command line is due whole within the idle timeout.
         super().data_received(data)
+
+    # -- the idle timer -------------------------------------------------------
+
+    def _arm(self, seconds: float, expiry: Reply) -> None:
+        self._deadline = self.loop.time() + seconds
+        self._expiry = expiry
+        self.restart_idle_timer(max(seconds, 0.001))
+
+    def moved_forward(self) -> None:
+        """The session moved forward: it may now be silent for the idle timeout."""
+        self._arm(self.idle_seconds, replies.IDLE_TIMEOUT)
+
+    def command_received(self) -> None:
+        # At connect and before each recognised command; see _moved_nothing for those that do not count.
+        self._before = (self._deadline, self._expiry)
+        self.moved_forward()
+
+    def _moved_nothing(self) -> None:
+        """The command that just ran moved nothing forward: the idle deadline stays where it was before it."""
+        if self.transport is None or self._hook_running:
+            return
+        deadline, expiry = self._before
+        self._arm(deadline - self.loop.time(), expiry)
+
+    def _data_progress(self, received: int) -> None:
+        """``received`` more bytes of DATA: the timer runs out at the first of the DATA bounds."""
+        smtp = self.server.settings.smtp
+        self._data_bytes += received
+        elapsed = self.loop.time() - self._data_start
+        seconds, expiry = self.idle_seconds, replies.IDLE_TIMEOUT
+        if smtp.data_timeout - elapsed < seconds:
+            seconds, expiry = smtp.data_timeout - elapsed, replies.DATA_TIMEOUT
+        if smtp.data_min_rate:  # behind the rate after a first idle timeout's grace
+            behind = self.idle_seconds + self._data_bytes / smtp.data_min_rate - elapsed
+            if behind < seconds:
+                seconds, expiry = behind, replies.DATA_TOO_SLOW
+        self._arm(seconds, expiry)
 
     def idle_timed_out(self) -> None:
         if self.transport is None or self._hook_running:
             return
+        smtp = self.server.settings.smtp
+        expiry = self._expiry
         if self.tls_started and not self.conn.tls:  # STARTTLS said 220, and no handshake came
             self._handshake_logged = True
             log.warning("session %s: STARTTLS handshake with %s failed, connection closed: %s (idle for %g s)",
                         self.conn.id, self.conn.ip, "no handshake", self.idle_seconds)  # fmt: skip
+        elif expiry is replies.DATA_TIMEOUT:
+            log.warning("session %s: DATA from %s not finished within %g s (%d bytes), closing", self.conn.id,
+                        self.conn.ip, smtp.data_timeout, self._data_bytes)  # fmt: skip
+        elif expiry is replies.DATA_TOO_SLOW:
+            log.warning("session %s: DATA from %s slower than %d bytes/s (%d bytes in %.0f s), closing", self.conn.id,
+                        self.conn.ip, smtp.data_min_rate, self._data_bytes,
+                        self.loop.time() - self._data_start)  # fmt: skip
+        elif not self.in_data and library.buffered(self.reader):
+            expiry = replies.COMMAND_TIMEOUT
+            log.warning("session %s: command line from %s not completed within %g s, closing", self.conn.id,
+                        self.conn.ip, self.idle_seconds)  # fmt: skip
         else:
             log.info("session %s: idle for %.0f s, closing", self.conn.id, self.idle_seconds)
-        self.hang_up(replies.IDLE_TIMEOUT)
+        self.hang_up(expiry.format(seconds=f"{smtp.data_timeout:g}", rate=smtp.data_min_rate))
 
     def _drop_unfinished_tls(self) -> None:
         # asyncio ends a TLS layer closed mid-handshake without telling the session:
@@ -176,12 +261,13 @@ class GatewaySMTP(library.Protocol):
         if self.transport is not None:
             self.connection_lost(None)
 
-    def hang_up(self, reply: Reply) -> None:
+    def hang_up(self, reply: Reply | Answer) -> None:
         """Say ``reply`` and close, from outside the session's own task."""
         if self.tls_started and not self.conn.tls:  # mid-handshake after STARTTLS: nothing can be said
             self._drop_unfinished_tls()
         elif self.transport is not None:
-            typing.cast(asyncio.WriteTransport, self.transport).write(f"{reply.answer()}\r\n".encode())
+            answer = reply.answer() if isinstance(reply, Reply) else reply
+            typing.cast(asyncio.WriteTransport, self.transport).write(f"{answer}\r\n".encode())
             self.transport.close()
 
     async def call_hook(self, command: str, *args: Any) -> Any:
@@ -193,7 +279,7 @@ class GatewaySMTP(library.Protocol):
         finally:
             self._hook_running = False
             if self.transport is not None:
-                self.restart_idle_timer()
+                self.moved_forward()
 
     # -- replies --------------------------------------------------------------
 
@@ -218,7 +304,16 @@ class GatewaySMTP(library.Protocol):
         self.server.on_reply(status)
         if status.code == 421 or status.reply is replies.TOO_MANY_UNKNOWN:  # the session ends here
             self._close_from_inside()
-        elif status.refused:
+            return
+        if status.reply in MAY_NOT_SEND:
+            self.refused_mail += 1
+            if self.refused_mail >= self.server.settings.smtp.max_refused_mail:
+                log.warning("session %s: %s refused %d times (%s), closing", self.conn.id, self.conn.ip,
+                            self.refused_mail, status.reply.name)  # fmt: skip
+                await super().push(str(replies.TOO_MANY_REFUSALS.answer()).encode("ascii"))
+                self._close_from_inside()
+                return
+        if status.refused:
             self.errors += 1
             if self.errors >= self.server.settings.smtp.max_errors:
                 log.warning("session %s: %d errors, closing", self.conn.id, self.errors)
@@ -245,6 +340,46 @@ class GatewaySMTP(library.Protocol):
         return library.status(replies.ERROR.answer())
 
     # -- commands -------------------------------------------------------------
+
+    # Commands that move nothing forward: a session that only sends these is idle.
+
+    @_same_syntax(SMTP.smtp_NOOP)
+    async def smtp_NOOP(self, arg: str) -> None:
+        await super().smtp_NOOP(arg)
+        self._moved_nothing()
+
+    @_same_syntax(SMTP.smtp_RSET)
+    async def smtp_RSET(self, arg: str) -> None:
+        await super().smtp_RSET(arg)
+        self._moved_nothing()
+
+    @_same_syntax(SMTP.smtp_HELP)
+    async def smtp_HELP(self, arg: str) -> None:
+        await super().smtp_HELP(arg)
+        self._moved_nothing()
+
+    @_same_syntax(SMTP.smtp_VRFY)
+    async def smtp_VRFY(self, arg: str) -> None:
+        await super().smtp_VRFY(arg)
+        self._moved_nothing()
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        await super().smtp_EXPN(arg)
+        self._moved_nothing()
+
+    @_same_syntax(SMTP.smtp_EHLO)
+    async def smtp_EHLO(self, hostname: str) -> None:
+        again = self.session is not None and self.session.host_name is not None
+        await super().smtp_EHLO(hostname)
+        if again:  # the first EHLO (and the one after STARTTLS) moves forward, the others not
+            self._moved_nothing()
+
+    @_same_syntax(SMTP.smtp_HELO)
+    async def smtp_HELO(self, hostname: str) -> None:
+        again = self.session is not None and self.session.host_name is not None
+        await super().smtp_HELO(hostname)
+        if again:
+            self._moved_nothing()
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -304,6 +439,8 @@ class GatewaySMTP(library.Protocol):
         await self.push(replies.START_DATA.answer())
         smtp = self.server.settings.smtp
         self.in_data = True
+        self._data_start, self._data_bytes = self.loop.time(), 0
+        self._data_progress(0)
         try:
             data = await read_data(self.reader, max_size=smtp.max_message_size, max_line=smtp.max_line_length)
         except asyncio.CancelledError:
@@ -312,6 +449,7 @@ class GatewaySMTP(library.Protocol):
             raise
         finally:
             self.in_data = False
+        self.moved_forward()
         if data.problem == "line":
             status = replies.LINE_TOO_LONG.format(limit=smtp.max_line_length)
         elif data.problem == "size":
@@ -354,6 +492,7 @@ class GatewaySMTP(library.Protocol):
             return AuthResult(success=False, handled=False, message=library.status(replies.AUTH_FAILED.answer()))
         self.server.throttle.succeeded(self.conn.ip)
         self.conn.user = user
+        self.server.slots.vouch(self)  # it now holds a slot as a trusted client would
         log.info("session %s: authenticated as %s", self.conn.id, user.name)
         return AuthResult(success=True, auth_data=user.name, message=library.status(replies.AUTH_OK.answer()))
 
@@ -383,21 +522,24 @@ class TlsHandshake(asyncio.Protocol):
         self.transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The slot is taken here, before the handshake (the session takes it over), by the same rules.
         self.transport = transport
-        smtp = self.server.settings.smtp
-        if self.server.stopping or len(self.server.sessions) + len(self.server.handshakes) >= smtp.max_connections:
-            log.warning("listener %s: TLS connection refused, %d connections open", self.door.listener.name,
-                        len(self.server.sessions) + len(self.server.handshakes))  # fmt: skip
+        slots = self.server.slots
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) else "?"
+        trusted = client_network(ip, self.server.settings.smtp.trusted_networks) is not None
+        refusal = replies.SHUTTING_DOWN if self.server.stopping else slots.take(self, ip, vouched=trusted)
+        if refusal is not None:
+            log.warning("listener %s: TLS connection refused, %d connections open (%s from %s)",
+                        self.door.listener.name, len(slots), refusal.name, ip)  # fmt: skip
             transport.close()
             return
         library.set_read_size(transport, READ_SIZE)
         self.server.handshakes.add(self)
-        self.task = self.loop.create_task(self._handshake(typing.cast(asyncio.Transport, transport)))
+        self.task = self.loop.create_task(self._handshake(typing.cast(asyncio.Transport, transport), ip))
 
-    async def _handshake(self, transport: asyncio.Transport) -> None:
+    async def _handshake(self, transport: asyncio.Transport, ip: str) -> None:
         door, smtp = self.door, self.server.settings.smtp
-        peer = transport.get_extra_info("peername")
-        ip = str(peer[0]) if isinstance(peer, tuple) else "?"
         session = GatewaySMTP(self.server, door, self.loop)
         assert door.context is not None
         try:
@@ -408,12 +550,15 @@ class TlsHandshake(asyncio.Protocol):
             log.warning("listener %s: TLS handshake with %s failed, connection closed: %s", door.listener.name, ip,
                         handshake_problem(exc, smtp.idle_timeout))  # fmt: skip
             transport.close()
+            self.server.slots.release(self)
             return
         finally:
             self.server.handshakes.discard(self)
         if secure is None or secure.is_closing():  # pragma: no cover - gone between the handshake and here
             transport.close()
+            self.server.slots.release(self)
             return
+        self.server.slots.move(self, session)
         session.connection_made(secure)
 
     def close(self) -> None:
@@ -448,6 +593,9 @@ class SmtpServer:
         self.doors = [Door(listener) for listener in settings.smtp.effective_listeners()]
         self.sessions: set[GatewaySMTP] = set()
         self.handshakes: set[TlsHandshake] = set()
+        smtp = settings.smtp
+        # Held by every session, and by each implicit-TLS handshake before its session.
+        self.slots = Slots(smtp.max_connections, smtp.reserved_connections, smtp.max_connections_per_address)
         self.stopping = False
         # Sees every reply of the table sent (the metrics count refusals by reply name).
         self.on_reply: Callable[[Answer], None] = lambda answer: None
@@ -475,17 +623,28 @@ class SmtpServer:
             and all(d.server is not None and d.server.is_serving() for d in self.doors)
         )  # fmt: skip
 
-    def admit(self, session: GatewaySMTP) -> bool:
-        if self.stopping or len(self.sessions) >= self.settings.smtp.max_connections:
-            return False
+    def admit(self, session: GatewaySMTP) -> Reply | None:
+        """A slot for a new session (None), or the reply that refuses it (its ``{client}`` to fill in)."""
+        if self.stopping:
+            self.slots.release(session)  # the slot of its handshake, if it had one
+            return replies.TOO_MANY_CONNECTIONS
+        if session not in self.slots:  # an implicit-TLS session has the slot of its handshake already
+            refusal = self.slots.take(session, session.conn.ip, vouched=session.conn.network is not None)
+            if refusal is not None:
+                return refusal
         self.sessions.add(session)
         self._all_closed.clear()
-        return True
+        return None
 
     def release(self, session: GatewaySMTP) -> None:
         self.sessions.discard(session)
+        self.slots.release(session)
         if not self.sessions:
             self._all_closed.set()
+
+    def capped(self) -> list[str]:
+        """Addresses held at ``smtp.max_connections_per_address`` now (for /healthz)."""
+        return self.slots.capped()
 
     def _load_contexts(self) -> list[ssl.SSLContext | None]:
         return [tls.server_context(d.listener) if d.listener.tls != "none" else None for d in self.doors]

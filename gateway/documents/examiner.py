@@ -3,8 +3,8 @@
 In: the raw bytes of a message and the client's address. Out: its
 :class:`~gateway.documents.policy.Extraction` and :class:`Headers`, or
 :class:`~gateway.documents.policy.DocumentRefused` (the reply that tells the
-sender what to change), or :class:`Busy` (no worker free within
-``documents.queue_seconds``: intake's 451, the client retries). Any other
+sender what to change), or :class:`Busy` (no worker, or no LibreOffice
+conversion slot, free within ``documents.queue_seconds``: intake's 451, the client retries). Any other
 exception is our fault: SMTP intake answers 451 4.3.0 and the client retries.
 
 Where the work runs (``documents.processes``):
@@ -66,6 +66,7 @@ from typing import Any
 from gateway import replies
 from gateway.documents import policy
 from gateway.documents.headers import Headers, read_headers
+from gateway.documents.office import Busy as Busy  # re-exported: intake catches it from here
 from gateway.documents.policy import DocumentRefused, Extraction
 from gateway.settings import DocumentSettings
 
@@ -103,7 +104,7 @@ def examine_in_worker(raw: bytes, settings: DocumentSettings) -> tuple[Extractio
         signal.setitimer(signal.ITIMER_REAL, hard_stop_seconds(settings))
     try:
         return examine(raw, settings)
-    except DocumentRefused:
+    except (DocumentRefused, Busy):
         raise
     except MemoryError:
         if not (_in_worker and settings.worker_memory_bytes):
@@ -146,10 +147,6 @@ def _exit_with(sentinel: int) -> None:
     os._exit(0)
 
 
-class Busy(Exception):
-    """No worker was free for the message within ``documents.queue_seconds``."""
-
-
 class _Overdue(Exception):
     """The worker did not answer by the hard stop."""
 
@@ -170,6 +167,8 @@ def _serve(conn: multiprocessing.connection.Connection, memory_bytes: int) -> No
             conn.send(("ok", examine_in_worker(raw, settings)))
         except DocumentRefused as exc:
             conn.send(("refused", exc))
+        except Busy as exc:
+            conn.send(("busy", str(exc)))
         except ExaminationError as exc:
             conn.send(("error", str(exc)))
 
@@ -304,6 +303,8 @@ class Examiner:
             raise value
         if status == "error":
             raise ExaminationError(value)
+        if status == "busy":  # no LibreOffice conversion slot free in time
+            raise Busy(value)
         result: tuple[Extraction, Headers] = value
         return result
 

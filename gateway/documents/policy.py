@@ -34,7 +34,7 @@ from typing import Any
 import tnefparse
 
 from gateway import replies
-from gateway.documents import bounds, fit, formats, mime
+from gateway.documents import bounds, fit, formats, mime, office, textpages
 from gateway.documents.formats import Document, Unfit
 from gateway.replies import Answer
 from gateway.settings import DocumentSettings
@@ -96,6 +96,10 @@ def for_reply(name: str) -> str:
     folded = unicodedata.normalize("NFKD", name)
     folded = "".join(ch for ch in folded if not unicodedata.combining(ch))
     return folded.encode("ascii", "replace").decode("ascii")
+
+
+# libmagic MIME type -> the kind converted to PDF before faxing (documents.convert_types).
+CONVERTED = {**office.KINDS, "text/plain": "text"}
 
 
 def accepted_list(settings: DocumentSettings) -> str:
@@ -165,6 +169,15 @@ class _Run:
         if found == formats.TNEF:
             self._unpack(part, label, level)
             return
+        if found == office.ENCRYPTED and office.encrypted_ooxml(part.data) and set(s.convert_types) - {"text"}:
+            what = _office_name(part.name)
+            raise DocumentRefused(replies.DOC_OFFICE_ENCRYPTED.format(name=for_reply(label), found=what), "encrypted")
+        converted = CONVERTED.get(found)
+        if converted == "text" and not _says_text(part):
+            converted = None  # a text file named .pdf is a mistake to tell, not a fax to print
+        if converted is not None and converted in s.convert_types:
+            self._convert(part, converted, found, label)
+            return
         kind = formats.KINDS.get(found)
         if kind is None or kind not in s.accepted_types:
             refusal = _refused("type", label, formats.describe(found), "", s)
@@ -206,6 +219,39 @@ class _Run:
         if self.pages > s.max_pdf_pages:
             raise _refused("limits", "", "", f"more than {s.max_pdf_pages} pages", s)
         self.documents.append(Document(part.name or f"attachment {self.count}", kind, part.data, pages))
+
+    def _convert(self, part: mime.Part, kind: str, found: str, label: str) -> None:
+        """An Office file (LibreOffice) or a text file (drawn directly) made a PDF, then kept as a PDF is."""
+        s = self.settings
+        what = office.FILTERS[kind][2] if kind in office.FILTERS else "text file"
+        try:
+            if kind == "text":
+                if not textpages.decode(part.data).strip():
+                    return  # nothing to print: left out, like a tracking pixel
+                data, pages = textpages.text_pdf(part.data, s.page_size, max(1, s.max_pdf_pages - self.pages))
+            else:
+                if office.program(s) is None:
+                    if s.unsupported == "skip":
+                        self.skipped.append({"name": part.name or f"attachment {self.count}", "type": found,
+                                             "reason": "type"})  # fmt: skip
+                        self.first_skip = self.first_skip or _office_off(label, what, s)
+                        return
+                    raise _office_off(label, what, s)
+                data = office.convert(part.data, kind, s, self.deadline)
+                bounds.pdf_streams(data, self.budget)
+                pages = formats.pdf_pages(data, self.budget.images)
+        except Unfit as exc:
+            if exc.reason == "encrypted":
+                reply = replies.DOC_OFFICE_ENCRYPTED.format(name=for_reply(label), found=what)
+            elif exc.reason == "corrupt":
+                reply = replies.DOC_OFFICE_CORRUPT.format(name=for_reply(label), found=what, reason=exc.detail)
+            else:
+                raise _refused(exc.reason, label, what, exc.detail, s) from None
+            raise DocumentRefused(reply, exc.reason) from None
+        self.pages += pages
+        if self.pages > s.max_pdf_pages:
+            raise _refused("limits", "", "", f"more than {s.max_pdf_pages} pages", s)
+        self.documents.append(Document(part.name or f"attachment {self.count}", kind, data, pages))
 
     def _unpack(self, part: mime.Part, label: str, level: int) -> None:
         """Outlook's winmail.dat: its attachments are candidates; embedded messages are TNEF again."""
@@ -260,6 +306,26 @@ class _Run:
             raise DocumentRefused(reply, "too-big") from None
         except Unfit as exc:
             raise _refused(exc.reason, name, "PDF", exc.detail, s) from None
+
+
+def _says_text(part: mime.Part) -> bool:
+    """Whether a part presents itself as text: declared text/*, or named .txt (or nothing at all)."""
+    extension = part.name.rpartition(".")[2].lower() if "." in part.name else ""
+    return part.declared.startswith("text/") or extension in ("txt", "text", "log", "")
+
+
+def _office_off(label: str, what: str, settings: DocumentSettings) -> DocumentRefused:
+    reply = replies.DOC_OFFICE_OFF.format(name=for_reply(label), found=what, why=office.unavailable(settings))
+    return DocumentRefused(reply, "type")
+
+
+def _office_name(name: str) -> str:
+    """What a password-protected OOXML file is, by its name (its content says only "encrypted")."""
+    extension = name.rpartition(".")[2].lower()
+    for kind, (ext, _, words) in office.FILTERS.items():
+        if extension in (ext, kind) or (extension in ("docm", "dotx") and kind == "docx"):
+            return words
+    return "Office document"
 
 
 def _tnef_name(attachment: Any) -> str:

@@ -264,6 +264,11 @@ class DocumentSettings:
     office_program: str = "soffice"
     # LibreOffice conversions running at once on this machine, over all worker processes.
     office_concurrency: int = 2
+    # A cover page before the documents: never, always, or when the body has text beyond a signature
+    # ([cover] or [nocover] in the subject decides for one mail).
+    cover_page: Literal["off", "always", "when-body"] = "off"
+    # A mail with text but no attachment: refused (no document), or its text faxed.
+    body_without_attachment: Literal["refuse", "fax"] = "refuse"
 
 
 @dataclass(frozen=True)

@@ -29,15 +29,18 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import Any
 
 import tnefparse
 
 from gateway import replies
-from gateway.documents import bounds, fit, formats, mime, office, textpages
+from gateway.documents import bounds, cover, fit, formats, mime, office, textpages
+from gateway.documents.cover import Envelope
 from gateway.documents.formats import Document, Unfit
 from gateway.replies import Answer
 from gateway.settings import DocumentSettings
+from gateway.text import display
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,11 @@ REASON_REPLIES = {
 }
 
 
-def extract(raw: bytes, settings: DocumentSettings) -> Extraction:
-    """The fax document of a message, or :class:`DocumentRefused`."""
+def extract(raw: bytes, settings: DocumentSettings, envelope: Envelope | None = None) -> Extraction:
+    """The fax document of a message, or :class:`DocumentRefused`.
+
+    ``envelope`` (numbers, time received, language) is what a cover page says beyond the mail itself.
+    """
     try:
         msg = mime.parse(raw, settings.max_mime_depth, settings.max_parts)
     except mime.LimitExceeded as exc:
@@ -88,6 +94,7 @@ def extract(raw: bytes, settings: DocumentSettings) -> Extraction:
     run = _Run(settings)
     for part in mime.candidates(msg):
         run.take(part, 0)
+    run.cover(msg, envelope or Envelope())
     return run.finish()
 
 
@@ -268,6 +275,35 @@ class _Run:
         within = part.within or part.name or "winmail.dat"
         for name, data in attachments:
             self.take(mime.Part(name, data, True, "application/octet-stream", "", within), level + 1)
+
+    def cover(self, msg: Message, envelope: Envelope) -> None:
+        """The cover page before the documents, or the mail's own text as the fax (documents.cover_page,
+        documents.body_without_attachment, [cover] and [nocover] in the subject)."""
+        s = self.settings
+        subject = display(" ".join(str(msg.get("Subject", "") or "").split()))
+        said = cover.keyword(subject)
+        faxing_body = not self.documents and s.body_without_attachment == "fax" and self.first_skip is None
+        if s.cover_page == "off" and said is None and not faxing_body:
+            return
+        body = cover.body_text(msg)
+        if faxing_body and not body.strip():
+            return  # no text either: NO_DOCUMENT
+        if not (cover.wanted(s, subject, body) or (faxing_body and said is None and s.cover_page != "off")):
+            if faxing_body:  # the text alone, as a legacy application means it
+                data, pages = textpages.Layout(s.page_size).pdf(textpages.text_lines(body, 80), s.max_pdf_pages)
+                self._prepend(Document("mail text", "text", data, pages))
+            return
+        try:
+            data, pages = cover.cover_pdf(envelope, msg, cover.without_keywords(subject), body, self.pages, s)
+        except Unfit as exc:
+            raise _refused(exc.reason, "the mail text", "text", exc.detail, s) from None
+        self._prepend(Document("cover page", "cover", data, pages))
+
+    def _prepend(self, document: Document) -> None:
+        self.pages += document.pages
+        if self.pages > self.settings.max_pdf_pages:
+            raise _refused("limits", "", "", f"more than {self.settings.max_pdf_pages} pages", self.settings)
+        self.documents.insert(0, document)
 
     def finish(self) -> Extraction:
         s = self.settings

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fit_bench  # noqa: E402
 import mailgen  # noqa: E402
+import office_bench  # noqa: E402
 import postfix_ref  # noqa: E402
 import scenarios  # noqa: E402
 from harness import median  # noqa: E402
@@ -44,6 +45,7 @@ TARGETS = {
     "lag_ms": 100.0,  # below
     "fit10_s": 3.0,  # fitting a 10-page 300 dpi colour scan, below
     "fit_rss_mb": 300.0,  # peak memory of the process fitting 50 such pages, below
+    "office_s": 5.0,  # a 3-page DOCX examined and converted, warm, below
 }
 
 
@@ -57,7 +59,7 @@ def machine() -> str:
 
 
 def prepare(root: Path, concurrency: int, only: list[str]) -> scenarios.Bench:
-    if set(only) - {"fit"} and not postfix_ref.available():
+    if set(only) - {"fit", "office"} and not postfix_ref.available():
         print("installing Postfix (for smtp-source and the reference MTA) ...", flush=True)
         postfix_ref.install()
     mail, big = root / "mail-140k.eml", root / "mail-1m.eml"
@@ -125,6 +127,10 @@ async def measure(args: argparse.Namespace, bench: scenarios.Bench, r: dict[str,
         scratch = bench.fresh("fit")
         r["fit"] = [asdict(f) for f in await asyncio.to_thread(fit_bench.run, scratch, args.runs)]
         save(args, bench, r)
+    if "office" in args.only:
+        scratch = bench.fresh("office")
+        r["office"] = [asdict(f) for f in await asyncio.to_thread(office_bench.run, scratch, args.runs)]
+        save(args, bench, r)
     if "memory" in args.only:
         for rep in range(args.runs):
             mem = await scenarios.memory(bench, args.sessions)
@@ -158,7 +164,7 @@ def save(args: argparse.Namespace, bench: scenarios.Bench, r: dict[str, Any]) ->
 def merge(files: list[Path]) -> tuple[argparse.Namespace, dict[str, Any]]:
     """Figures saved by earlier runs (``--out``), put together: lists are joined, lags maxed."""
     merged: dict[str, Any] = {"intake": {}, "intake_cpu": {}, "e2e": [], "drain": [], "memory": [], "lags_ms": {},
-                              "fit": []}  # fmt: skip
+                              "fit": [], "office": []}  # fmt: skip
     settings: dict[str, Any] = {}
     for f in files:
         saved = json.loads(f.read_text())
@@ -169,7 +175,7 @@ def merge(files: list[Path]) -> tuple[argparse.Namespace, dict[str, Any]]:
                 into = merged[section].setdefault(sessions, {})
                 for k, values in row.items():
                     into.setdefault(k, []).extend(values)
-        for key in ("e2e", "drain", "memory", "fit"):
+        for key in ("e2e", "drain", "memory", "fit", "office"):
             merged[key].extend(r.get(key, []))
         for k, v in r.get("lags_ms", {}).items():
             if v >= merged["lags_ms"].get(k, 0.0):
@@ -219,6 +225,23 @@ def fit_rows(runs: list[dict[str, Any]]) -> list[str]:
                         f"Ghostscript {spread(gs_rss)} | {median(rss) / median(gs_rss):.2f} | "
                         f"< {TARGETS['fit_rss_mb']:g}: {verdict(ok)} |")  # fmt: skip
     return rows
+
+
+def office_rows(runs: list[dict[str, Any]]) -> list[str]:
+    """Office conversion (benchmarks/office_bench.py), beside LibreOffice's own one-shot conversion."""
+    if not runs:
+        return []
+    one, ref = [o["one_s"] for o in runs], [o["reference_s"] for o in runs]
+    four, wide = [o["four_s"] for o in runs], [o["four_wide_s"] for o in runs]
+    ok = median(one) <= TARGETS["office_s"]
+    return [
+        f"| Examine a mail with a 3-page DOCX, converted by LibreOffice, warm (s) | {spread(one, 2)} | "
+        f"soffice --convert-to pdf {spread(ref, 2)} | {median(one) / median(ref):.2f} | "
+        f"<= {TARGETS['office_s']:g} s: {verdict(ok)} |",
+        f"| 4 such mails at once, 4 workers, office_concurrency 2 (4) (s, until all done) | {spread(four, 2)} "
+        f"({spread(wide, 2)}) | 4 x one-shot soffice {4 * median(ref):.2f} | {median(four) / (4 * median(ref)):.2f} "
+        f"| |",
+    ]  # fmt: skip
 
 
 def table(args: argparse.Namespace, r: dict[str, Any]) -> str:
@@ -271,6 +294,7 @@ def table(args: argparse.Namespace, r: dict[str, Any]) -> str:
             rows.append(f"| PSS, {args.sessions} sessions × 1 MiB document (MB; peak of the daemon's and workers' "
                         f"total, sampled every 50 ms; shared pages counted once) | {spread(pss)} | | | |")  # fmt: skip
     rows += fit_rows(r.get("fit", []))
+    rows += office_rows(r.get("office", []))
     lags = {k: v for k, v in r["lags_ms"].items() if k != "reference"}
     if lags:
         worst = max(lags.values())
@@ -300,8 +324,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sessions", type=int, default=50, help="concurrent 1 MiB sessions for the memory figure")
     p.add_argument("--concurrency", type=int, default=0,
                    help="provider.concurrency for end to end and drain (default: the gateway's default)")  # fmt: skip
-    p.add_argument("--only", nargs="+", default=["intake", "e2e", "drain", "memory", "fit"],
-                   choices=["intake", "e2e", "drain", "memory", "fit"])  # fmt: skip
+    p.add_argument("--only", nargs="+", default=["intake", "e2e", "drain", "memory", "fit", "office"],
+                   choices=["intake", "e2e", "drain", "memory", "fit", "office"])  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny numbers: check the harness, not the gateway")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, configurations)")
     p.add_argument("--out", type=Path, help="also write the table and raw figures here (Markdown + JSON)")
@@ -334,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = prepare(root, args.concurrency, args.only)
         print(f"scratch directory {root}; {machine()}", flush=True)
         results: dict[str, Any] = {"intake": {}, "intake_cpu": {}, "e2e": [], "drain": [], "memory": [], "lags_ms": {},
-                                   "fit": []}  # fmt: skip
+                                   "fit": [], "office": []}  # fmt: skip
         try:
             asyncio.run(guarded(measure(args, bench, results)))
         except asyncio.CancelledError:

@@ -208,6 +208,22 @@ DOC_NOT_PDF = Reply(
     "{name}: type {found} cannot be faxed: the name says .pdf but the content is not a PDF (accepted: {accepted});"
     " save or export it as PDF again, renaming the file does not convert it",
 )
+# Office documents and text (gateway.documents.office, gateway.documents.textpages).
+DOC_OFFICE_OFF = Reply(
+    554,
+    "5.6.1",
+    "{name}: the gateway faxes a file of this type ({found}) only once it converts it with LibreOffice,"
+    " and {why}; convert it to PDF and send it again",
+)
+DOC_OFFICE_ENCRYPTED = Reply(
+    554,
+    "5.6.1",
+    "{name}: the {found} is protected by a password, which the gateway cannot open; save it without"
+    " a password, or as PDF, and send it again",
+)
+DOC_OFFICE_CORRUPT = Reply(
+    554, "5.6.1", "{name}: the {found} cannot be opened ({reason}); save it again, or as PDF, and send it again"
+)
 
 
 def queued(jobs: Sequence[str]) -> Answer:

@@ -221,10 +221,18 @@ class SpoolSettings:
     min_free_bytes: int = 200 * 1024 * 1024
 
 
+# The document kinds LibreOffice converts (documents.convert_types, documents.office).
+OFFICE_KINDS = ("docx", "doc", "odt", "rtf", "xlsx", "xls", "ods")
+CONVERT_KINDS = (*OFFICE_KINDS, "text")
+
+
 @dataclass(frozen=True)
 class DocumentSettings:
     # libmagic kinds that may be faxed.
     accepted_types: tuple[str, ...] = ("pdf", "tiff", "jpeg", "png", "gif")
+    # Kinds converted to PDF first, told by content (libmagic) too: the Office kinds (docx, doc, odt,
+    # rtf, xlsx, xls, ods) by LibreOffice (see ``office``), and text (plain text, rendered in monospace).
+    convert_types: tuple[str, ...] = (*OFFICE_KINDS, "text")
     # What to do with a candidate of another type: refuse the mail, or skip the
     # part and list it in the receipt.
     unsupported: Literal["refuse", "skip"] = "refuse"
@@ -266,6 +274,17 @@ class DocumentSettings:
     max_total_pixels: int = 2_000_000_000
     # Address space of each worker process (RLIMIT_AS), in bytes; 0: no cap.
     worker_memory_bytes: int = 2 * 1024 * 1024 * 1024
+    # Office documents converted to PDF by LibreOffice headless: "auto" (when office_program is found), "off".
+    office: Literal["auto", "off"] = "auto"
+    # The LibreOffice program (a name looked up on PATH, or a path).
+    office_program: str = "soffice"
+    # LibreOffice conversions running at once on this machine, over all worker processes.
+    office_concurrency: int = 2
+    # A cover page before the documents: never, always, or when the body has text beyond a signature
+    # ([cover] or [nocover] in the subject decides for one mail).
+    cover_page: Literal["off", "always", "when-body"] = "off"
+    # A mail with text but no attachment: refused (no document), or its text faxed.
+    body_without_attachment: Literal["refuse", "fax"] = "refuse"
 
 
 @dataclass(frozen=True)
@@ -534,7 +553,10 @@ def _validate_documents(d: DocumentSettings) -> None:
         _positive(f"documents.{key}", getattr(d, key))
     for i, t in enumerate(d.accepted_types):
         if t not in ("pdf", "tiff", "jpeg", "png", "gif"):
-            raise SettingsError(f"documents.accepted_types[{i}]: {t!r} is not one of pdf, tiff, jpeg, png, gif")
+            raise SettingsError(f"documents.accepted_types[{i}]: {t!r} is not one of pdf, tiff, jpeg, png, gif"
+                                + (" (it is converted first: list it in documents.convert_types)"
+                                   if t in CONVERT_KINDS else ""))  # fmt: skip
+    _validate_conversion(d)
     if d.max_mime_depth > 200:
         raise SettingsError(f"documents.max_mime_depth: {d.max_mime_depth} is over 200")
     _positive("documents.min_image_pixels", d.min_image_pixels, zero_ok=True)
@@ -559,6 +581,16 @@ def _validate_documents(d: DocumentSettings) -> None:
         raise SettingsError(f"documents.max_image_pixels: {d.max_image_pixels} is over 89000000")
     if d.worker_memory_bytes and d.worker_memory_bytes < 256 * 1024 * 1024:
         raise SettingsError(f"documents.worker_memory_bytes: {d.worker_memory_bytes} is under 268435456 (0: no cap)")
+
+
+def _validate_conversion(d: DocumentSettings) -> None:
+    for i, t in enumerate(d.convert_types):
+        if t not in CONVERT_KINDS:
+            raise SettingsError(f"documents.convert_types[{i}]: {t!r} is not one of {', '.join(CONVERT_KINDS)}")
+    if not 1 <= d.office_concurrency <= 64:
+        raise SettingsError(f"documents.office_concurrency: {d.office_concurrency} is not between 1 and 64")
+    if not d.office_program.strip():
+        raise SettingsError("documents.office_program: empty (the default is 'soffice')")
 
 
 def _check_cidr(key: str, cidr: str) -> None:

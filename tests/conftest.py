@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.support_docs",
     "tests.support_mail",
     "tests.support_net",
+    "tests.support_office",
     "tests.support_ops",
     "tests.support_proc",
     "tests.support_receipts",

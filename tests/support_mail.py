@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
+from typing import Any
 
 from tests.support_docs import encrypted_pdf, exe, image, pdf, tiff_headers, tiff_pages, tnef
 
@@ -300,6 +301,8 @@ class MailCase:
     words: tuple[str, ...] = ()
     # Display names of the documents faxed (when the case is about names).
     names: tuple[str, ...] = ()
+    # The [documents] settings the case is judged with (TOML shape), over the defaults.
+    documents: tuple[tuple[str, Any], ...] = ()
 
 
 CASES = [
@@ -348,7 +351,10 @@ CASES = [
              "554 5.6.0", ("blank.pdf",)),
     MailCase("text-attachment", lambda: plain_with([("a.pdf", "application/pdf", pdf(1)),
                                                    ("notes.txt", "text/plain", b"call me\n")]),
-             "refuse:type", "554 5.6.1", ("notes.txt", "text/plain")),
+             "refuse:type", "554 5.6.1", ("notes.txt", "text/plain"), documents=(("convert_types", []),)),
+    MailCase("text-attachment-faxed", lambda: plain_with([("a.pdf", "application/pdf", pdf(1)),
+                                                         ("notes.txt", "text/plain", b"call me\n")]),
+             "fax:2:pdf,text", names=("a.pdf", "notes.txt")),
     MailCase("no-attachment", lambda: plain_with([]), "refuse:no-document", "554 5.6.0",
              ("No document to fax", "PDF, TIFF, JPEG, PNG, GIF", "the mail text is not faxed")),
     MailCase("message-partial", message_partial, "refuse:no-document", "554 5.6.0"),

@@ -39,7 +39,8 @@ def page_sizes(document: bytes) -> list[tuple[float, float]]:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_mail_case(case: MailCase) -> None:
-    got, reply, result = outcome(case.build())
+    settings = from_mapping({"documents": dict(case.documents)}, {}).documents if case.documents else DEFAULT
+    got, reply, result = outcome(case.build(), settings)
     assert got == case.expect, reply
     if result is None:
         assert reply.startswith(case.reply + " "), reply
@@ -132,7 +133,7 @@ def test_an_image_of_exactly_16_pixels_is_a_document() -> None:
 
 def test_unsupported_parts_can_be_skipped_and_listed() -> None:
     raw = plain_with([("notes.txt", "text/plain", b"call me\n"), ("doc.pdf", "application/pdf", pdf(1))])
-    result = extract(raw, dataclasses.replace(DEFAULT, unsupported="skip"))
+    result = extract(raw, dataclasses.replace(DEFAULT, unsupported="skip", convert_types=()))
     assert [d["name"] for d in result.documents] == ["doc.pdf"]
     assert result.skipped == [{"name": "notes.txt", "type": "text/plain", "reason": "type"}]
 

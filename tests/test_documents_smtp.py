@@ -25,7 +25,7 @@ def pages_of(document: bytes) -> int:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 async def test_mail_case_over_smtp(case: MailCase, smtp_gateway: Starter) -> None:
-    harness = await smtp_gateway()
+    harness = await smtp_gateway({"documents": dict(case.documents)})
     code, text = await send_async(harness.port, case.build())
     kind, _, rest = case.expect.partition(":")
     if kind == "refuse":
@@ -108,7 +108,7 @@ async def test_decoded_bytes_bound_is_a_setting(smtp_gateway: Starter) -> None:
     assert len(await harness.jobs()) == 1
 
 async def test_skipped_parts_are_recorded_with_the_message(smtp_gateway: Starter) -> None:
-    harness = await smtp_gateway({"documents": {"unsupported": "skip"}})
+    harness = await smtp_gateway({"documents": {"unsupported": "skip", "convert_types": []}})
     raw = plain_with([("notes.txt", "text/plain", b"call me\n"), ("doc.pdf", "application/pdf", pdf(1))])
     assert (await send_async(harness.port, raw))[0] == 250
     _, row = await spooled_fax(harness)

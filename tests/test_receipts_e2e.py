@@ -140,7 +140,7 @@ def _send_raw(port: int, raw: bytes) -> None:
 
 
 async def test_the_receipt_lists_the_attachments_left_out(running: Any) -> None:
-    r: Running = await running({"documents": {"unsupported": "skip"}})
+    r: Running = await running({"documents": {"unsupported": "skip", "convert_types": []}})
     raw = plain_with([("notes.txt", "text/plain", b"call me\n"), ("contrat.pdf", "application/pdf", pdf(2)),
                       ("photos.zip", "application/zip", b"PK\x05\x06" + bytes(18))])  # fmt: skip
     await asyncio.to_thread(_send_raw, r.gw.smtp.port, raw)

@@ -41,7 +41,8 @@ def test_an_image_named_pdf_where_only_pdf_is_accepted() -> None:
 
 
 def test_a_file_of_another_name_is_still_told_to_convert() -> None:
-    got = refusal(plain_with([("notes.txt", "text/plain", b"call me\n")]))
+    no_conversion = dataclasses.replace(DEFAULT, convert_types=())
+    got = refusal(plain_with([("notes.txt", "text/plain", b"call me\n")]), no_conversion)
     assert got.reply.reply is replies.DOC_TYPE and str(got.reply).endswith("convert it to PDF")
 
 

@@ -3,8 +3,8 @@
 In: the raw bytes of a message and the client's address. Out: its
 :class:`~gateway.documents.policy.Extraction` and :class:`Headers`, or
 :class:`~gateway.documents.policy.DocumentRefused` (the reply that tells the
-sender what to change), or :class:`Busy` (no worker free within
-``documents.queue_seconds``: intake's 451, the client retries). Any other
+sender what to change), or :class:`Busy` (no worker, or no LibreOffice
+conversion slot, free within ``documents.queue_seconds``: intake's 451, the client retries). Any other
 exception is our fault: SMTP intake answers 451 4.3.0 and the client retries.
 
 Where the work runs (``documents.processes``):
@@ -65,7 +65,9 @@ from typing import Any
 
 from gateway import replies
 from gateway.documents import policy
+from gateway.documents.cover import Envelope
 from gateway.documents.headers import Headers, read_headers
+from gateway.documents.office import Busy as Busy  # re-exported: intake catches it from here
 from gateway.documents.policy import DocumentRefused, Extraction
 from gateway.settings import DocumentSettings
 
@@ -77,9 +79,9 @@ STOP_GRACE_SECONDS = 10.0
 MAX_OFFENDERS = 10_000
 
 
-def examine(raw: bytes, settings: DocumentSettings) -> tuple[Extraction, Headers]:
+def examine(raw: bytes, settings: DocumentSettings, envelope: Envelope | None = None) -> tuple[Extraction, Headers]:
     """Blocking: the whole examination of one message (in a thread or a worker process)."""
-    return policy.extract(raw, settings), read_headers(raw)
+    return policy.extract(raw, settings, envelope), read_headers(raw)
 
 
 def hard_stop_seconds(settings: DocumentSettings) -> float:
@@ -91,7 +93,9 @@ class ExaminationError(Exception):
     """An unexpected error in a worker process; the message holds the worker's traceback."""
 
 
-def examine_in_worker(raw: bytes, settings: DocumentSettings) -> tuple[Extraction, Headers]:
+def examine_in_worker(
+    raw: bytes, settings: DocumentSettings, envelope: Envelope | None = None
+) -> tuple[Extraction, Headers]:
     """:func:`examine`, run in a worker process: what it raises must unpickle in the daemon.
 
     The pool breaks (failing every message in it) when an exception from a
@@ -102,8 +106,8 @@ def examine_in_worker(raw: bytes, settings: DocumentSettings) -> tuple[Extractio
     if _in_worker:
         signal.setitimer(signal.ITIMER_REAL, hard_stop_seconds(settings))
     try:
-        return examine(raw, settings)
-    except DocumentRefused:
+        return examine(raw, settings, envelope)
+    except (DocumentRefused, Busy):
         raise
     except MemoryError:
         if not (_in_worker and settings.worker_memory_bytes):
@@ -146,10 +150,6 @@ def _exit_with(sentinel: int) -> None:
     os._exit(0)
 
 
-class Busy(Exception):
-    """No worker was free for the message within ``documents.queue_seconds``."""
-
-
 class _Overdue(Exception):
     """The worker did not answer by the hard stop."""
 
@@ -165,11 +165,13 @@ def _serve(conn: multiprocessing.connection.Connection, memory_bytes: int) -> No
             return
         if job is None:
             return
-        raw, settings = job
+        raw, settings, envelope = job
         try:
-            conn.send(("ok", examine_in_worker(raw, settings)))
+            conn.send(("ok", examine_in_worker(raw, settings, envelope)))
         except DocumentRefused as exc:
             conn.send(("refused", exc))
+        except Busy as exc:
+            conn.send(("busy", str(exc)))
         except ExaminationError as exc:
             conn.send(("error", str(exc)))
 
@@ -187,9 +189,11 @@ class _Worker:
     def pid(self) -> int:
         return self.process.pid or 0
 
-    def call(self, raw: bytes, settings: DocumentSettings, limit: float) -> tuple[str, Any]:
+    def call(
+        self, raw: bytes, settings: DocumentSettings, limit: float, envelope: Envelope | None = None
+    ) -> tuple[str, Any]:
         """Blocking: send a message, wait for the answer at most ``limit`` seconds."""
-        self.conn.send((raw, settings))
+        self.conn.send((raw, settings, envelope))
         if not self.conn.poll(limit):
             self.overdue = True
             raise _Overdue
@@ -278,16 +282,18 @@ class Examiner:
         log.info("document examination: %d worker process(es) started (pid %s), up to %d under load",
                  len(workers), " ".join(str(p) for p in self.pids), self.processes_max)  # fmt: skip
 
-    async def examine(self, raw: bytes, client: str = "") -> tuple[Extraction, Headers]:
+    async def examine(
+        self, raw: bytes, client: str = "", envelope: Envelope | None = None
+    ) -> tuple[Extraction, Headers]:
         """The extraction and headers of ``raw``; DocumentRefused, Busy, BrokenProcessPool or another error."""
         if self.processes == 0:
-            return await asyncio.to_thread(examine, raw, self.settings)
+            return await asyncio.to_thread(examine, raw, self.settings, envelope)
         if not self._running:
             raise RuntimeError("document examination is not running (stopped, or never started)")
         worker = await self._acquire(client)
         try:
             status, value = await asyncio.get_running_loop().run_in_executor(
-                self._threads, worker.call, raw, self.settings, hard_stop_seconds(self.settings) + 1.0)
+                self._threads, worker.call, raw, self.settings, hard_stop_seconds(self.settings) + 1.0, envelope)
         except (_Overdue, EOFError, OSError):
             self._busy.discard(worker)
             await self._lost(worker, client)
@@ -304,6 +310,8 @@ class Examiner:
             raise value
         if status == "error":
             raise ExaminationError(value)
+        if status == "busy":  # no LibreOffice conversion slot free in time
+            raise Busy(value)
         result: tuple[Extraction, Headers] = value
         return result
 

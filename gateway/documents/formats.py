@@ -31,6 +31,8 @@ KINDS = {
     "image/gif": "gif",
 }
 TNEF = "application/vnd.ms-tnef"
+# The kinds whose Document.data is an image (every other kind's is a PDF, converted or not).
+IMAGE_KINDS = frozenset({"tiff", "jpeg", "png", "gif"})
 # How a refusal names common types (the MIME type is always given too).
 FRIENDLY = {
     "application/msword": "Word document",
@@ -80,7 +82,7 @@ class Unfit(Exception):
 @dataclass(frozen=True)
 class Document:
     name: str
-    kind: str  # pdf, tiff, jpeg, png, gif
+    kind: str  # pdf, tiff, jpeg, png, gif; or a converted kind (docx, ..., text), whose data is then a PDF
     data: bytes
     pages: int
 
@@ -201,14 +203,14 @@ def build(documents: list[Document], page_size: str) -> bytes:
     header (an application that printed a warning into its output): readers
     tolerate that, but the provider gets a clean copy written by pikepdf.
     """
-    if len(documents) == 1 and documents[0].kind == "pdf" and documents[0].data.startswith(b"%PDF-"):
+    if len(documents) == 1 and documents[0].kind not in IMAGE_KINDS and documents[0].data.startswith(b"%PDF-"):
         return documents[0].data
     layout = img2pdf.get_layout_fun(pagesize=PAGE_SIZES[page_size], fit=img2pdf.FitMode.shrink)
     sources: list[pikepdf.Pdf] = []
     try:
         with pikepdf.new() as out:
             for doc in documents:
-                data = doc.data if doc.kind == "pdf" else _image_pdf(doc, layout)
+                data = _image_pdf(doc, layout) if doc.kind in IMAGE_KINDS else doc.data
                 source = pikepdf.open(io.BytesIO(data))
                 sources.append(source)
                 out.pages.extend(source.pages)

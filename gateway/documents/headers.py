@@ -4,7 +4,8 @@ In: the raw bytes of a message. Out: :class:`Headers` (Message-ID, From,
 Reply-To, Subject, Date), each on one line, stripped of control characters and
 at most 998 characters (RFC 5322's line limit); the Subject decoded for a
 person (RFC 2047 encoded words, raw UTF-8 or Latin-1: :mod:`gateway.text`),
-the addresses as written (the notifier picks from them). Only the header block
+the addresses as written (the notifier picks from them); the cover page keywords
+``[cover]`` and ``[nocover]`` left out of the Subject. Only the header block
 is parsed: the body can be megabytes. Pure.
 """
 
@@ -15,6 +16,7 @@ import email.policy
 import re
 from dataclasses import dataclass
 
+from gateway.documents.cover import without_keywords
 from gateway.text import clean, display
 
 
@@ -53,5 +55,6 @@ def read_headers(raw: bytes) -> Headers:
         value = msg.get(name, "")
         return clean(" ".join(str(value).split()), 998)
 
-    subject = clean(" ".join(display(get("Subject")).split()), 998)
+    # [cover] and [nocover] ask for a cover page (gateway.documents.cover): not part of the subject shown.
+    subject = clean(" ".join(without_keywords(display(get("Subject"))).split()), 998)
     return Headers(get("Message-ID"), get("From"), get("Reply-To"), subject, get("Date"))

@@ -29,15 +29,18 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import Any
 
 import tnefparse
 
 from gateway import replies
-from gateway.documents import bounds, fit, formats, mime
+from gateway.documents import bounds, cover, fit, formats, mime, office, textpages
+from gateway.documents.cover import Envelope
 from gateway.documents.formats import Document, Unfit
 from gateway.replies import Answer
 from gateway.settings import DocumentSettings
+from gateway.text import display
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,11 @@ REASON_REPLIES = {
 }
 
 
-def extract(raw: bytes, settings: DocumentSettings) -> Extraction:
-    """The fax document of a message, or :class:`DocumentRefused`."""
+def extract(raw: bytes, settings: DocumentSettings, envelope: Envelope | None = None) -> Extraction:
+    """The fax document of a message, or :class:`DocumentRefused`.
+
+    ``envelope`` (numbers, time received, language) is what a cover page says beyond the mail itself.
+    """
     try:
         msg = mime.parse(raw, settings.max_mime_depth, settings.max_parts)
     except mime.LimitExceeded as exc:
@@ -88,6 +94,7 @@ def extract(raw: bytes, settings: DocumentSettings) -> Extraction:
     run = _Run(settings)
     for part in mime.candidates(msg):
         run.take(part, 0)
+    run.cover(msg, envelope or Envelope())
     return run.finish()
 
 
@@ -96,6 +103,10 @@ def for_reply(name: str) -> str:
     folded = unicodedata.normalize("NFKD", name)
     folded = "".join(ch for ch in folded if not unicodedata.combining(ch))
     return folded.encode("ascii", "replace").decode("ascii")
+
+
+# libmagic MIME type -> the kind converted to PDF before faxing (documents.convert_types).
+CONVERTED = {**office.KINDS, "text/plain": "text"}
 
 
 def accepted_list(settings: DocumentSettings) -> str:
@@ -165,6 +176,15 @@ class _Run:
         if found == formats.TNEF:
             self._unpack(part, label, level)
             return
+        if found == office.ENCRYPTED and office.encrypted_ooxml(part.data) and set(s.convert_types) - {"text"}:
+            what = _office_name(part.name)
+            raise DocumentRefused(replies.DOC_OFFICE_ENCRYPTED.format(name=for_reply(label), found=what), "encrypted")
+        converted = CONVERTED.get(found)
+        if converted == "text" and not _says_text(part):
+            converted = None  # a text file named .pdf is a mistake to tell, not a fax to print
+        if converted is not None and converted in s.convert_types:
+            self._convert(part, converted, found, label)
+            return
         kind = formats.KINDS.get(found)
         if kind is None or kind not in s.accepted_types:
             refusal = _refused("type", label, formats.describe(found), "", s)
@@ -207,6 +227,39 @@ class _Run:
             raise _refused("limits", "", "", f"more than {s.max_pdf_pages} pages", s)
         self.documents.append(Document(part.name or f"attachment {self.count}", kind, part.data, pages))
 
+    def _convert(self, part: mime.Part, kind: str, found: str, label: str) -> None:
+        """An Office file (LibreOffice) or a text file (drawn directly) made a PDF, then kept as a PDF is."""
+        s = self.settings
+        what = office.FILTERS[kind][2] if kind in office.FILTERS else "text file"
+        try:
+            if kind == "text":
+                if not textpages.decode(part.data).strip():
+                    return  # nothing to print: left out, like a tracking pixel
+                data, pages = textpages.text_pdf(part.data, s.page_size, max(1, s.max_pdf_pages - self.pages))
+            else:
+                if office.program(s) is None:
+                    if s.unsupported == "skip":
+                        self.skipped.append({"name": part.name or f"attachment {self.count}", "type": found,
+                                             "reason": "type"})  # fmt: skip
+                        self.first_skip = self.first_skip or _office_off(label, what, s)
+                        return
+                    raise _office_off(label, what, s)
+                data = office.convert(part.data, kind, s, self.deadline)
+                bounds.pdf_streams(data, self.budget)
+                pages = formats.pdf_pages(data, self.budget.images)
+        except Unfit as exc:
+            if exc.reason == "encrypted":
+                reply = replies.DOC_OFFICE_ENCRYPTED.format(name=for_reply(label), found=what)
+            elif exc.reason == "corrupt":
+                reply = replies.DOC_OFFICE_CORRUPT.format(name=for_reply(label), found=what, reason=exc.detail)
+            else:
+                raise _refused(exc.reason, label, what, exc.detail, s) from None
+            raise DocumentRefused(reply, exc.reason) from None
+        self.pages += pages
+        if self.pages > s.max_pdf_pages:
+            raise _refused("limits", "", "", f"more than {s.max_pdf_pages} pages", s)
+        self.documents.append(Document(part.name or f"attachment {self.count}", kind, data, pages))
+
     def _unpack(self, part: mime.Part, label: str, level: int) -> None:
         """Outlook's winmail.dat: its attachments are candidates; embedded messages are TNEF again."""
         s = self.settings
@@ -222,6 +275,35 @@ class _Run:
         within = part.within or part.name or "winmail.dat"
         for name, data in attachments:
             self.take(mime.Part(name, data, True, "application/octet-stream", "", within), level + 1)
+
+    def cover(self, msg: Message, envelope: Envelope) -> None:
+        """The cover page before the documents, or the mail's own text as the fax (documents.cover_page,
+        documents.body_without_attachment, [cover] and [nocover] in the subject)."""
+        s = self.settings
+        subject = display(" ".join(str(msg.get("Subject", "") or "").split()))
+        said = cover.keyword(subject)
+        faxing_body = not self.documents and s.body_without_attachment == "fax" and self.first_skip is None
+        if s.cover_page == "off" and said is None and not faxing_body:
+            return
+        body = cover.body_text(msg)
+        if faxing_body and not body.strip():
+            return  # no text either: NO_DOCUMENT
+        if not (cover.wanted(s, subject, body) or (faxing_body and said is None and s.cover_page != "off")):
+            if faxing_body:  # the text alone, as a legacy application means it
+                data, pages = textpages.Layout(s.page_size).pdf(textpages.text_lines(body, 80), s.max_pdf_pages)
+                self._prepend(Document("mail text", "text", data, pages))
+            return
+        try:
+            data, pages = cover.cover_pdf(envelope, msg, cover.without_keywords(subject), body, self.pages, s)
+        except Unfit as exc:
+            raise _refused(exc.reason, "the mail text", "text", exc.detail, s) from None
+        self._prepend(Document("cover page", "cover", data, pages))
+
+    def _prepend(self, document: Document) -> None:
+        self.pages += document.pages
+        if self.pages > self.settings.max_pdf_pages:
+            raise _refused("limits", "", "", f"more than {self.settings.max_pdf_pages} pages", self.settings)
+        self.documents.insert(0, document)
 
     def finish(self) -> Extraction:
         s = self.settings
@@ -260,6 +342,26 @@ class _Run:
             raise DocumentRefused(reply, "too-big") from None
         except Unfit as exc:
             raise _refused(exc.reason, name, "PDF", exc.detail, s) from None
+
+
+def _says_text(part: mime.Part) -> bool:
+    """Whether a part presents itself as text: declared text/*, or named .txt (or nothing at all)."""
+    extension = part.name.rpartition(".")[2].lower() if "." in part.name else ""
+    return part.declared.startswith("text/") or extension in ("txt", "text", "log", "")
+
+
+def _office_off(label: str, what: str, settings: DocumentSettings) -> DocumentRefused:
+    reply = replies.DOC_OFFICE_OFF.format(name=for_reply(label), found=what, why=office.unavailable(settings))
+    return DocumentRefused(reply, "type")
+
+
+def _office_name(name: str) -> str:
+    """What a password-protected OOXML file is, by its name (its content says only "encrypted")."""
+    extension = name.rpartition(".")[2].lower()
+    for kind, (ext, _, words) in office.FILTERS.items():
+        if extension in (ext, kind) or (extension in ("docm", "dotx") and kind == "docx"):
+            return words
+    return "Office document"
 
 
 def _tnef_name(attachment: Any) -> str:

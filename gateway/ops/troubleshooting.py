@@ -117,6 +117,12 @@ ADVICE: dict[str, str] = {
     " (each page takes a fraction of a second; a very complex page takes longer).",
     "DOC_NOT_PDF": "Save or export the document as PDF from the program that made it (or scan to PDF); a file"
     " renamed to .pdf is still what it was.",
+    "DOC_OFFICE_OFF": "Send the document as PDF; or, administrator: install LibreOffice (Debian packages"
+    " `libreoffice-writer-nogui libreoffice-calc-nogui`) and set `documents.office = \"auto\"`.",
+    "DOC_OFFICE_ENCRYPTED": "Save the document without its password (in Word: File > Info > Protect Document >"
+    " Encrypt with Password, cleared), or export it as PDF.",
+    "DOC_OFFICE_CORRUPT": "Open the file where it was made and save it again, or export it as PDF; the gateway's"
+    " log (gateway.documents) has what LibreOffice said.",
 }
 
 _PROVIDER_ACTION = {

@@ -38,7 +38,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, Envelope
 
 from gateway import replies
-from gateway.documents import policy
+from gateway.documents import cover, policy
 from gateway.documents.examiner import Busy, Examiner
 from gateway.documents.headers import Headers, read_headers
 from gateway.replies import Answer, Hello
@@ -276,7 +276,9 @@ class Handler:
 
     async def _accept(self, conn: Connection, sender: str, numbers: list[str], raw: bytes) -> Answer:
         try:
-            extraction, headers = await self.examiner.examine(raw, conn.ip)
+            notify = self.settings.notify  # a cover page speaks the receipts' language, in their zone
+            context = cover.Envelope(tuple(numbers), self.clock(), notify.language, notify.timezone)
+            extraction, headers = await self.examiner.examine(raw, conn.ip, context)
         except policy.DocumentRefused as exc:
             log.info("session %s: message from %s refused: %s", conn.id, clean(sender), exc.reason)
             if _refusals(conn) != "mail":

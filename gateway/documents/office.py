@@ -1,0 +1,230 @@
+"""Office documents as PDF: LibreOffice headless, one conversion per process, bounded.
+
+In: the bytes of a DOCX, DOC, ODT, RTF, XLSX, XLS or ODS file (its kind told by libmagic), the
+document settings and the examination's deadline. Out: the PDF LibreOffice made of it, or
+``formats.Unfit`` (``encrypted``: a password protects it; ``corrupt``: LibreOffice made nothing
+of it; ``limits``: the time bound passed), or :class:`Busy` (no conversion slot free in time).
+
+How a conversion runs (``documents.office = "auto"``: when ``documents.office_program`` is found):
+
+- one ``soffice --headless --convert-to pdf`` per document, with a user profile of its own made
+  fresh in a temporary directory (removed afterwards) whose settings never run macros (security
+  level "very high", macro execution disabled) and never fetch linked content; the input filter is
+  forced from the kind libmagic found, so a file is never read as another type;
+- under ``timeout -s KILL`` in a session of its own: at the examination's deadline
+  (``documents.convert_timeout_seconds``) its whole process group is killed, by us and, should the
+  worker die first, by ``timeout`` itself; its address space is the worker's (``RLIMIT_AS``);
+- at most ``documents.office_concurrency`` at once on the machine, over every worker process
+  (lock files taken with ``flock``; a slot is waited for at most ``documents.queue_seconds``);
+- LibreOffice exits 0 on some failures: the output is checked (a PDF pikepdf opens, with pages),
+  never the exit code.
+
+Password-protected files are found before LibreOffice sees them (an OOXML file encrypted in a CDF
+container; an ODF package whose manifest holds encryption data). Blocking: runs in the document
+worker processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pikepdf
+
+from gateway.documents.formats import Unfit
+from gateway.settings import DocumentSettings
+
+log = logging.getLogger("gateway.documents")
+
+# libmagic MIME type -> the Office kind it is.
+KINDS = {
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+    "application/msword": "doc",
+    "application/vnd.oasis.opendocument.text": "odt",
+    "text/rtf": "rtf",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
+    "application/vnd.ms-excel": "xls",
+    "application/vnd.oasis.opendocument.spreadsheet": "ods",
+}
+# Kind -> (file extension, LibreOffice input filter, what a person calls it).
+FILTERS = {
+    "docx": ("docx", "MS Word 2007 XML", "Word document"),
+    "doc": ("doc", "MS Word 97", "Word document"),
+    "odt": ("odt", "writer8", "OpenDocument text"),
+    "rtf": ("rtf", "Rich Text Format", "RTF document"),
+    "xlsx": ("xlsx", "Calc MS Excel 2007 XML", "Excel workbook"),
+    "xls": ("xls", "MS Excel 97", "Excel workbook"),
+    "ods": ("ods", "calc8", "OpenDocument spreadsheet"),
+}
+# What libmagic calls an OOXML file encrypted with a password (a CDF container).
+ENCRYPTED = "application/encrypted"
+# The Debian packages that provide LibreOffice headless, for the refusal when it is missing.
+PACKAGES = "libreoffice-writer-nogui libreoffice-calc-nogui"
+# The longest wait for a conversion slot polls this often.
+SLOT_POLL_SECONDS = 0.05
+# A conversion given less time than this is not started (it could not finish).
+MIN_SECONDS = 1.0
+
+# The fresh profile's settings: macros never run, links to other files or the network never followed
+# (links never updated: Writer's mode 0, Calc's mode 1).
+_PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
+<oor:items xmlns:oor="http://openoffice.org/2001/registry" xmlns:xs="http://www.w3.org/2001/XMLSchema"
+ xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="MacroSecurityLevel" oor:op="fuse">
+<value>3</value></prop></item>
+<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="DisableMacrosExecution"
+ oor:op="fuse"><value>true</value></prop></item>
+<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="BlockUntrustedRefererLinks"
+ oor:op="fuse"><value>true</value></prop></item>
+<item oor:path="/org.openoffice.Office.Common/Misc"><prop oor:name="UseLocking" oor:op="fuse">
+<value>false</value></prop></item>
+<item oor:path="/org.openoffice.Office.Writer/Content/Update"><prop oor:name="Link" oor:op="fuse">
+<value>0</value></prop></item>
+<item oor:path="/org.openoffice.Office.Calc/Content/Update"><prop oor:name="Link" oor:op="fuse">
+<value>1</value></prop></item>
+</oor:items>
+"""
+
+
+class Busy(Exception):
+    """No worker, or no conversion slot, was free in time: intake answers 451 and the client retries."""
+
+
+def program(settings: DocumentSettings) -> str | None:
+    """The LibreOffice program to run, or None when conversion is off or LibreOffice is not installed."""
+    if settings.office == "off":
+        return None
+    return shutil.which(settings.office_program)
+
+
+def unavailable(settings: DocumentSettings) -> str:
+    """Why Office files are not converted, and what turns it on (for the refusal)."""
+    if settings.office == "off":
+        return 'the gateway has it off (documents.office = "off"; "auto" turns it on)'
+    return (f"LibreOffice ({settings.office_program}) is not installed on the gateway "
+            f"(Debian packages {PACKAGES})")  # fmt: skip
+
+
+def is_encrypted(kind: str, data: bytes) -> bool:
+    """Whether a password protects the file (seen without LibreOffice)."""
+    if kind in ("odt", "ods"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                manifest = z.read("META-INF/manifest.xml") if "META-INF/manifest.xml" in z.namelist() else b""
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
+            return False
+        return b"encryption-data" in manifest[:10_000_000]
+    return False
+
+
+def encrypted_ooxml(data: bytes) -> bool:
+    """An OOXML file saved with a password: a CDF container holding an ``EncryptedPackage`` stream."""
+    return data.startswith(bytes.fromhex("d0cf11e0a1b11ae1")) and "EncryptedPackage".encode("utf-16-le") in data
+
+
+def convert(data: bytes, kind: str, settings: DocumentSettings, deadline: float) -> bytes:
+    """The PDF of an Office file (see the module docstring); ``deadline`` is on ``time.monotonic``."""
+    soffice = program(settings)
+    if soffice is None:  # pragma: no cover - the policy asks program() first
+        raise RuntimeError("LibreOffice is not available")
+    if is_encrypted(kind, data):
+        raise Unfit("encrypted", "it needs a password to open")
+    with _slot(settings, deadline), tempfile.TemporaryDirectory(prefix="fax-gateway-office-") as tmp:
+        return _run(soffice, data, kind, Path(tmp), settings, deadline)
+
+
+def _run(soffice: str, data: bytes, kind: str, tmp: Path, settings: DocumentSettings, deadline: float) -> bytes:
+    extension, infilter, _ = FILTERS[kind]
+    source, out, profile = tmp / f"document.{extension}", tmp / "out", tmp / "profile"
+    (profile / "user").mkdir(parents=True)
+    (profile / "user" / "registrymodifications.xcu").write_text(_PROFILE, encoding="utf-8")
+    source.write_bytes(data)
+    seconds = deadline - time.monotonic()
+    if seconds < MIN_SECONDS:
+        raise _overdue(settings)
+    command = ["timeout", "-s", "KILL", f"{seconds + 1:.1f}", soffice, "--headless", "--invisible", "--norestore",
+               "--nolockcheck", "--nodefault", "--nologo", "--nofirststartwizard",
+               f"-env:UserInstallation={profile.as_uri()}", f"--infilter={infilter}",
+               "--convert-to", "pdf", "--outdir", str(out), str(source)]  # fmt: skip
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp), "LANG": "C.UTF-8",
+           "SAL_USE_VCLPLUGIN": "svp", "TMPDIR": str(tmp)}  # fmt: skip
+    started = time.monotonic()
+    with open(tmp / "log", "wb") as said:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=said, stderr=said, env=env, cwd=tmp,
+                                start_new_session=True)  # fmt: skip
+        try:
+            proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            log.warning("LibreOffice was still converting a %s after %.1f s: stopped", kind, seconds)
+            raise _overdue(settings) from None
+        finally:
+            _kill_group(proc)  # anything it left running
+    log.info("LibreOffice converted a %s (%d bytes) in %.2f s (exit code %s)", kind, len(data),
+             time.monotonic() - started, proc.returncode)  # fmt: skip
+    pdf = out / "document.pdf"
+    result = pdf.read_bytes() if pdf.is_file() else b""
+    if not result.startswith(b"%PDF-"):
+        said_text = (tmp / "log").read_bytes()[:300].decode("utf-8", "replace").strip()
+        log.info("LibreOffice made no PDF of a %s (exit code %s): %s", kind, proc.returncode, said_text)
+        raise Unfit("corrupt", "damaged, or not a real " + FILTERS[kind][2])
+    try:
+        with pikepdf.open(io.BytesIO(result)) as doc:
+            pages = len(doc.pages)
+    except Exception:  # pikepdf raises many types; LibreOffice's own output should always open
+        raise Unfit("corrupt", "LibreOffice made a damaged PDF of it") from None
+    if pages < 1:
+        raise Unfit("empty", "it has no pages")
+    return result
+
+
+def _overdue(settings: DocumentSettings) -> Unfit:
+    return Unfit("limits", f"converting it took longer than {settings.convert_timeout_seconds:g} s "
+                           "(documents.convert_timeout_seconds)")  # fmt: skip
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def slot_directory() -> Path:
+    """Where the conversion slots' lock files are (one directory per user of the machine)."""
+    return Path(tempfile.gettempdir()) / f"fax-gateway-office-slots.{os.getuid()}"
+
+
+@contextlib.contextmanager
+def _slot(settings: DocumentSettings, deadline: float) -> Iterator[int]:
+    """Hold one of ``office_concurrency`` conversion slots (a lock file), waiting a bounded time."""
+    directory = slot_directory()
+    directory.mkdir(mode=0o700, exist_ok=True)
+    until = min(deadline, time.monotonic() + settings.queue_seconds)
+    while True:
+        for index in range(settings.office_concurrency):
+            fd = os.open(directory / f"slot-{index}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                yield index
+            finally:
+                os.close(fd)  # the lock goes with the descriptor (and with the process, if it dies)
+            return
+        if time.monotonic() >= until:
+            raise Busy(f"no LibreOffice conversion slot free within {settings.queue_seconds:g} s "
+                       f"(documents.office_concurrency = {settings.office_concurrency})")  # fmt: skip
+        time.sleep(SLOT_POLL_SECONDS)

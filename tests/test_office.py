@@ -1,0 +1,153 @@
+"""Office files and text become faxes: LibreOffice headless for DOCX, ODT, XLSX..., text drawn directly.
+
+Through the real SMTP server with files made in the tests (tests/support_office.py). LibreOffice
+starts take a second or two each: the conversions here are few, several documents to one mail.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pikepdf
+import pypdfium2 as pdfium
+import pytest
+
+from gateway.documents import textpages
+from gateway.documents.formats import Unfit
+from tests.support_docs import pdf
+from tests.support_mail import plain_with
+from tests.support_office import (
+    DOCX_TYPE,
+    ODT_TYPE,
+    XLSX_TYPE,
+    damaged_docx,
+    docx,
+    encrypted_docx,
+    fake_soffice,
+    odt,
+    xlsx,
+)
+from tests.support_smtp import Starter, send_async, spooled_fax
+from tests.support_tools import need_program
+
+TEXT = "Facture n° 2026-113\n\tMontant dû : 1 250,00 €\nÀ régler avant Noël.\n\fPage deux : reçu.\n"
+
+
+def pages_of(document: bytes) -> int:
+    with pikepdf.open(io.BytesIO(document)) as doc:
+        return len(doc.pages)
+
+
+def ink(document: bytes, index: int) -> float:
+    """The share of black pixels on one page of a fax document."""
+    doc = pdfium.PdfDocument(document)
+    try:
+        image = doc[index].render(scale=0.5).to_pil().convert("L")
+    finally:
+        doc.close()
+    dark = sum(image.histogram()[:128])
+    return dark / (image.width * image.height)
+
+
+async def test_docx_odt_xlsx_and_text_become_one_fax(smtp_gateway: Starter) -> None:
+    need_program("soffice", "libreoffice-writer-nogui")
+    harness = await smtp_gateway()
+    raw = plain_with([
+        ("Lettre.docx", DOCX_TYPE, docx(3)),
+        ("Compte rendu.odt", ODT_TYPE, odt(["Réunion du 3 décembre", "Présents : Léa, Zoé"])),
+        ("Tarifs.xlsx", XLSX_TYPE, xlsx([["Article", "Prix"], ["Café", "2,50 €"]])),
+        ("notes.txt", "text/plain", TEXT.encode()),
+        ("annexe.pdf", "application/pdf", pdf(1)),
+    ])  # fmt: skip
+    code, text = await send_async(harness.port, raw)
+    assert code == 250, text
+    document, row = await spooled_fax(harness)
+    listed = json.loads(row["documents"])
+    assert [(d["name"], d["type"], d["pages"]) for d in listed] == [
+        ("Lettre.docx", "docx", 3), ("Compte rendu.odt", "odt", 1), ("Tarifs.xlsx", "xlsx", 1),
+        ("notes.txt", "text", 2), ("annexe.pdf", "pdf", 1)]  # fmt: skip
+    assert pages_of(document) == row["doc_pages"] == 8
+    inked = [ink(document, i) for i in range(7)]
+    assert all(share > 0 for share in inked), inked  # every converted page has print on it
+    assert ink(document, 7) == 0  # the blank PDF page stays blank
+
+
+async def test_a_password_protected_or_damaged_docx_is_refused_by_name(smtp_gateway: Starter) -> None:
+    need_program("soffice", "libreoffice-writer-nogui")
+    harness = await smtp_gateway()
+    code, text = await send_async(harness.port, plain_with([("Contrat signé.docx", DOCX_TYPE, encrypted_docx())]))
+    assert (code, text) == (554, "5.6.1 Contrat signe.docx: the Word document is protected by a password, which "
+                                 "the gateway cannot open; save it without a password, or as PDF, and send it again")
+    code, text = await send_async(harness.port, plain_with([("Devis.docx", DOCX_TYPE, damaged_docx())]))
+    assert code == 554 and text.startswith("5.6.1 Devis.docx: the Word document cannot be opened (damaged"), text
+    assert await harness.jobs() == []
+
+
+async def test_office_off_or_missing_says_what_turns_it_on(smtp_gateway: Starter) -> None:
+    harness = await smtp_gateway({"documents": {"office": "off"}})
+    code, text = await send_async(harness.port, plain_with([("Lettre.docx", DOCX_TYPE, docx(1))]))
+    assert code == 554 and text.startswith("5.6.1 Lettre.docx: the gateway faxes a file of this type (Word "
+                                           "document) only once it converts it with LibreOffice"), text
+    assert 'documents.office = "off"' in text and text.endswith("convert it to PDF and send it again")
+    # Text needs no LibreOffice: it is still faxed.
+    assert (await send_async(harness.port, plain_with([("notes.txt", "text/plain", TEXT.encode())])))[0] == 250
+
+
+async def test_a_missing_libreoffice_names_the_packages(smtp_gateway: Starter) -> None:
+    harness = await smtp_gateway({"documents": {"office_program": "no-such-soffice"}})
+    code, text = await send_async(harness.port, plain_with([("Tarifs.xlsx", XLSX_TYPE, xlsx([["a"]]))]))
+    assert code == 554 and text.startswith("5.6.1 Tarifs.xlsx: the gateway faxes a file of this type (Excel workbook)")
+    assert "LibreOffice (no-such-soffice) is not installed" in text, text
+    assert "libreoffice-writer-nogui libreoffice-calc-nogui" in text
+
+
+async def test_a_conversion_over_its_time_bound_is_killed_with_its_children(
+    smtp_gateway: Starter, tmp_path: Path
+) -> None:
+    hang = fake_soffice(tmp_path, "hang")
+    harness = await smtp_gateway({"documents": {"office_program": str(hang), "convert_timeout_seconds": 2.5}})
+    code, text = await send_async(harness.port, plain_with([("Lettre.docx", DOCX_TYPE, docx(1))]))
+    assert (code, text) == (554, "5.6.0 Message too complex to process: converting it took longer than 2.5 s "
+                                 "(documents.convert_timeout_seconds)")
+    child = int((tmp_path / "child.pid").read_text())
+    # The whole process group was killed and reaped: the child is gone, or a zombie its init has yet to reap.
+    try:
+        state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("gone", "Z")
+
+
+async def test_an_exit_code_of_zero_without_a_pdf_is_a_refusal(smtp_gateway: Starter, tmp_path: Path) -> None:
+    nothing = fake_soffice(tmp_path, "nothing")
+    harness = await smtp_gateway({"documents": {"office_program": str(nothing)}})
+    code, text = await send_async(harness.port, plain_with([("Lettre.docx", DOCX_TYPE, docx(1))]))
+    assert code == 554 and text.startswith("5.6.1 Lettre.docx: the Word document cannot be opened"), text
+
+
+def test_text_is_monospace_utf8_with_form_feeds_as_page_breaks() -> None:
+    data, pages = textpages.text_pdf(TEXT.encode(), "A4", 200)
+    assert pages == 2
+    lines = [line.text for line in textpages.text_lines(TEXT, 80)]
+    assert lines[:3] == ["Facture n° 2026-113", "        Montant dû : 1 250,00 €", "À régler avant Noël."]
+    assert lines[4:6] == ["\f", "Page deux : reçu."]
+    # Monospace: the columns line up whatever the letters.
+    layout = textpages.Layout("A4")
+    font = layout.font("mono", textpages.TEXT_POINTS)
+    assert font.getlength("iiii") == font.getlength("WWWW") == font.getlength("éàçû")
+    assert 78 <= layout.columns() <= 90
+    # Windows-1252 text (no UTF-8) reads as such; a long line goes on below.
+    assert textpages.decode("Noël à 5 €".encode("cp1252")) == "Noël à 5 €"
+    assert [line.text for line in textpages.text_lines("x" * 170, 80)] == ["x" * 80, "x" * 80, "x" * 10]
+    with pytest.raises(Unfit, match="documents.max_pdf_pages"):
+        textpages.text_pdf(b"page\f" * 30, "A4", 20)
+
+
+def test_the_font_is_dejavu_when_installed() -> None:
+    found = textpages.font_file("mono")
+    if found is None:
+        pytest.skip("fonts-dejavu-core is not installed: Pillow's own font is used")
+    assert os.path.basename(found) == "DejaVuSansMono.ttf"

@@ -17,8 +17,10 @@ from gateway.documents.policy import DocumentRefused, extract
 from gateway.settings import DocumentSettings
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
-# The policy rows judge which parts are documents, not the provider's size limit.
-SETTINGS = DocumentSettings(max_fax_bytes=64 * 1024 * 1024)
+# The rows judge which parts are documents under policy v1, not the provider's size limit: nothing is
+# converted (text and Office attachments are refused as a type, as v1 says; their conversion is
+# tests/test_office.py's), and no cover page is added.
+SETTINGS = DocumentSettings(max_fax_bytes=64 * 1024 * 1024, convert_types=(), cover_page="off")
 
 
 def _unescape(value: str) -> str:

@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.support_mail",
     "tests.support_net",
     "tests.support_ops",
+    "tests.support_postgres",
     "tests.support_proc",
     "tests.support_receipts",
     "tests.support_s3",

@@ -305,6 +305,15 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    # Where the job store lives: "sqlite" (a file in the spool directory: one machine) or
+    # "postgresql" (one database several gateways share; needs storage.backend = "s3").
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    # From the environment: FAX_GATEWAY_STORE_DSN (a libpq connection string or postgresql:// URL).
+    dsn: Secret = Secret("")
+
+
+@dataclass(frozen=True)
 class ProviderSettings:
     url: str = "https://www.123-fax.net/http.php"
     email: str = ""
@@ -428,6 +437,7 @@ class Settings:
     spool: SpoolSettings = SpoolSettings()
     documents: DocumentSettings = DocumentSettings()
     storage: StorageSettings = StorageSettings()
+    store: StoreSettings = StoreSettings()
     provider: ProviderSettings = ProviderSettings()
     delivery: DeliverySettings = DeliverySettings()
     http: HttpSettings = HttpSettings()
@@ -440,6 +450,7 @@ SECRET_ENV = {
     ("provider", "password"): "FAX_GATEWAY_PROVIDER_PASSWORD",
     ("http", "callback_secret"): "FAX_GATEWAY_CALLBACK_SECRET",
     ("notify", "relay_password"): "FAX_GATEWAY_RELAY_PASSWORD",
+    ("store", "dsn"): "FAX_GATEWAY_STORE_DSN",
 }
 
 _HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(?P<port>\d{1,5})$")
@@ -722,6 +733,28 @@ def _validate_storage(storage: StorageSettings) -> None:
         raise SettingsError(f"storage.endpoint_url: {storage.endpoint_url!r} is not an http(s) URL")
 
 
+def _validate_store(store: StoreSettings, storage: StorageSettings) -> None:
+    if store.backend == "sqlite":
+        return  # the DSN, if set, is unused
+    if not store.dsn:
+        raise SettingsError("store.dsn: store.backend = 'postgresql' needs FAX_GATEWAY_STORE_DSN (never the file)")
+    import psycopg  # local: keeps `import gateway.settings` light
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(store.dsn.reveal())
+    except psycopg.Error:
+        # Never the parser's words: they quote the string, password and all.
+        raise SettingsError(
+            "store.dsn: FAX_GATEWAY_STORE_DSN is not a PostgreSQL connection string"
+            " ('host=... dbname=... user=...' or 'postgresql://user@host/dbname')"
+        ) from None
+    if storage.backend != "s3":
+        raise SettingsError(
+            f"store.backend: 'postgresql' needs storage.backend = 's3' (it is {storage.backend!r}): with more"
+            " than one machine, what a gateway accepted must not live on its own disk"
+        )
+
+
 def _validate_provider(provider: ProviderSettings) -> None:
     _check_url("provider.url", provider.url)
     _check_address("provider.email", provider.email)
@@ -771,6 +804,7 @@ def validate(s: Settings) -> None:
     _positive("quotas.global_hourly", s.quotas.global_hourly, zero_ok=True)
     _validate_documents(s.documents)
     _validate_storage(s.storage)
+    _validate_store(s.store, s.storage)
     _validate_provider(s.provider)
     _validate_http(s.http)
     _validate_notify(s.notify)

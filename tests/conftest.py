@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.support_net",
     "tests.support_office",
     "tests.support_ops",
+    "tests.support_postgres",
     "tests.support_proc",
     "tests.support_receipts",
     "tests.support_s3",

@@ -7,6 +7,7 @@ Elsewhere the test is skipped with the command that installs it.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 
@@ -17,9 +18,16 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
-def need_program(name: str, debian_package: str) -> str:
-    """The path of ``name``; fails (CI) or skips (elsewhere) when it is not installed."""
+def need_program(name: str, debian_package: str, also_in: str = "") -> str:
+    """The path of ``name``; fails (CI) or skips (elsewhere) when it is not installed.
+
+    ``also_in``: a directory pattern to look in when ``name`` is not on the PATH
+    (``/usr/lib/postgresql/*/bin``: Debian keeps PostgreSQL's programs there).
+    """
     path = shutil.which(name)
+    if path is None and also_in:
+        path = next((p for p in sorted(glob.glob(os.path.join(also_in, name)), reverse=True) if os.access(p, os.X_OK)),
+                    None)  # fmt: skip
     if path is None:
         why = f"{name} is not installed: apt-get install {debian_package}"
         if in_ci():

@@ -104,3 +104,38 @@ def test_ipv6_listen_address() -> None:
 def test_secret_equality_and_truth() -> None:
     assert Secret("a") == Secret("a") and Secret("a") != Secret("b")
     assert not Secret("") and Secret("x")
+
+
+_PG_DSN = {"FAX_GATEWAY_STORE_DSN": "host=db.example.com dbname=fax user=fax password=canary-pg"}
+_S3 = {"backend": "s3", "bucket": "faxes"}
+
+
+def test_the_store_is_sqlite_unless_postgresql_is_asked_for_with_a_dsn_from_the_environment() -> None:
+    assert Settings().store.backend == "sqlite" and not Settings().store.dsn
+    s = from_mapping({"store": {"backend": "postgresql"}, "storage": _S3}, _PG_DSN)
+    assert s.store.backend == "postgresql" and s.store.dsn.reveal() == _PG_DSN["FAX_GATEWAY_STORE_DSN"]
+    assert "canary" not in repr(s) and describe(s)["store"]["dsn"] == "********"
+    assert _error({"store": {"backend": "mysql"}}).startswith("store.backend:")
+    assert _error({"store": {"dsn": "host=db"}}).startswith("store.dsn: secrets are not read from the file")
+    with pytest.raises(SettingsError, match=r"^store.dsn: .*needs FAX_GATEWAY_STORE_DSN"):
+        from_mapping({"store": {"backend": "postgresql"}, "storage": _S3}, {})
+
+
+def test_a_malformed_dsn_is_refused_without_quoting_it() -> None:
+    env = {"FAX_GATEWAY_STORE_DSN": "host=db password=canary-pg dbname"}
+    with pytest.raises(SettingsError, match=r"^store.dsn: FAX_GATEWAY_STORE_DSN is not a PostgreSQL") as caught:
+        from_mapping({"store": {"backend": "postgresql"}, "storage": _S3}, env)
+    assert "canary" not in str(caught.value)
+
+
+def test_postgresql_needs_s3_and_the_refusal_names_both_settings() -> None:
+    with pytest.raises(SettingsError, match=r"^store.backend: 'postgresql' needs storage.backend = 's3'"):
+        from_mapping({"store": {"backend": "postgresql"}}, _PG_DSN)
+
+
+def test_the_dsn_is_a_secret_the_log_filters_mask() -> None:
+    from gateway.redact import MASK, redact, secrets_of
+
+    s = from_mapping({"store": {"backend": "postgresql"}, "storage": _S3}, _PG_DSN)
+    assert _PG_DSN["FAX_GATEWAY_STORE_DSN"] in secrets_of(s)
+    assert redact(f"cannot connect: {_PG_DSN['FAX_GATEWAY_STORE_DSN']}", secrets_of(s)) == f"cannot connect: {MASK}"

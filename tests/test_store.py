@@ -11,6 +11,7 @@ import pytest
 
 from gateway.outcomes import HoldKind
 from gateway.store import (
+    Location,
     NewMessage,
     NoticeKind,
     NoticeState,
@@ -35,8 +36,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
-    s = Store(tmp_path / "jobs.sqlite3", clock=clock)
+def store(store_location: Location, clock: FakeClock) -> Iterator[Store]:
+    s = Store(store_location, clock=clock)
     try:
         yield s
     finally:

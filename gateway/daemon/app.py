@@ -17,7 +17,7 @@ from typing import Protocol
 
 from gateway.settings import Settings
 from gateway.spool import Spool
-from gateway.store import AsyncStore
+from gateway.store import AsyncStore, location
 
 log = logging.getLogger("gateway")
 
@@ -33,7 +33,7 @@ class Gateway:
         self.settings = settings
         self.clock = clock
         self.spool = Spool(settings.spool.directory)
-        self.store = AsyncStore(self.spool.db_path, clock=clock)
+        self.store = AsyncStore(location(settings.store, self.spool.db_path), clock=clock)
         self.components: list[Component] = []
         self._started: list[Component] = []
         self._stopping = False

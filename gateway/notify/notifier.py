@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import email.policy
 import logging
-import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from gateway.notify.compose import Alert, Facts, compose, compose_alerts
 from gateway.sender import recipient_of_message
 from gateway.settings import Settings, status_links_on
 from gateway.spool import FAX_NAME, Spool
-from gateway.store import FINAL_STATES, AsyncStore, Notice, NoticeKind, NoticeState, Store, alert
+from gateway.store import DATABASE_ERRORS, FINAL_STATES, AsyncStore, Notice, NoticeKind, NoticeState, Store, alert
 from gateway.text import clean
 
 log = logging.getLogger("gateway.notify")
@@ -206,7 +205,7 @@ class Notifier:
         if not item.payload:
             try:
                 prepared = await self.store.run(lambda s: _prepare(s, self.settings, self.spool, item))
-            except sqlite3.Error:
+            except DATABASE_ERRORS:
                 raise  # the store: the whole run stops and is tried again
             except Exception:  # a bug in composing this one: record it, do not block the others
                 log.exception("job %s: %s notice could not be composed", item.job_id, item.kind,

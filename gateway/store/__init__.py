@@ -1,5 +1,6 @@
 """The job store: the only link between the stages, and the only code that speaks SQL."""
 
+from gateway.store.base import DATABASE_ERRORS, Location, PostgreSQL, location
 from gateway.store.core import AsyncStore, Store
 from gateway.store.jobs import Job, NewMessage, new_id
 from gateway.store.outbox import (
@@ -18,8 +19,8 @@ from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreError
 from gateway.store.states import FINAL_STATES, IN_FLIGHT_STATES, Delay, Ending, State, delay_of
 
 __all__ = [
-    "FINAL_STATES", "IN_FLIGHT_STATES", "MIGRATIONS", "SCHEMA_VERSION", "AsyncStore", "Delay", "Ending", "Job",
-    "NewMessage",
-    "Notice", "NoticeKind", "NoticeState", "State", "Store", "StoreError", "alert", "alert_subject", "ar_mail",
-    "delay_of", "is_alert", "is_ar_mail", "kind_family", "new_id", "number_tail",
+    "DATABASE_ERRORS", "FINAL_STATES", "IN_FLIGHT_STATES", "MIGRATIONS", "SCHEMA_VERSION", "AsyncStore", "Delay",
+    "Ending", "Job", "Location", "NewMessage", "Notice", "NoticeKind", "NoticeState", "PostgreSQL", "State", "Store",
+    "StoreError", "alert", "alert_subject", "ar_mail", "delay_of", "is_alert", "is_ar_mail", "kind_family",
+    "location", "new_id", "number_tail",
 ]

@@ -1,67 +1,265 @@
-"""The store's connection: one SQLite file, its pragmas, its schema and its transactions.
+"""The store's connection: SQLite or PostgreSQL, their small differences, the schema and the transactions.
 
-In: the path of the database file (beside the spool files) and a clock. Out:
-an open connection in WAL mode with ``synchronous=FULL`` (a commit that
-returned is on disk) and the schema migrated (:mod:`gateway.store.schema`).
-The daemon and the CLI open the same file; WAL lets them run together, and
-``BEGIN IMMEDIATE`` makes one writer at a time across processes.
+In: where the store is: the path of a SQLite file (beside the spool files), or
+:class:`PostgreSQL` (a connection string, a secret), and a clock. Out: an open
+connection with the schema migrated (:mod:`gateway.store.schema`) and
+:meth:`Connection.transaction`; ``self.db`` runs the queries of the modules
+beside this one (jobs, receipts, outbox, reports, links) on either backend.
 
-The query methods live in the modules beside this one (jobs, receipts,
-outbox, reports), each a layer over :class:`Connection`.
+The queries are written once, in the SQL both engines speak: ``?`` placeholders
+(turned into psycopg's ``%s`` here), ``INSERT ... ON CONFLICT DO NOTHING``,
+``RETURNING``. What differs lives in this module and nowhere else:
+
+- SQLite: one file in WAL mode with ``synchronous=FULL`` (a commit that returned
+  is on disk); the daemon and the CLI open the same file, and ``BEGIN IMMEDIATE``
+  makes one writer at a time across processes. The schema version is
+  ``PRAGMA user_version``.
+- PostgreSQL: one psycopg connection per :class:`Connection` (the store is used
+  from one thread, so a pool would hold connections nobody uses), autocommit
+  outside :meth:`Connection.transaction`, which is one ``BEGIN ... COMMIT``
+  (READ COMMITTED: a claim, ``UPDATE ... WHERE state IN (...)``, is atomic, and
+  the reads that look for work skip rows another instance holds locked,
+  :attr:`Dialect.skip_locked`). The schema version is the ``schema_version``
+  table, and migrations run under ``pg_advisory_xact_lock`` so that two
+  instances starting together apply each one once.
+
+The connection string never reaches an error: a failure to connect is
+:class:`~gateway.store.schema.StoreError` with the DSN and its password masked.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
+import psycopg
+import psycopg.conninfo
+import psycopg.rows
+
+from gateway.redact import redact
+from gateway.settings import Secret, StoreSettings
 from gateway.store import schema
+from gateway.store.schema import StoreError
+
+
+class Cursor(Protocol):
+    """What the queries use of a cursor, on either backend."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Database(Protocol):
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor: ...
+
+
+@dataclass(frozen=True)
+class PostgreSQL:
+    """Where a PostgreSQL store is: its connection string (libpq form or a URL), never printed."""
+
+    dsn: Secret = field(repr=False)
+
+    def __str__(self) -> str:
+        info = psycopg.conninfo.conninfo_to_dict(self.dsn.reveal())
+        return f"PostgreSQL database {info.get('dbname', '')!r} on {info.get('host', 'localhost')!r}"
+
+
+Location = str | Path | PostgreSQL
+
+# Any error either backend raises (a lost connection, a full disk, a locked file).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+
+# The key of the advisory lock the migrations run under (any constant the gateway alone uses).
+_MIGRATION_LOCK = 0x6661782D67770001
+
+
+def location(settings: StoreSettings, sqlite_path: Path) -> Location:
+    """Where ``[store]`` says the store is: ``sqlite_path`` (in the spool), or the PostgreSQL database."""
+    return PostgreSQL(settings.dsn) if settings.backend == "postgresql" else sqlite_path
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What the SQL of the two engines does not share."""
+
+    name: str
+    # The column types the schema names as {word} (schema.MIGRATIONS).
+    types: Mapping[str, str]
+    # After a query that looks for work to claim: rows another transaction holds are passed over.
+    skip_locked: str
+
+    def render(self, ddl: str) -> str:
+        for word, sql in self.types.items():
+            ddl = ddl.replace("{" + word + "}", sql)
+        return ddl
+
+
+SQLITE = Dialect(
+    "sqlite",
+    {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "rowid": "INTEGER PRIMARY KEY", "real": "REAL",
+     "blob": "BLOB", "empty_blob": "x''"},
+    skip_locked="",
+)  # fmt: skip
+_IDENTITY = "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+POSTGRES = Dialect(
+    "postgresql",
+    {"serial": _IDENTITY, "rowid": _IDENTITY, "real": "DOUBLE PRECISION", "blob": "BYTEA", "empty_blob": "''::bytea"},
+    skip_locked=" FOR UPDATE OF j SKIP LOCKED",
+)
+
+
+class PgRow:
+    """A PostgreSQL row that reads like :class:`sqlite3.Row`: by index, by name, ``keys()``, unpacking."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, index: Mapping[str, int], values: Sequence[Any]) -> None:
+        self._index = index
+        self._values = values
+
+    def __getitem__(self, key: int | str) -> Any:
+        return self._values[key if isinstance(key, int) else self._index[key]]
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"PgRow({dict(zip(self._index, self._values, strict=True))!r})"
+
+
+# A row of either backend: by index, by name, keys(), unpacking.
+Row = sqlite3.Row | PgRow
+
+
+def _pg_rows(cursor: psycopg.Cursor[Any]) -> psycopg.rows.RowMaker[PgRow]:
+    index = {column.name: i for i, column in enumerate(cursor.description or ())}
+    return lambda values: PgRow(index, values)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pg_sql(sql: str) -> str:
+    """A query's ``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _PgDatabase:
+    """psycopg behind the calls the queries make of a :class:`sqlite3.Connection`."""
+
+    def __init__(self, conn: psycopg.Connection[PgRow]) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
+        return self.conn.execute(_pg_sql(sql), parameters)
+
+
+def _connect_postgres(where: PostgreSQL) -> psycopg.Connection[PgRow]:
+    dsn = where.dsn.reveal()
+    try:
+        return psycopg.connect(dsn, autocommit=True, row_factory=_pg_rows, connect_timeout=10)
+    except psycopg.Error as exc:
+        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+        hidden = [dsn, *([str(password)] if password else [])]
+        raise StoreError(f"{where}: cannot connect: {redact(str(exc), hidden)}") from None
 
 
 class Connection:
-    """Synchronous access to the store file. One instance per thread."""
+    """Synchronous access to the store. One instance per thread."""
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
+    def __init__(self, where: Location, *, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
+        self.where = where
+        self._pg: psycopg.Connection[PgRow] | None = None
+        self._sqlite: sqlite3.Connection | None = None
+        self.db: Database
+        if isinstance(where, PostgreSQL):
+            self.dialect = POSTGRES
+            self._pg = _connect_postgres(where)
+            self.db = _PgDatabase(self._pg)
+        else:
+            self.dialect = SQLITE
+            self.path = Path(where)
+            self._sqlite = self.db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=10.0, check_same_thread=False
+            )
+            self._sqlite.row_factory = sqlite3.Row
+            self._sqlite.execute("PRAGMA journal_mode=WAL")
+            self._sqlite.execute("PRAGMA synchronous=FULL")
+            self._sqlite.execute("PRAGMA foreign_keys=ON")
         try:
             self.migrate()
         except BaseException:
-            self.db.close()
+            self.close()
             raise
 
     def close(self) -> None:
-        self.db.close()
+        if self._pg is not None:
+            self._pg.close()
+        if self._sqlite is not None:
+            self._sqlite.close()
 
     def migrate(self) -> None:
         with self.transaction() as db:
-            schema.migrate(db, self.path)
+            if self._pg is not None:  # one instance at a time: the others wait, then find the work done
+                db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+                db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                if db.execute("SELECT version FROM schema_version").fetchone() is None:
+                    db.execute("INSERT INTO schema_version (version) VALUES (0)")
+            schema.migrate(db, str(self.where), self.dialect, self._read_version, self._write_version)
+
+    def _read_version(self) -> int:
+        if self._pg is not None:
+            return int(self.db.execute("SELECT version FROM schema_version").fetchone()[0])
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _write_version(self, version: int) -> None:
+        if self._pg is not None:
+            self.db.execute("UPDATE schema_version SET version = ?", (version,))
+        else:
+            self.db.execute(f"PRAGMA user_version = {int(version)}")
 
     @property
     def schema_version(self) -> int:
-        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        return self._read_version()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT: one writer at a time across processes."""
-        if self.db.in_transaction:  # nested: join the outer transaction
+    def transaction(self) -> Iterator[Database]:
+        """One transaction (joined when one is open): BEGIN IMMEDIATE on SQLite, BEGIN on PostgreSQL."""
+        if self._pg is not None:
+            if self._pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                yield self.db
+                return
+            with self._pg.transaction():
+                yield self.db
+            return
+        assert self._sqlite is not None
+        if self._sqlite.in_transaction:  # nested: join the outer transaction
             yield self.db
             return
-        self.db.execute("BEGIN IMMEDIATE")
+        self._sqlite.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._sqlite.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        self._sqlite.execute("COMMIT")
 
     def writable(self) -> bool:
         """A real write, committed: a row written to the ``probe`` table and deleted, in one transaction.
@@ -73,6 +271,6 @@ class Connection:
             with self.transaction() as db:
                 db.execute("INSERT INTO probe (at) VALUES (?)", (self.clock(),))
                 db.execute("DELETE FROM probe")
-        except sqlite3.Error:
+        except DATABASE_ERRORS:
             return False
         return True

@@ -1,4 +1,4 @@
-"""The job store: an embedded SQLite database beside the spool files.
+"""The job store: an embedded SQLite database beside the spool files, or a PostgreSQL database.
 
 In: accepted messages (after their files are on disk), state changes from the
 worker, receipts and notifications. Out: job rows, each with a timeline of
@@ -6,7 +6,8 @@ events a person can read. The stages never call each other: each writes its
 outcome here and the next one reads it, so the store is the only place that
 speaks SQL (WAL journal, ``synchronous=FULL``: a commit that returned is on
 disk; a schema with a version and migrations; the daemon and the CLI open the
-same file).
+same file). With ``[store] backend = "postgresql"`` the same queries run on a
+PostgreSQL database that several gateways share (:mod:`~gateway.store.base`).
 
 :class:`Store` is synchronous and must only be used off the event loop; the
 daemon reaches it through :class:`AsyncStore`, which runs every call on one
@@ -24,9 +25,9 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TypeVar
 
+from gateway.store.base import Location
 from gateway.store.jobs import NewMessage
 from gateway.store.links import StatusLinks
 from gateway.store.outbox import NoticeKind, Outbox
@@ -60,7 +61,7 @@ class Store(ReceiptQueries, Outbox, Reports, StatusLinks):
 class AsyncStore:
     """Runs :class:`Store` calls on one dedicated thread, never on the event loop."""
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Location, *, clock: Callable[[], float] = time.time) -> None:
         self._path = path
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")

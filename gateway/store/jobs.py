@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from gateway.outcomes import HoldKind
-from gateway.store.base import Connection
+from gateway.store.base import Connection, Row
 from gateway.store.states import FINAL_STATES, State
 
 
@@ -74,7 +73,7 @@ class Job:
     grace_unwatched: bool = False
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
+    def from_row(cls, row: Row) -> Job:
         values = {f.name: row[f.name] for f in fields(cls)}
         values["state"] = State(values["state"])
         values["grace_unwatched"] = bool(values["grace_unwatched"])
@@ -179,8 +178,8 @@ class JobQueries(Connection):
         rows = self.db.execute(_JOB_SELECT + " WHERE j.message_id = ? ORDER BY j.id", (message_id,))
         return [Job.from_row(r) for r in rows]
 
-    def message(self, message_id: str) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+    def message(self, message_id: str) -> Row | None:
+        row: Row | None = self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
         return row
 
     def transition(
@@ -219,7 +218,7 @@ class JobQueries(Connection):
     def due_jobs(self, states: Sequence[State], now: float, limit: int = 100) -> list[Job]:
         rows = self.db.execute(
             _JOB_SELECT + f" WHERE j.state IN ({_marks(states)}) AND j.next_attempt_at <= ?"
-            " ORDER BY j.next_attempt_at, j.created_at LIMIT ?",
+            " ORDER BY j.next_attempt_at, j.created_at LIMIT ?" + self.dialect.skip_locked,
             (*[str(s) for s in states], now, limit),
         )
         return [Job.from_row(r) for r in rows]
@@ -231,7 +230,7 @@ class JobQueries(Connection):
             _JOB_SELECT + " WHERE (j.state IN (?, ?)"
             " OR (j.state = ? AND j.hold_kind = ?)"
             " OR (j.state = ? AND j.next_attempt_at > 0))"
-            " AND j.next_attempt_at <= ? ORDER BY j.next_attempt_at, j.created_at LIMIT ?",
+            " AND j.next_attempt_at <= ? ORDER BY j.next_attempt_at, j.created_at LIMIT ?" + self.dialect.skip_locked,
             (State.QUEUED, State.DEFERRED, State.HELD, HoldKind.CREDIT, State.AMBIGUOUS, now, limit),
         )
         return [Job.from_row(r) for r in rows]
@@ -281,6 +280,7 @@ class JobQueries(Connection):
         sender: str | None = None,
         limit: int = 200,
     ) -> list[Job]:
+        """The jobs that match, newest first; ``limit`` below 0: all of them."""
         where: list[str] = []
         args: list[Any] = []
         if states:
@@ -293,13 +293,18 @@ class JobQueries(Connection):
             where.append("j.number LIKE ?")
             args.append(f"%{number.lstrip('+')}%")
         if sender:
-            where.append("m.envelope_from LIKE ?")
+            where.append("LOWER(m.envelope_from) LIKE LOWER(?)")  # as SQLite's LIKE: ASCII case ignored
             args.append(f"%{sender}%")
         clause = (" WHERE " + " AND ".join(where)) if where else ""
-        rows = self.db.execute(_JOB_SELECT + clause + " ORDER BY j.created_at DESC LIMIT ?", (*args, limit))
+        if limit >= 0:
+            clause += " ORDER BY j.created_at DESC LIMIT ?"
+            args.append(limit)
+        else:
+            clause += " ORDER BY j.created_at DESC"
+        rows = self.db.execute(_JOB_SELECT + clause, args)
         return [Job.from_row(r) for r in rows]
 
-    def timeline(self, job_id: str) -> list[sqlite3.Row]:
+    def timeline(self, job_id: str) -> list[Row]:
         return list(self.db.execute("SELECT at, kind, detail FROM events WHERE job_id = ? ORDER BY id", (job_id,)))
 
     def count_by_state(self) -> dict[str, int]:

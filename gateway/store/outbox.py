@@ -15,11 +15,11 @@ mail forwarded to the sender (:func:`ar_mail`).
 from __future__ import annotations
 
 import enum
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from gateway.store.base import Row
 from gateway.store.jobs import _JOB_SELECT, Job, JobQueries, _marks
 from gateway.store.states import FINAL_STATES, WAITING_STATES
 
@@ -94,7 +94,7 @@ class Notice:
     code: str = ""  # the provider's answer code the notice tells of (gateway.answers), or ""
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Notice:
+    def from_row(cls, row: Row) -> Notice:
         values = {f.name: row[f.name] for f in fields(cls)}
         values.update(payload=bytes(row["payload"]), source=bytes(row["source"]), state=NoticeState(row["state"]))
         return cls(**values)
@@ -124,9 +124,8 @@ class Outbox(JobQueries):
         """
         with self.transaction() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO notifications"
-                " (job_id, kind, recipient, message_id, detail, code, state, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO notifications (job_id, kind, recipient, message_id, detail, code, state, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (job_id, kind, recipient, _notice_id(job_id, kind), detail, code, NoticeState.NEW, self.clock()),
             )
             if cur.rowcount == 1 and job_id:
@@ -138,8 +137,8 @@ class Outbox(JobQueries):
         kind = ar_mail(digest)
         with self.transaction() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO notifications (job_id, kind, message_id, detail, source, state, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO notifications (job_id, kind, message_id, detail, source, state, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (job_id, kind, _notice_id(job_id, kind), subject, raw, NoticeState.NEW, self.clock()),
             )
         return cur.rowcount == 1

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import math
 import re
-import sqlite3
 from typing import Any
 
+from gateway.store.base import Row
 from gateway.store.jobs import Job, JobQueries
 from gateway.store.states import State
 
@@ -43,15 +43,12 @@ class ReceiptQueries(JobQueries):
     def add_receipt(self, *, source: str, ref_accuse: str, etat_e: str, numero: str, nb_page: int, heure: str,
                     validated: str) -> int | None:  # fmt: skip
         """Store a receipt; its row id, or None for a replay of one on record (same reference, code, time, pages)."""
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO receipts"
-            " (received_at, source, ref_accuse, etat_e, numero, nb_page, heure, validated)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows = self.db.execute(
+            "INSERT INTO receipts (received_at, source, ref_accuse, etat_e, numero, nb_page, heure, validated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
             (self.clock(), source, ref_accuse, etat_e, numero, nb_page, heure, validated),
-        )
-        if cur.rowcount != 1 or cur.lastrowid is None:
-            return None
-        return cur.lastrowid
+        ).fetchall()  # all of them: SQLite finishes the statement (and its write) only then
+        return int(rows[0][0]) if rows else None
 
     def mark_receipt_applied(self, receipt_id: int, job_id: str) -> None:
         self.db.execute(
@@ -60,7 +57,7 @@ class ReceiptQueries(JobQueries):
 
     def unapplied_receipts(
         self, ref: str, received_from: float = 0.0, received_to: float = math.inf
-    ) -> list[sqlite3.Row]:
+    ) -> list[Row]:
         """The receipts for reference ``ref`` that no job has taken yet, received in the bounds, oldest first."""
         rows = self.db.execute(
             "SELECT * FROM receipts WHERE ref_accuse = ? AND applied_at = 0 AND received_at BETWEEN ? AND ?"
@@ -69,7 +66,7 @@ class ReceiptQueries(JobQueries):
         )
         return list(rows)
 
-    def receipt_for_ambiguous(self, job: Job, early_window: float = math.inf) -> sqlite3.Row | None:
+    def receipt_for_ambiguous(self, job: Job, early_window: float = math.inf) -> Row | None:
         """The oldest receipt on file that matched no job, for the number of ambiguous ``job``.
 
         It must come after the job's request went out, while it was in flight
@@ -142,7 +139,7 @@ class ReceiptQueries(JobQueries):
             return job.updated_at - _SLACK_SECONDS, job.updated_at + _SLACK_SECONDS
         return job.submitted_at, min(job.updated_at + _SLACK_SECONDS, job.submitted_at + early_window)
 
-    def _unmatched_receipts(self, since: float, until: float) -> list[sqlite3.Row]:
+    def _unmatched_receipts(self, since: float, until: float) -> list[Row]:
         """Receipts no job has taken, received between ``since`` and ``until``, oldest first."""
         rows = self.db.execute(
             "SELECT * FROM receipts WHERE job_id = '' AND applied_at = 0 AND received_at BETWEEN ? AND ? ORDER BY id",
@@ -151,12 +148,12 @@ class ReceiptQueries(JobQueries):
         return list(rows)
 
     @staticmethod
-    def _fits(job: Job, receipt: sqlite3.Row, since: float, until: float) -> bool:
+    def _fits(job: Job, receipt: Row, since: float, until: float) -> bool:
         return since <= receipt["received_at"] <= until and number_tail(receipt["numero"]) == number_tail(job.number)
 
-    def latest_applied_receipt(self, job_id: str) -> sqlite3.Row | None:
+    def latest_applied_receipt(self, job_id: str) -> Row | None:
         """The receipt that decided the job (the last one applied to it)."""
-        row: sqlite3.Row | None = self.db.execute(
+        row: Row | None = self.db.execute(
             "SELECT * FROM receipts WHERE job_id = ? AND applied_at > 0 ORDER BY id DESC LIMIT 1", (job_id,)
         ).fetchone()
         return row

@@ -1,22 +1,29 @@
 """The store's schema: its tables, as a list of migrations, and the code that applies them.
 
-In: a SQLite connection (autocommit mode) and the file's ``user_version``.
-Out: the schema at :data:`SCHEMA_VERSION`, each migration applied in one
-transaction with the caller's; a file written by a newer fax-gateway is
-refused with :class:`StoreError` (never half-read).
+In: a connection inside the caller's transaction (SQLite or PostgreSQL), the
+store's schema version and how to write it. Out: the schema at
+:data:`SCHEMA_VERSION`, every migration applied in that one transaction; a store
+written by a newer fax-gateway is refused with :class:`StoreError` (never half-read).
+
+One schema for both backends: the few column types the engines spell differently
+are written ``{real}``, ``{blob}``, ``{empty_blob}``, ``{serial}`` (an id that
+counts up) and ``{rowid}``, and :class:`gateway.store.base.Dialect` spells them.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.store.base import Database, Dialect
 
 MIGRATIONS: list[str] = [
     # 1: the first schema.
     """
     CREATE TABLE messages (
         id TEXT PRIMARY KEY,
-        received_at REAL NOT NULL,
+        received_at {real} NOT NULL,
         envelope_from TEXT NOT NULL,
         header_from TEXT NOT NULL DEFAULT '',
         reply_to TEXT NOT NULL DEFAULT '',
@@ -31,8 +38,8 @@ MIGRATIONS: list[str] = [
         documents TEXT NOT NULL DEFAULT '[]',
         skipped TEXT NOT NULL DEFAULT '[]',
         upload_key TEXT NOT NULL DEFAULT '',
-        uploaded_at REAL NOT NULL DEFAULT 0,
-        object_deleted_at REAL NOT NULL DEFAULT 0
+        uploaded_at {real} NOT NULL DEFAULT 0,
+        object_deleted_at {real} NOT NULL DEFAULT 0
     );
     CREATE TABLE jobs (
         id TEXT PRIMARY KEY,
@@ -40,13 +47,13 @@ MIGRATIONS: list[str] = [
         number TEXT NOT NULL,
         state TEXT NOT NULL,
         reason TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        next_attempt_at REAL NOT NULL DEFAULT 0,
+        created_at {real} NOT NULL,
+        updated_at {real} NOT NULL,
+        next_attempt_at {real} NOT NULL DEFAULT 0,
         attempts INTEGER NOT NULL DEFAULT 0,
         provider_ref TEXT NOT NULL DEFAULT '',
-        submitted_at REAL NOT NULL DEFAULT 0,
-        final_at REAL NOT NULL DEFAULT 0,
+        submitted_at {real} NOT NULL DEFAULT 0,
+        final_at {real} NOT NULL DEFAULT 0,
         recoveries INTEGER NOT NULL DEFAULT 0,
         receipt_code TEXT NOT NULL DEFAULT '',
         pages_sent INTEGER NOT NULL DEFAULT 0,
@@ -67,16 +74,16 @@ MIGRATIONS: list[str] = [
     CREATE INDEX messages_received ON messages(received_at);
     CREATE INDEX messages_upload ON messages(upload_key);
     CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        id {serial},
         job_id TEXT NOT NULL,
-        at REAL NOT NULL,
+        at {real} NOT NULL,
         kind TEXT NOT NULL,
         detail TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX events_job ON events(job_id, id);
     CREATE TABLE receipts (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        received_at REAL NOT NULL,
+        id {serial},
+        received_at {real} NOT NULL,
         source TEXT NOT NULL,
         ref_accuse TEXT NOT NULL,
         etat_e TEXT NOT NULL,
@@ -85,25 +92,25 @@ MIGRATIONS: list[str] = [
         heure TEXT NOT NULL DEFAULT '',
         validated TEXT NOT NULL DEFAULT '',
         job_id TEXT NOT NULL DEFAULT '',
-        applied_at REAL NOT NULL DEFAULT 0,
+        applied_at {real} NOT NULL DEFAULT 0,
         UNIQUE (ref_accuse, etat_e, heure, nb_page)
     );
     CREATE INDEX receipts_ref ON receipts(ref_accuse);
     CREATE TABLE notifications (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        id {serial},
         job_id TEXT NOT NULL DEFAULT '',
         kind TEXT NOT NULL,
         recipient TEXT NOT NULL DEFAULT '',
         message_id TEXT NOT NULL UNIQUE,
         detail TEXT NOT NULL DEFAULT '',
-        payload BLOB NOT NULL DEFAULT x'',
+        payload {blob} NOT NULL DEFAULT {empty_blob},
         -- a mail that came in to be forwarded as it came (a provider AR copy)
-        source BLOB NOT NULL DEFAULT x'',
+        source {blob} NOT NULL DEFAULT {empty_blob},
         state TEXT NOT NULL DEFAULT 'new',
         attempts INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL,
-        next_attempt_at REAL NOT NULL DEFAULT 0,
-        sent_at REAL NOT NULL DEFAULT 0,
+        created_at {real} NOT NULL,
+        next_attempt_at {real} NOT NULL DEFAULT 0,
+        sent_at {real} NOT NULL DEFAULT 0,
         last_error TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX notifications_due ON notifications(state, next_attempt_at);
@@ -112,8 +119,8 @@ MIGRATIONS: list[str] = [
     # the gateway did not watch whole (it was down for part of it: a receipt may have been lost).
     """
     CREATE TABLE probe (
-        id INTEGER PRIMARY KEY,
-        at REAL NOT NULL
+        id {rowid},
+        at {real} NOT NULL
     );
     ALTER TABLE jobs ADD COLUMN grace_unwatched INTEGER NOT NULL DEFAULT 0;
     """,
@@ -127,7 +134,7 @@ MIGRATIONS: list[str] = [
     CREATE TABLE status_links (
         token_hash TEXT PRIMARY KEY,
         job_id TEXT NOT NULL REFERENCES jobs(id),
-        created_at REAL NOT NULL
+        created_at {real} NOT NULL
     );
     CREATE INDEX status_links_job ON status_links(job_id);
     """,
@@ -139,16 +146,18 @@ class StoreError(RuntimeError):
     pass
 
 
-def migrate(db: sqlite3.Connection, path: Path) -> None:
+def migrate(
+    db: Database, where: str, dialect: Dialect, read_version: Callable[[], int], write_version: Callable[[int], None]
+) -> None:
     """Bring the schema to :data:`SCHEMA_VERSION`, inside the caller's transaction."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
+    version = read_version()
     if version > SCHEMA_VERSION:
         raise StoreError(
-            f"{path}: schema version {version} is newer than this fax-gateway knows"
+            f"{where}: schema version {version} is newer than this fax-gateway knows"
             f" ({SCHEMA_VERSION}): run the fax-gateway version that wrote it, or a newer one"
         )
     for n in range(version, SCHEMA_VERSION):
-        for statement in MIGRATIONS[n].split(";"):
+        for statement in dialect.render(MIGRATIONS[n]).split(";"):
             if statement.strip():
                 db.execute(statement)
-        db.execute(f"PRAGMA user_version = {n + 1}")
+        write_version(n + 1)

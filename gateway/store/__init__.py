@@ -13,13 +13,14 @@ from gateway.store.outbox import (
     is_ar_mail,
     kind_family,
 )
+from gateway.store.partials import NewPart, OpenSet, Part, PartTaken
 from gateway.store.receipts import number_tail
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreError
 from gateway.store.states import FINAL_STATES, IN_FLIGHT_STATES, Delay, Ending, State, delay_of
 
 __all__ = [
     "FINAL_STATES", "IN_FLIGHT_STATES", "MIGRATIONS", "SCHEMA_VERSION", "AsyncStore", "Delay", "Ending", "Job",
-    "NewMessage",
+    "NewMessage", "NewPart", "OpenSet", "Part", "PartTaken",
     "Notice", "NoticeKind", "NoticeState", "State", "Store", "StoreError", "alert", "alert_subject", "ar_mail",
     "delay_of", "is_alert", "is_ar_mail", "kind_family", "new_id", "number_tail",
 ]

@@ -110,6 +110,7 @@ AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 RECEIPT_ACCEPTED = Reply(250, "2.0.0", "OK: receipt recorded")
 RECEIPT_RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK: receipt address")
 REFUSED_BY_MAIL = Reply(250, "2.0.0", "OK: not faxed; the reason goes by mail to the sender (job {jobs})")
+PART_KEPT = Reply(250, "2.0.0", "OK: part {part} of message {id} kept; the fax goes once all parts have arrived")
 
 # -- transient: our side, try again later -------------------------------------
 ERROR = Reply(451, "4.3.0", "Internal error, please try again later")

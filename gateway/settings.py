@@ -285,6 +285,8 @@ class DocumentSettings:
     cover_page: Literal["off", "always", "when-body"] = "off"
     # A mail with text but no attachment: refused (no document), or its text faxed.
     body_without_attachment: Literal["refuse", "fax"] = "refuse"
+    # How long the parts of a split mail (message/partial) wait for the rest of their set, from the first one.
+    partial_window_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -586,6 +588,8 @@ def _validate_documents(d: DocumentSettings) -> None:
         raise SettingsError(f"documents.queue_seconds: {d.queue_seconds!r} is not in (0, 600]")
     _positive("documents.penalty_refusals", d.penalty_refusals, zero_ok=True)
     _positive("documents.penalty_seconds", d.penalty_seconds)
+    if not 0 < d.partial_window_seconds <= 7 * 86400:
+        raise SettingsError(f"documents.partial_window_seconds: {d.partial_window_seconds!r} is not in (0, 604800]")
     for key in ("max_stream_bytes", "max_image_pixels", "max_total_pixels"):
         _positive(f"documents.{key}", getattr(d, key))
     if d.max_image_pixels > 89_000_000:  # Pillow's own decompression-bomb threshold warns past it

@@ -202,12 +202,41 @@ def many_parts(count: int) -> bytes:
 
 
 def message_partial() -> bytes:
-    """One fragment of a message/partial set (RFC 2046 5.2.2): never reassembled."""
+    """One fragment of a message/partial set (RFC 2046 5.2.2): the documents stage alone finds no document in it.
+
+    Over SMTP it is kept as part 1 of 3 (gateway.smtp.intake), and faxed only with the other two.
+    """
     fragment = b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n" + _b64_lines(pdf(1))[:200]
     return (
         b"From: alice@example.com\r\nTo: 0145678900@fax.local\r\nSubject: part 1/3\r\nMIME-Version: 1.0\r\n"
         b'Content-Type: message/partial; id="abc@example.com"; number=1; total=3\r\n\r\n' + fragment + b"\r\n"
     )
+
+
+def split_mail(
+    inner: bytes,
+    total: int,
+    *,
+    set_id: str = "scan-42@printer.example.com",
+    sender: str = "alice@example.com",
+    to: str = "0145678900@fax.local",
+) -> list[bytes]:
+    """``inner`` (a whole mail) as ``total`` message/partial mails, as a printer splits a scan (RFC 2046 5.2.2.1).
+
+    Each has its own outer headers (its own Subject and Message-ID); the first part's body starts with
+    ``inner``'s header block; ``inner`` is cut at line ends into slices of about the same size.
+    """
+    lines = inner.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").splitlines(keepends=True)
+    size = -(-len(lines) // total)
+    out = []
+    for n in range(1, total + 1):
+        head = (f"From: {sender}\r\nTo: {to}\r\nSubject: Scan ({n}/{total})\r\n"
+                f"Message-ID: <part{n}.{set_id}>\r\nMIME-Version: 1.0\r\n"
+                f'Content-Type: message/partial; id="{set_id}"; number={n}; total={total}\r\n\r\n')  # fmt: skip
+        chunk = b"".join(lines[(n - 1) * size : n * size])
+        assert chunk, "too few lines to split in that many parts"
+        out.append(head.encode() + chunk)
+    return out
 
 
 def uuencoded_body() -> bytes:

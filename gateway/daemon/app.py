@@ -51,9 +51,10 @@ class Gateway:
         stage applies the receipts that jobs recovered ambiguous may have on
         file), then the document examiner (its worker processes are up
         before the first mail, and stop only once intake has closed and finished
-        spooling), and SMTP intake last: it opens last and closes first. The web pages (the
-        sender's status page, the administrator's console) are routes on the HTTP listener
-        that read the store; the console's actions wake the worker and the notifier.
+        spooling), the timer of split mails (``gateway.smtp.partials``), and SMTP
+        intake last: it opens last and closes first. The web pages (the sender's status
+        page, the administrator's console) are routes on the HTTP listener that read the
+        store; the console's actions wake the worker and the notifier.
         """
         from gateway.daemon.health import Health
         from gateway.daemon.http import HttpServer
@@ -65,6 +66,7 @@ class Gateway:
         from gateway.notify.notifier import Notifier
         from gateway.receipts.callback import Receipts
         from gateway.smtp.intake import Handler
+        from gateway.smtp.partials import PartialTimer
         from gateway.smtp.server import SmtpServer
         from gateway.web.console import Console
         from gateway.web.status import StatusPage
@@ -90,6 +92,8 @@ class Gateway:
         intake = Handler(self.settings, self.store, self.spool, on_spooled=self._on_spooled, clock=self.clock,
                          on_receipt_mail=self.receipts.on_receipt_mail, examiner=self.examiner)  # fmt: skip
         self.smtp = SmtpServer(self.settings, intake)
+        # Split mails (message/partial) whole or past their window are ended by a timer of the SMTP stage.
+        self.partials = PartialTimer(intake.expire_partials, self.settings.documents.partial_window_seconds)
         self.status_page = StatusPage(self.settings, self.store, clock=self.clock)
         self.http.add_routes(self.status_page.routes())
         self.console = Console(self.settings, self.store, clock=self.clock, health=self.health.report,
@@ -97,7 +101,7 @@ class Gateway:
         self.http.add_routes(self.console.routes())
         self.smtp.on_reply = self.metrics.smtp_reply
         self.components = [self.http, self.storage, self.provider, self.worker, self.receipts, self.notifier,
-                           self.examiner, self.smtp]  # fmt: skip
+                           self.examiner, self.partials, self.smtp]  # fmt: skip
 
     def _smtp_listening(self) -> bool:
         smtp = getattr(self, "smtp", None)  # health may be asked before SMTP is built

@@ -328,6 +328,7 @@ _REFUSED_FR = {
     "encrypted": "le document est protégé par un mot de passe : envoyez-le sans mot de passe",
     "limits": "le message est trop complexe : envoyez le document seul, pas des messages transférés",
     "too-big": "le document reste trop lourd pour le fax même converti : envoyez moins de pages par message",
+    "partial": "le copieur a envoyé ce scan en plusieurs mails, qui ne sont pas tous arrivés : numérisez-le à nouveau",
 }
 _REFUSED_FR_ANY = "le message ne peut pas être faxé tel quel"
 

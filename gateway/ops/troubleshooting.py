@@ -96,6 +96,9 @@ ADVICE: dict[str, str] = {
     "PARAMETERS_UNKNOWN": _CLIENT_BUG,
     "BAD_BODY": _CLIENT_BUG,
     "SMTPUTF8_UNSUPPORTED": "Use ASCII addresses.",
+    "PART_KEPT": "Nothing: the printer split the scan into several mails (message/partial); the fax goes once"
+    " the last one has come. A set still missing parts after `documents.partial_window_seconds` gets a failure"
+    " receipt naming them.",
     "NO_DOCUMENT": "Attach the document as a file; the text of the mail is not faxed.",
     "DOC_TYPE": "Convert the attachment to PDF (or TIFF, JPEG, PNG, GIF) and send again.",
     "DOC_EMPTY": "Attach the document again: the file arrived empty.",

@@ -38,7 +38,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, Envelope
 
 from gateway import replies
-from gateway.documents import cover, policy
+from gateway.documents import cover, partial, policy
 from gateway.documents.examiner import Busy, Examiner
 from gateway.documents.headers import Headers, read_headers
 from gateway.replies import Answer, Hello
@@ -46,12 +46,14 @@ from gateway.settings import Network, Settings, User
 from gateway.smtp.access import AuthThrottle, sender_allowed
 from gateway.smtp.recipients import Domains, FaxRecipient, ReceiptRecipient, classify
 from gateway.spool import FAX_NAME, RAW_NAME, Spool
-from gateway.store import AsyncStore, NewMessage, Store, new_id
+from gateway.store import AsyncStore, NewMessage, NewPart, Part, PartTaken, Store, new_id
 from gateway.text import clean
 
 log = logging.getLogger("gateway.smtp")
 
 ReceiptCallback = Callable[[str, bytes], Awaitable[None]]
+# Run in the transaction that commits a message or its refusal (a split mail's set marked finished).
+Settle = Callable[[Store], object]
 QUOTA_WINDOW_SECONDS = 3600.0
 # A sender we can write back to: local@domain, no spaces, brackets or quotes.
 _SENDER = re.compile(r"[^@\s<>\"]+@[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?")
@@ -121,6 +123,8 @@ class Handler:
         self.inflight: set[asyncio.Task[Answer]] = set()
         # Dedupe keys being spooled -> (session, set when done): a resend waits for them.
         self._spooling: dict[str, tuple[str, asyncio.Event]] = {}
+        # Split mails are put together, or refused, one set at a time.
+        self._sets_lock = asyncio.Lock()
 
     # -- hooks (aiosmtpd calls them by name: every one has a wire-level test) --
 
@@ -252,7 +256,12 @@ class Handler:
             return replies.MESSAGE_TOO_BIG.format(limit=self.settings.smtp.max_message_size)
         if envelope.receipt_jobs:
             return await self._deliver_receipt(conn, envelope.receipt_jobs, raw)
-        task = asyncio.ensure_future(self._accept(conn, envelope.mail_from or "", list(envelope.numbers), raw))
+        sender, numbers = envelope.mail_from or "", list(envelope.numbers)
+        fragment = partial.fragment_of(raw)
+        if fragment is not None:  # one mail of a split scan: kept until its set is whole
+            task = asyncio.ensure_future(self._take_part(conn, sender, numbers, raw, fragment))
+        else:
+            task = asyncio.ensure_future(self._accept(conn, sender, numbers, raw))
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
         # Shielded: a client that hangs up mid-spool does not leave half a job;
@@ -274,17 +283,20 @@ class Handler:
         log.info("session %s: receipt mail for %s stored", conn.id, " ".join(job_ids))
         return replies.RECEIPT_ACCEPTED.answer()
 
-    async def _accept(self, conn: Connection, sender: str, numbers: list[str], raw: bytes) -> Answer:
+    async def _accept(
+        self, conn: Connection, sender: str, numbers: list[str], raw: bytes, settle: Settle | None = None
+    ) -> Answer:
+        """Examine, spool and commit one mail; ``settle``: a split mail's whole (its refusal always goes by mail)."""
         try:
             notify = self.settings.notify  # a cover page speaks the receipts' language, in their zone
             context = cover.Envelope(tuple(numbers), self.clock(), notify.language, notify.timezone)
             extraction, headers = await self.examiner.examine(raw, conn.ip, context)
         except policy.DocumentRefused as exc:
             log.info("session %s: message from %s refused: %s", conn.id, clean(sender), exc.reason)
-            if _refusals(conn) != "mail":
+            if _refusals(conn) != "mail" and settle is None:
                 return exc.reply
             try:
-                return await self._refuse_by_mail(conn, sender, numbers, raw, exc.reply, exc.reason)
+                return await self._refuse_by_mail(conn, sender, numbers, raw, exc.reply, exc.reason, settle)
             except Exception:
                 log.exception("session %s: the refusal could not be recorded to go by mail: 451", conn.id)
                 return replies.ERROR.answer()
@@ -305,7 +317,7 @@ class Handler:
         claimed = [k for k in keys.values() if k]
         self._spooling.update((k, (conn.id, done)) for k in claimed)
         try:
-            return await self._spool(conn, sender, keys, raw, extraction, headers)
+            return await self._spool(conn, sender, keys, raw, extraction, headers, settle)
         except Exception:
             log.exception("session %s: message could not be spooled: 451", conn.id)
             return replies.ERROR.answer()
@@ -328,6 +340,7 @@ class Handler:
         raw: bytes,
         extraction: policy.Extraction,
         headers: Headers,
+        settle: Settle | None = None,
     ) -> Answer:
         """Spool the message and commit one job per number (``keys``: number -> dedupe key) not yet queued."""
         numbers = list(keys)
@@ -355,12 +368,21 @@ class Handler:
             via = f"{conn.ip} as {conn.user.name}" if conn.user else conn.ip
             # The reply goes in the timeline: `fax-gateway show` tells what the sender was answered.
             detail = f"from {sender} via {via}, {extraction.pages} page(s); reply: {reply}"
+
+            def commit(s: Store) -> None:
+                with s.transaction():
+                    s.add_message(msg, jobs, detail)
+                    if settle is not None:
+                        settle(s)
+
             try:
-                await self.store.run(lambda s: s.add_message(msg, jobs, detail))
+                await self.store.run(commit)
             except BaseException:
                 await asyncio.to_thread(self.spool.remove, message_id)
                 raise
             self.on_spooled()
+        elif settle is not None:  # every number already queued from the same mail: the set is done all the same
+            await self.store.run(settle)
         for number, job_id in zip(numbers, ids, strict=True):
             what = "accepted" if number in new else "resent, already queued"
             log.info("job %s: %s for %s from %s (session %s)", job_id, what, number, clean(sender), conn.id,
@@ -368,7 +390,14 @@ class Handler:
         return reply
 
     async def _refuse_by_mail(
-        self, conn: Connection, sender: str, numbers: list[str], raw: bytes, refusal: Answer, why: str
+        self,
+        conn: Connection,
+        sender: str,
+        numbers: list[str],
+        raw: bytes,
+        refusal: Answer,
+        why: str,
+        settle: Settle | None = None,
     ) -> Answer:
         """``refusals = "mail"``: 250, and the refusal goes to the person behind the sender as a receipt.
 
@@ -376,10 +405,27 @@ class Handler:
         is spooled and committed like any other, its jobs already failed with the refusal's words,
         each with the "failed" notice the notifier sends (to whom :mod:`gateway.sender` picks).
         """
-        headers = await asyncio.to_thread(read_headers, raw)
         jobs = [(new_id(), number) for number in numbers]
         ids = tuple(job_id for job_id, _ in jobs)
         reply = replace(replies.REFUSED_BY_MAIL.format(jobs=" ".join(ids)), jobs=ids)
+        detail = f"cannot be faxed: {refusal}; reply: {reply}"
+        reason = f"the mail cannot be faxed as it is: {refusal.text}"
+        await self._commit_refusal(conn, sender, jobs, raw, detail, reason, why, settle)
+        return reply
+
+    async def _commit_refusal(
+        self,
+        conn: Connection,
+        sender: str,
+        jobs: list[tuple[str, str]],
+        raw: bytes,
+        detail: str,
+        reason: str,
+        why: str,
+        settle: Settle | None,
+    ) -> None:
+        """Spool ``raw``, commit its ``jobs`` (job id, number) failed with ``reason``, each with its notice."""
+        headers = await asyncio.to_thread(read_headers, raw)
         message_id = new_id()
         await asyncio.to_thread(self.spool.write, message_id, {RAW_NAME: raw})
         msg = NewMessage(
@@ -388,10 +434,15 @@ class Handler:
             client_addr=conn.ip, auth_user=conn.user.name if conn.user else "", doc_type="", doc_pages=0, doc_bytes=0,
         )  # fmt: skip
         via = f"{conn.ip} as {conn.user.name}" if conn.user else conn.ip
-        detail = f"from {sender} via {via}; cannot be faxed: {refusal}; reply: {reply}"
-        reason = f"the mail cannot be faxed as it is: {refusal.text}"
+
+        def commit(s: Store) -> None:
+            with s.transaction():
+                s.add_refused_message(msg, jobs, f"from {sender} via {via}; {detail}", reason, why=why)
+                if settle is not None:
+                    settle(s)
+
         try:
-            await self.store.run(lambda s: s.add_refused_message(msg, jobs, detail, reason, why=why))
+            await self.store.run(commit)
         except BaseException:
             await asyncio.to_thread(self.spool.remove, message_id)
             raise
@@ -399,7 +450,135 @@ class Handler:
         for job_id, number in jobs:
             log.info("job %s: refused for %s from %s, the reason goes by mail (session %s)", job_id, number,
                      clean(sender), conn.id, extra={"job_id": job_id})  # fmt: skip
-        return reply
+
+    # -- split mails (message/partial, RFC 2046 5.2.2) ------------------------
+
+    async def _take_part(
+        self, conn: Connection, sender: str, numbers: list[str], raw: bytes, fragment: partial.Fragment
+    ) -> Answer:
+        """Keep one mail of a split scan (spool, then store); the one that makes its set whole sends the whole on.
+
+        The 250 of a part says it is kept; the last part's answer is the whole's (queued, or refused by
+        mail). A 451 after the part was kept is safe: the part sent again finds its copy and the set again.
+        """
+        part = NewPart(sender=sender.lower(), set_id=fragment.id, number=fragment.number, total=fragment.total or 0,
+                       spool_id=new_id(), numbers=numbers, client_addr=conn.ip,
+                       auth_user=conn.user.name if conn.user else "")  # fmt: skip
+        try:
+            await asyncio.to_thread(self.spool.write, part.spool_id, {RAW_NAME: raw})
+            try:
+                taken = await self.store.run(lambda s: s.add_partial_part(part))
+            except BaseException:
+                await asyncio.to_thread(self.spool.remove, part.spool_id)
+                raise
+            if taken is not PartTaken.KEPT:
+                await asyncio.to_thread(self.spool.remove, part.spool_id)
+            of = f" of {fragment.total}" if fragment.total else ""
+            log.info("session %s: part %d%s of split mail %s from %s: %s", conn.id, fragment.number, of,
+                     clean(fragment.id), clean(sender), taken)  # fmt: skip
+            answer = None
+            if taken is not PartTaken.FINISHED:
+                answer = await self._complete(conn, part.sender, part.set_id, sender)
+        except Exception:
+            log.exception("session %s: part of a split mail could not be kept: 451", conn.id)
+            return replies.ERROR.answer()
+        if answer is not None:
+            return answer
+        return replies.PART_KEPT.format(part=f"{fragment.number}{of}", id=fragment.id)
+
+    async def _complete(self, conn: Connection, key: str, set_id: str, sender: str) -> Answer | None:
+        """If the set (``key``: the sender, lower case) is whole, the answer to its reassembled mail; else None."""
+        async with self._sets_lock:
+            parts = await self._parts(key, set_id)
+            total = max((p.total for p in parts), default=0)
+            have = {p.number: p for p in parts}
+            if not total or any(n not in have for n in range(1, total + 1)):
+                return None
+            ordered = [have[n] for n in range(1, total + 1)]
+
+            def whole() -> bytes:
+                return partial.reassemble([self.spool.read(p.spool_id, RAW_NAME) for p in ordered])
+
+            raw = await asyncio.to_thread(whole)
+            numbers = _numbers(parts)
+            log.info("session %s: split mail %s from %s is whole (%d parts, %d bytes)", conn.id, clean(set_id),
+                     clean(sender), total, len(raw))  # fmt: skip
+
+            def settle(s: Store) -> None:
+                s.finish_partial_set(key, set_id)
+
+            limit = self.settings.smtp.max_message_size
+            if len(raw) > limit:
+                refusal = replies.MESSAGE_TOO_BIG.format(limit=limit)
+                answer = await self._refuse_by_mail(conn, sender, numbers, raw, refusal, "too-big", settle)
+            else:
+                answer = await self._accept(conn, sender, numbers, raw, settle)
+            if answer.ok:
+                await self._remove_parts(parts)
+            return answer
+
+    async def _parts(self, key: str, set_id: str) -> list[Part]:
+        return await self.store.run(lambda s: s.partial_set(key, set_id))
+
+    async def _remove_parts(self, parts: Iterable[Part]) -> None:
+        def remove() -> None:
+            for p in parts:
+                self.spool.remove(p.spool_id)
+
+        await asyncio.to_thread(remove)
+
+    async def expire_partials(self, limit: int = 100) -> int:
+        """Send on the split mails that are whole, refuse those past ``documents.partial_window_seconds``.
+
+        A whole set still here is one whose last part got a 451 (and was not sent again). An
+        incomplete set past the window becomes one failed job per number, each with the failure
+        receipt naming the parts that never came. At most ``limit`` sets per call; how many were ended.
+        """
+        window = self.settings.documents.partial_window_seconds
+        now = self.clock()
+        ended = 0
+        for open_set in await self.store.run(lambda s: s.open_partial_sets(limit)):
+            try:
+                parts = await self._parts(open_set.sender, open_set.set_id)
+                if not parts:
+                    continue
+                conn = Connection(id=new_id(), ip=parts[-1].client_addr)
+                answer = await self._complete(conn, open_set.sender, open_set.set_id, open_set.sender)
+                if answer is None and open_set.first_at + window <= now:
+                    await self._expire(conn, open_set.sender, open_set.set_id)
+                    ended += 1
+                elif answer is not None and answer.ok:
+                    ended += 1
+            except Exception:
+                log.exception("split mail %s from %s could not be ended", clean(open_set.set_id),
+                              clean(open_set.sender))  # fmt: skip
+        await self.store.run(lambda s: s.forget_partial_sets(now - window))
+        return ended
+
+    async def _expire(self, conn: Connection, key: str, set_id: str) -> None:
+        async with self._sets_lock:
+            parts = await self._parts(key, set_id)
+            if not parts:
+                return
+            total = max(p.total for p in parts)
+            have = {p.number for p in parts}
+            window = self.settings.documents.partial_window_seconds
+            reason = _missing(have, total, window)
+            first = parts[0]
+
+            def first_raw() -> bytes:
+                raw = self.spool.read(first.spool_id, RAW_NAME)
+                return partial.reassemble([raw]) if first.number == 1 else raw
+
+            raw = await asyncio.to_thread(first_raw)
+            jobs = [(new_id(), number) for number in _numbers(parts)]
+            detail = f"split mail {set_id} incomplete: {reason}"
+
+            def settle(s: Store) -> None:
+                s.finish_partial_set(key, set_id)
+
+            await self._commit_refusal(conn, key, jobs, raw, detail, reason, "partial", settle)
+            await self._remove_parts(parts)
 
     # -- a file handed over on this machine -----------------------------------
 
@@ -424,6 +603,31 @@ class Handler:
         elif reply.ok:  # a receipt address: not a fax
             reply = replies.RELAY_DENIED.format(domain=self.domains.fax[0])
         return reply
+
+
+def _numbers(parts: Iterable[Part]) -> list[str]:
+    """The fax numbers of a split mail: every number its parts were sent to, in the order they came."""
+    out: list[str] = []
+    for p in parts:
+        out += [n for n in p.numbers if n not in out]
+    return out
+
+
+def _missing(have: set[int], total: int, window: float) -> str:
+    """Why an incomplete split mail is not faxed, naming the parts that never came."""
+    if total:
+        missing = [n for n in range(1, total + 1) if n not in have]
+        of = f" of {total}"
+    else:  # the last part, which gives the total, is among the missing
+        missing = [n for n in range(1, max(have) + 1) if n not in have]
+        of = ""
+    said = ", ".join(str(n) for n in missing)
+    if not total:
+        said = f"{said} and the last" if said else "the last"
+    what = "part" if len(missing) == 1 and total else "parts"
+    minutes = max(1, round(window / 60))
+    return (f"the printer split the scan into several mails and {what} {said}{of} did not arrive within"
+            f" {minutes} minutes: scan the document again")  # fmt: skip
 
 
 def _refusals(conn: Connection) -> str:

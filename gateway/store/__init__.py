@@ -14,13 +14,14 @@ from gateway.store.outbox import (
     is_ar_mail,
     kind_family,
 )
+from gateway.store.partials import NewPart, OpenSet, Part, PartTaken
 from gateway.store.receipts import number_tail
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreError
 from gateway.store.states import FINAL_STATES, IN_FLIGHT_STATES, Delay, Ending, State, delay_of
 
 __all__ = [
     "DATABASE_ERRORS", "FINAL_STATES", "IN_FLIGHT_STATES", "MIGRATIONS", "SCHEMA_VERSION", "AsyncStore", "Delay",
-    "Ending", "Job", "Location", "NewMessage", "Notice", "NoticeKind", "NoticeState", "PostgreSQL", "State", "Store",
-    "StoreError", "alert", "alert_subject", "ar_mail", "delay_of", "is_alert", "is_ar_mail", "kind_family",
-    "location", "new_id", "number_tail",
+    "Ending", "Job", "Location", "NewMessage", "NewPart", "Notice", "NoticeKind", "NoticeState", "OpenSet", "Part",
+    "PartTaken", "PostgreSQL", "State", "Store", "StoreError", "alert", "alert_subject", "ar_mail", "delay_of",
+    "is_alert", "is_ar_mail", "kind_family", "location", "new_id", "number_tail",
 ]

@@ -14,8 +14,9 @@ daemon reaches it through :class:`AsyncStore`, which runs every call on one
 dedicated thread. Its methods come in layers, one module per table group:
 :mod:`~gateway.store.jobs` (messages, jobs, the timeline),
 :mod:`~gateway.store.receipts`, :mod:`~gateway.store.outbox`
-(notifications), :mod:`~gateway.store.reports` (what metrics read) and
-:mod:`~gateway.store.links` (the senders' status pages), over
+(notifications), :mod:`~gateway.store.reports` (what metrics read),
+:mod:`~gateway.store.links` (the senders' status pages) and
+:mod:`~gateway.store.partials` (the parts of split mails), over
 the connection of :mod:`~gateway.store.base`.
 """
 
@@ -31,6 +32,7 @@ from gateway.store.base import Location
 from gateway.store.jobs import NewMessage
 from gateway.store.links import StatusLinks
 from gateway.store.outbox import NoticeKind, Outbox
+from gateway.store.partials import PartialParts
 from gateway.store.receipts import ReceiptQueries
 from gateway.store.reports import Reports
 from gateway.store.schema import StoreError
@@ -39,7 +41,7 @@ from gateway.store.states import Ending, State
 T = TypeVar("T")
 
 
-class Store(ReceiptQueries, Outbox, Reports, StatusLinks):
+class Store(PartialParts, ReceiptQueries, Outbox, Reports, StatusLinks):
     """Synchronous access to the job store. One instance per thread."""
 
     def add_refused_message(

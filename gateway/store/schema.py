@@ -138,6 +138,26 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX status_links_job ON status_links(job_id);
     """,
+    # 5: the mails of a split scan (message/partial, RFC 2046 5.2.2) kept until their set is whole
+    # (gateway.store.partials): one row per part, its raw mail in the spool under spool_id; numbers are the
+    # RCPT fax numbers, space-separated; done_at is when the set was faxed or refused (its rows then only
+    # answer resent parts, until the window is over).
+    """
+    CREATE TABLE partial_parts (
+        sender TEXT NOT NULL,
+        set_id TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        total INTEGER NOT NULL DEFAULT 0,
+        spool_id TEXT NOT NULL DEFAULT '',
+        received_at {real} NOT NULL,
+        numbers TEXT NOT NULL DEFAULT '',
+        client_addr TEXT NOT NULL DEFAULT '',
+        auth_user TEXT NOT NULL DEFAULT '',
+        done_at {real} NOT NULL DEFAULT 0,
+        PRIMARY KEY (sender, set_id, number)
+    );
+    CREATE INDEX partial_parts_received ON partial_parts(received_at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

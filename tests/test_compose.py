@@ -175,3 +175,20 @@ def test_a_failure_the_gateway_decided_is_said_in_the_mail_s_language(
         assert words in status and other not in body, (lang, status)
         if lang == "fr":
             assert detail not in body  # no English reason left in a French receipt
+
+
+@pytest.mark.parametrize(
+    ("code", "french"),
+    [
+        ("refused:partial:2:3", "le copieur a envoyé ce scan en 3 mails, et la partie 2 n'est pas arrivée"),
+        ("refused:partial:2,4:5", "le copieur a envoyé ce scan en 5 mails, et les parties 2 et 4 ne sont pas arrivées"),
+    ],
+)
+def test_an_incomplete_split_mail_names_its_missing_parts_in_french(
+    make_settings: SettingsFactory, code: str, french: str
+) -> None:
+    job = _job()
+    facts = Facts("failed", "part 2 of 3 did not arrive within 1 hour", f"{job.id}.failed", job, MESSAGE, None, code)
+    msg = compose(make_settings({"notify": {"language": "fr"}}), facts, "alice@example.com", now=T0)
+    status = str(msg.get_body(("plain",)).get_content()).splitlines()[0]  # type: ignore[union-attr]
+    assert french in status and "did not arrive" not in status

@@ -333,11 +333,26 @@ _REFUSED_FR = {
 _REFUSED_FR_ANY = "le message ne peut pas être faxé tel quel"
 
 
+def _missing_parts_fr(parts: str) -> str:
+    missing, _, total = parts.partition(":")
+    numbers = [n for n in missing.split(",") if n.isdigit()]
+    if not numbers or not total.isdigit():
+        return _REFUSED_FR["partial"]
+    said = numbers[0] if len(numbers) == 1 else ", ".join(numbers[:-1]) + " et " + numbers[-1]
+    which = f"la partie {said} n'est pas arrivée" if len(numbers) == 1 else f"les parties {said} ne sont pas arrivées"
+    return f"le copieur a envoyé ce scan en {total} mails, et {which} : numérisez-le à nouveau"
+
+
 def _ending_reason(lang: str, f: Facts) -> str | None:
     """The reason of a failure the gateway itself decided, in ``lang``; None when the notice records none."""
     cause, _, why = f.code.partition(":")
     if cause == Ending.REFUSED:
-        return clean(f.detail, 300) if lang == "en" else _REFUSED_FR.get(why, _REFUSED_FR_ANY)
+        if lang == "en":
+            return clean(f.detail, 300)
+        kind, _, parts = why.partition(":")
+        if kind == "partial" and parts:  # "partial:<missing numbers>:<total>"
+            return _missing_parts_fr(parts)
+        return _REFUSED_FR.get(kind, _REFUSED_FR_ANY)
     if cause in set(Ending):
         return _ENDING_REASON[lang][Ending(cause)]
     return None

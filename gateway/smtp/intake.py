@@ -577,7 +577,9 @@ class Handler:
             def settle(s: Store) -> None:
                 s.finish_partial_set(key, set_id)
 
-            await self._commit_refusal(conn, key, jobs, raw, detail, reason, "partial", settle)
+            missing = ",".join(str(n) for n in range(1, total + 1) if n not in have)
+            # The missing parts as data, so that a receipt in any language can name them.
+            await self._commit_refusal(conn, key, jobs, raw, detail, reason, f"partial:{missing}:{total}", settle)
             await self._remove_parts(parts)
 
     # -- a file handed over on this machine -----------------------------------

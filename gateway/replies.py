@@ -119,6 +119,9 @@ LOW_SPACE = Reply(452, "4.3.1", "Insufficient system storage, please try again l
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients (at most {limit} per message)")
 QUOTA_SENDER = Reply(450, "4.7.1", "Hourly limit of {limit} faxes reached for {sender}, try again later")
 QUOTA_GLOBAL = Reply(450, "4.7.1", "Hourly fax limit of the gateway reached, try again later")
+PARTS_WAITING = Reply(
+    450, "4.7.1", "Too many split mails from {sender} wait for their other parts (at most {limit}): send those first"
+)
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 TOO_MANY_FROM_ADDRESS = Reply(421, "4.7.0", "Too many connections from {client}, try again later")
 AUTH_BACKOFF = Reply(454, "4.7.0", "Too many failed authentications, try again later")

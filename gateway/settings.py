@@ -287,6 +287,9 @@ class DocumentSettings:
     body_without_attachment: Literal["refuse", "fax"] = "refuse"
     # How long the parts of a split mail (message/partial) wait for the rest of their set, from the first one.
     partial_window_seconds: float = 3600.0
+    # Split mails one sender may have waiting for their other parts at once; a part that would open
+    # one more is answered 450 4.7.1 (the printer sends it again later).
+    partial_max_sets: int = 10
 
 
 @dataclass(frozen=True)
@@ -588,6 +591,7 @@ def _validate_documents(d: DocumentSettings) -> None:
         raise SettingsError(f"documents.queue_seconds: {d.queue_seconds!r} is not in (0, 600]")
     _positive("documents.penalty_refusals", d.penalty_refusals, zero_ok=True)
     _positive("documents.penalty_seconds", d.penalty_seconds)
+    _positive("documents.partial_max_sets", d.partial_max_sets)
     if not 0 < d.partial_window_seconds <= 7 * 86400:
         raise SettingsError(f"documents.partial_window_seconds: {d.partial_window_seconds!r} is not in (0, 604800]")
     for key in ("max_stream_bytes", "max_image_pixels", "max_total_pixels"):

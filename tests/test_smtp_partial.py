@@ -165,3 +165,30 @@ async def test_kept_parts_survive_a_restart(running: StartGateway) -> None:
     (job,) = await r.settle(1)
     assert job.state == State.DELIVERED
     assert len(r.sim.requests) == 1  # one fax
+
+
+async def test_a_sender_has_at_most_partial_max_sets_waiting(smtp_gateway: Starter) -> None:
+    harness = await smtp_gateway({"documents": {"partial_max_sets": 2}})
+    for n in range(2):
+        first = split_mail(_scan(), 3, set_id=f"s{n}@p")[0]
+        assert (await _send(harness.port, first)).startswith("250 2.0.0 OK: part 1")
+    third = await _send(harness.port, split_mail(_scan(), 3, set_id="s2@p")[0])
+    assert third == (f"450 4.7.1 Too many split mails from {SENDER} wait for their other parts (at most 2):"
+                     " send those first")  # fmt: skip
+    assert len(await harness.run(lambda s: s.open_partial_sets())) == 2
+    # A part of a set already open is still taken, and another sender is not held up.
+    assert (await _send(harness.port, split_mail(_scan(), 3, set_id="s0@p")[1])).startswith("250 2.0.0 OK: part 2")
+    other = split_mail(_scan(), 3, set_id="s9@p", sender="bob@example.com")[0]
+    assert (await _send(harness.port, other, sender="bob@example.com")).startswith("250 2.0.0 OK: part 1")
+
+
+async def test_a_split_mail_is_bounded_by_the_message_size_in_all(smtp_gateway: Starter) -> None:
+    parts = split_mail(_scan(pages=3), 3)
+    harness = await smtp_gateway({"smtp": {"max_message_size": len(parts[0]) + len(parts[1]) + 10}})
+    assert KEPT.fullmatch(await _send(harness.port, parts[0]))
+    assert KEPT.fullmatch(await _send(harness.port, parts[1]))
+    limit = len(parts[0]) + len(parts[1]) + 10
+    assert await _send(harness.port, parts[2]) == f"552 5.3.4 Message size exceeds the limit of {limit} bytes"
+    assert await harness.jobs() == []
+    (kept,) = await harness.run(lambda s: s.open_partial_sets())
+    assert len(await harness.run(lambda s: s.partial_set(kept.sender, kept.set_id))) == 2

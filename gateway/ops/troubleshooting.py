@@ -44,6 +44,8 @@ ADVICE: dict[str, str] = {
     "LOW_SPACE": "Administrator: free space in the spool directory (`spool.min_free_bytes`).",
     "TOO_MANY_RECIPIENTS": "The client sends the rest in another message (most do so by themselves).",
     "QUOTA_SENDER": "Wait for the next hour, or raise `quotas.per_sender_hourly`.",
+    "PARTS_WAITING": "Nothing: the printer sends the part again later. If it lasts, its earlier split mails lack"
+    " parts: scan them again, or raise `documents.partial_max_sets`.",
     "QUOTA_GLOBAL": "Wait for the next hour, or raise `quotas.global_hourly`.",
     "TOO_MANY_CONNECTIONS": _RETRY + " If it lasts, raise `smtp.max_connections`; a client outside the trusted"
     " networks gets no slot of `smtp.reserved_connections`.",

@@ -463,11 +463,13 @@ class Handler:
         """
         part = NewPart(sender=sender.lower(), set_id=fragment.id, number=fragment.number, total=fragment.total or 0,
                        spool_id=new_id(), numbers=numbers, client_addr=conn.ip,
-                       auth_user=conn.user.name if conn.user else "")  # fmt: skip
+                       auth_user=conn.user.name if conn.user else "", size=len(raw))  # fmt: skip
+        bounds = {"max_sets": self.settings.documents.partial_max_sets,
+                  "max_bytes": self.settings.smtp.max_message_size}  # fmt: skip
         try:
             await asyncio.to_thread(self.spool.write, part.spool_id, {RAW_NAME: raw})
             try:
-                taken = await self.store.run(lambda s: s.add_partial_part(part))
+                taken = await self.store.run(lambda s: s.add_partial_part(part, **bounds))
             except BaseException:
                 await asyncio.to_thread(self.spool.remove, part.spool_id)
                 raise
@@ -476,6 +478,10 @@ class Handler:
             of = f" of {fragment.total}" if fragment.total else ""
             log.info("session %s: part %d%s of split mail %s from %s: %s", conn.id, fragment.number, of,
                      clean(fragment.id), clean(sender), taken)  # fmt: skip
+            if taken is PartTaken.TOO_MANY_SETS:
+                return replies.PARTS_WAITING.format(sender=sender, limit=self.settings.documents.partial_max_sets)
+            if taken is PartTaken.TOO_BIG:  # the whole would be over the message size: as for one mail
+                return replies.MESSAGE_TOO_BIG.format(limit=self.settings.smtp.max_message_size)
             answer = None
             if taken is not PartTaken.FINISHED:
                 answer = await self._complete(conn, part.sender, part.set_id, sender)

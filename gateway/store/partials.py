@@ -24,6 +24,8 @@ class PartTaken(enum.StrEnum):
     KEPT = "kept"  # a new part of an open set (or the first of a new set)
     RESENT = "resent"  # that number of that set was kept already: the first copy stays
     FINISHED = "finished"  # that set was already faxed or refused
+    TOO_MANY_SETS = "too many sets"  # its sender has documents.partial_max_sets sets open already
+    TOO_BIG = "too big"  # the set would be over smtp.max_message_size in all
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class NewPart:
     numbers: Sequence[str]
     client_addr: str = ""
     auth_user: str = ""
+    size: int = 0  # bytes of the part's mail
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,12 @@ _PART_COLUMNS = "sender, set_id, number, total, spool_id, received_at, numbers, 
 class PartialParts(JobQueries):
     """The ``partial_parts`` table."""
 
-    def add_partial_part(self, part: NewPart) -> PartTaken:
-        """Keep ``part`` (its file already in the spool) unless its set is finished or has that number."""
+    def add_partial_part(self, part: NewPart, *, max_sets: int = 0, max_bytes: int = 0) -> PartTaken:
+        """Keep ``part`` (its file already in the spool) unless its set is finished or has that number.
+
+        Bounded like any mail: a part that opens a set when its sender already has ``max_sets`` open
+        is ``TOO_MANY_SETS``, one that takes its set over ``max_bytes`` in all is ``TOO_BIG`` (0: no bound).
+        """
         with self.transaction() as db:
             key = (part.sender, part.set_id)
             if db.execute(
@@ -76,10 +83,22 @@ class PartialParts(JobQueries):
                 "SELECT 1 FROM partial_parts WHERE sender = ? AND set_id = ? AND number = ?", (*key, part.number)
             ).fetchone():
                 return PartTaken.RESENT
+            row = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM partial_parts WHERE sender = ? AND set_id = ?", key
+            ).fetchone()
+            if max_sets and not row[0]:
+                open_sets = db.execute(
+                    "SELECT COUNT(DISTINCT set_id) FROM partial_parts WHERE sender = ? AND done_at = 0",
+                    (part.sender,),
+                ).fetchone()[0]
+                if open_sets >= max_sets:
+                    return PartTaken.TOO_MANY_SETS
+            if max_bytes and int(row[1]) + part.size > max_bytes:
+                return PartTaken.TOO_BIG
             db.execute(
-                f"INSERT INTO partial_parts ({_PART_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO partial_parts ({_PART_COLUMNS}, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (part.sender, part.set_id, part.number, part.total, part.spool_id, self.clock(),
-                 " ".join(part.numbers), part.client_addr, part.auth_user),
+                 " ".join(part.numbers), part.client_addr, part.auth_user, part.size),
             )  # fmt: skip
         return PartTaken.KEPT
 

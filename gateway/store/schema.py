@@ -158,6 +158,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX partial_parts_received ON partial_parts(received_at);
     """,
+    # 6: the size of each kept part, so that a split mail is bounded like any other (smtp.max_message_size).
+    """
+    ALTER TABLE partial_parts ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

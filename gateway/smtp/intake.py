@@ -33,7 +33,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from aiosmtpd.smtp import MISSING, Envelope
 
@@ -50,6 +50,7 @@ from gateway.store import AsyncStore, NewMessage, NewPart, Part, PartTaken, Stor
 from gateway.text import clean
 
 log = logging.getLogger("gateway.smtp")
+T = TypeVar("T")
 
 ReceiptCallback = Callable[[str, bytes], Awaitable[None]]
 # Run in the transaction that commits a message or its refusal (a split mail's set marked finished).
@@ -365,7 +366,7 @@ class Handler:
                 doc_pages=extraction.pages, doc_bytes=len(extraction.document), documents=extraction.documents,
                 skipped=extraction.skipped,
             )  # fmt: skip
-            via = f"{conn.ip} as {conn.user.name}" if conn.user else conn.ip
+            via = _via(conn)
             # The reply goes in the timeline: `fax-gateway show` tells what the sender was answered.
             detail = f"from {sender} via {via}, {extraction.pages} page(s); reply: {reply}"
 
@@ -375,11 +376,7 @@ class Handler:
                     if settle is not None:
                         settle(s)
 
-            try:
-                await self.store.run(commit)
-            except BaseException:
-                await asyncio.to_thread(self.spool.remove, message_id)
-                raise
+            await self._commit_or_unspool(message_id, commit)
             self.on_spooled()
         elif settle is not None:  # every number already queued from the same mail: the set is done all the same
             await self.store.run(settle)
@@ -388,6 +385,17 @@ class Handler:
             log.info("job %s: %s for %s from %s (session %s)", job_id, what, number, clean(sender), conn.id,
                      extra={"job_id": job_id})  # fmt: skip
         return reply
+
+    async def _commit_or_unspool(self, spool_id: str, commit: Callable[[Store], T]) -> T:
+        """Commit the store rows of files just spooled under ``spool_id``; if that fails, remove the files.
+
+        Nothing was promised for them (no 250 yet), and a file with no row would only be found at start-up.
+        """
+        try:
+            return await self.store.run(commit)
+        except BaseException:
+            await asyncio.to_thread(self.spool.remove, spool_id)
+            raise
 
     async def _refuse_by_mail(
         self,
@@ -433,7 +441,7 @@ class Handler:
             message_id_header=headers.message_id, subject=headers.subject, date_header=headers.date,
             client_addr=conn.ip, auth_user=conn.user.name if conn.user else "", doc_type="", doc_pages=0, doc_bytes=0,
         )  # fmt: skip
-        via = f"{conn.ip} as {conn.user.name}" if conn.user else conn.ip
+        via = _via(conn)
 
         def commit(s: Store) -> None:
             with s.transaction():
@@ -441,11 +449,7 @@ class Handler:
                 if settle is not None:
                     settle(s)
 
-        try:
-            await self.store.run(commit)
-        except BaseException:
-            await asyncio.to_thread(self.spool.remove, message_id)
-            raise
+        await self._commit_or_unspool(message_id, commit)
         self.on_spooled()  # wakes the notifier
         for job_id, number in jobs:
             log.info("job %s: refused for %s from %s, the reason goes by mail (session %s)", job_id, number,
@@ -468,11 +472,7 @@ class Handler:
                   "max_bytes": self.settings.smtp.max_message_size}  # fmt: skip
         try:
             await asyncio.to_thread(self.spool.write, part.spool_id, {RAW_NAME: raw})
-            try:
-                taken = await self.store.run(lambda s: s.add_partial_part(part, **bounds))
-            except BaseException:
-                await asyncio.to_thread(self.spool.remove, part.spool_id)
-                raise
+            taken = await self._commit_or_unspool(part.spool_id, lambda s: s.add_partial_part(part, **bounds))
             if taken is not PartTaken.KEPT:
                 await asyncio.to_thread(self.spool.remove, part.spool_id)
             of = f" of {fragment.total}" if fragment.total else ""
@@ -636,6 +636,11 @@ def _missing(have: set[int], total: int, window: float) -> str:
     minutes = max(1, round(window / 60))
     return (f"the printer split the scan into several mails and {what} {said}{of} did not arrive within"
             f" {minutes} minutes: scan the document again")  # fmt: skip
+
+
+def _via(conn: Connection) -> str:
+    """How the client came, for the timeline: its address, and its user if it logged in."""
+    return f"{conn.ip} as {conn.user.name}" if conn.user else conn.ip
 
 
 def _refusals(conn: Connection) -> str:

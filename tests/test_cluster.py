@@ -1,4 +1,4 @@
-"""Several gateways on one store: leases and fencing for jobs, take-overs, instance names, notices once.
+"""Several gateways on one store: leases and fencing, take-overs, instance names, notices, dedupe, quotas, receipts.
 
 The store-level tests ask for ``store_location`` and run on SQLite and on a real
 PostgreSQL server (tests/support_postgres.py); those about several live gateways
@@ -16,8 +16,21 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gateway.delivery.recovery import recover, take_over_expired
+from gateway.receipts.callback import KEPT, ReceiptParams, RetryPolicy, apply_pending, record_receipt
 from gateway.settings import DeliverySettings, Secret
-from gateway.store import Job, Location, NewMessage, NoticeKind, PostgreSQL, State, Store, StoreError, alert
+from gateway.store import (
+    Job,
+    Location,
+    NewMessage,
+    NoticeKind,
+    PostgreSQL,
+    Quota,
+    QuotaReached,
+    State,
+    Store,
+    StoreError,
+    alert,
+)
 from tests.support_clock import FakeClock
 from tests.support_delivery import Delivery
 from tests.support_settings import SettingsFactory
@@ -284,3 +297,121 @@ def test_an_alert_for_one_event_seen_by_two_gateways_is_queued_once(
 
     _in_threads(2, raise_alert)
     assert sorted(queued) == [False, True] and len(a.notices_of_job("j1")) == 1
+
+
+# -- intake: the resend dedupe and the quotas ------------------------------------------------------------
+
+
+def test_two_copies_of_a_mail_committed_at_once_make_one_job(store_location: Location) -> None:
+    clock = FakeClock()
+    stores = [Store(store_location, clock=clock) for _ in range(4)]
+    answers: dict[int, dict[str, str]] = {}
+    try:
+
+        def add(i: int) -> None:
+            answers[i] = stores[i].add_message(_message(f"m{i}"), [(f"j{i}", NUMBER, "key-1"), (f"k{i}", "+3329876",
+                                               f"key-2-{i}")], "accepted", dedupe_since=clock() - 3600)  # fmt: skip
+
+        _in_threads(4, add)
+        winners = [i for i, taken in answers.items() if not taken]
+        assert len(winners) == 1 and all(taken == {NUMBER: f"j{winners[0]}"} for i, taken in answers.items()
+                                         if i not in winners)  # fmt: skip
+        jobs = stores[0].list_jobs(limit=-1)
+        assert sorted(j.id for j in jobs if j.number == NUMBER) == [f"j{winners[0]}"]
+        assert len([j for j in jobs if j.number != NUMBER]) == 4  # the other number of each copy is its own
+        clock.advance(3601)  # past the window: the same key makes a new job
+        assert stores[0].add_message(_message("m9"), [("j9", NUMBER, "key-1")], "accepted",
+                                     dedupe_since=clock() - 3600) == {}  # fmt: skip
+        assert stores[0].find_duplicate("key-1", clock() - 1) == "j9"
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_message_whose_every_job_is_a_copy_is_not_added(two_stores: tuple[Store, Store, FakeClock]) -> None:
+    a, b, clock = two_stores
+    assert a.add_message(_message("m1"), [("j1", NUMBER, "key")], "accepted", dedupe_since=clock() - 60) == {}
+    assert b.add_message(_message("m2"), [("j2", NUMBER, "key")], "accepted", dedupe_since=clock() - 60) == {
+        NUMBER: "j1"
+    }
+    assert a.recorded_messages(["m1", "m2"]) == {"m1"} and b.get_job("j2") is None
+
+
+@pytest.mark.parametrize("per_sender", [True, False])
+def test_gateways_taking_mail_at_once_never_pass_a_quota_together(store_location: Location, per_sender: bool) -> None:
+    clock = FakeClock()
+    stores = [Store(store_location, clock=clock) for _ in range(4)]
+    quota = Quota(clock() - 3600, per_sender=5 if per_sender else 0, overall=0 if per_sender else 5)
+    outcomes: dict[int, str] = {}
+    try:
+
+        def add(i: int) -> None:
+            sender = "alice@example.com" if per_sender else f"user{i}@example.com"
+            jobs = [(f"j{i}a", NUMBER, ""), (f"j{i}b", "+33298765432", "")]
+            try:
+                stores[i].add_message(_message(f"m{i}", sender), jobs, "accepted", quota=quota)
+            except QuotaReached as exc:
+                outcomes[i] = "sender" if exc.per_sender else "everyone"
+            else:
+                outcomes[i] = "added"
+
+        _in_threads(4, add)
+        assert sorted(outcomes.values()) == ["added", "added", *["sender" if per_sender else "everyone"] * 2]
+        assert stores[0].count_recent_jobs(clock() - 3600) == 4
+    finally:
+        for s in stores:
+            s.close()
+
+
+# -- receipts ------------------------------------------------------------------------------------------
+
+
+def _submitted(s: Store, ref: str = "R1") -> None:
+    s.add_message(_message("m1"), [("j1", NUMBER, "")], "accepted")
+    s.transition("j1", State.SUBMITTING, "sending", submitted_at=s.clock())
+    s.transition("j1", State.SUBMITTED, "accepted", provider_ref=ref)
+
+
+@pytest.mark.parametrize("codes", [("0", "0"), ("0", "31083")])
+def test_a_receipt_that_reaches_two_gateways_at_once_is_applied_once(
+    two_stores: tuple[Store, Store, FakeClock], codes: tuple[str, str]
+) -> None:
+    a, b, _ = two_stores
+    _submitted(a)
+    outcomes: dict[int, str] = {}
+    stores = {0: a, 1: b}
+
+    def receive(i: int) -> None:
+        params = ReceiptParams(etat_e=codes[i], ref_accuse="R1", numero="0145678900", nb_page=1, heure="12:00")
+        outcomes[i], _ = record_receipt(stores[i], params, "callback", RetryPolicy())
+
+    _in_threads(2, receive)
+    job = a.get_job("j1")
+    assert job is not None and job.state in (State.DELIVERED, State.FAILED)
+    first = str(job.state)
+    assert first in outcomes.values()
+    other = next(o for o in outcomes.values() if o != first)
+    assert other == ("duplicate: nothing changes" if codes[0] == codes[1] else f"ignored ({first})")
+    assert [n["kind"] for n in a.notices_of_job("j1")] == [first]
+    assert a.count_events("j1", "delivered") + a.count_events("j1", "failed") == 1
+
+
+def test_a_receipt_on_file_applied_by_two_receipt_stages_at_once_counts_once(
+    two_stores: tuple[Store, Store, FakeClock],
+) -> None:
+    a, b, clock = two_stores
+    a.add_message(_message("m1"), [("j1", NUMBER, "")], "accepted")
+    a.transition("j1", State.SUBMITTING, "sending", submitted_at=clock())
+    clock.advance(1)
+    early = ReceiptParams(etat_e="0", ref_accuse="R1", numero="0145678900", nb_page=1, heure="12:00")
+    assert record_receipt(a, early, "callback", RetryPolicy())[0] == KEPT  # before the submit answer
+    a.transition("j1", State.SUBMITTED, "accepted", provider_ref="R1")
+    applied: dict[int, int] = {}
+    stores = {0: a, 1: b}
+
+    def apply(i: int) -> None:
+        applied[i] = apply_pending(stores[i], "j1")
+
+    _in_threads(2, apply)
+    assert sorted(applied.values()) == [0, 1]
+    assert [n["kind"] for n in a.notices_of_job("j1")] == ["delivered"] and a.count_events("j1", "delivered") == 1

@@ -9,6 +9,7 @@ own (its own connection) used from its own thread where they race; a shared
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -29,11 +30,15 @@ from gateway.store import (
     State,
     Store,
     StoreError,
+    StoreUnavailable,
     alert,
 )
 from tests.support_clock import FakeClock
 from tests.support_delivery import Delivery
+from tests.support_net import free_port
+from tests.support_postgres import PostgresServer
 from tests.support_settings import SettingsFactory
+from tests.support_simulator import SimFactory, provider_env, provider_table
 
 NUMBER = "+33145678900"
 LEASE = DeliverySettings().lease_seconds
@@ -415,3 +420,63 @@ def test_a_receipt_on_file_applied_by_two_receipt_stages_at_once_counts_once(
     _in_threads(2, apply)
     assert sorted(applied.values()) == [0, 1]
     assert [n["kind"] for n in a.notices_of_job("j1")] == ["delivered"] and a.count_events("j1", "delivered") == 1
+
+
+# -- a lost connection -----------------------------------------------------------------------------------
+
+
+def test_a_store_connects_again_after_the_server_restarted(postgres_server: PostgresServer, postgres_dsn: str) -> None:
+    s = Store(PostgreSQL(Secret(postgres_dsn)))
+    try:
+        s.add_message(_message("m1"), [("j1", NUMBER, "")], "accepted")
+        postgres_server.stop()
+        try:
+            with pytest.raises(StoreUnavailable) as lost:
+                s.get_job("j1")
+            with pytest.raises(StoreUnavailable) as down:  # still down: each call tries again, and says so
+                with s.transaction():
+                    s.get_job("j1")
+        finally:
+            postgres_server.start()
+        for caught in (lost, down):
+            message = str(caught.value)
+            assert postgres_server.password not in message and "password=" not in message
+            assert caught.value.__cause__ is None and caught.value.__suppress_context__
+        assert "the connection was lost" in str(lost.value) and "cannot connect" in str(down.value)
+        assert s.transition("j1", State.CANCELLED, "by an operator")  # connected again
+        job = s.get_job("j1")
+        assert job is not None and job.state == State.CANCELLED
+    finally:
+        s.close()
+
+
+async def test_the_worker_pauses_while_the_store_is_away_and_resumes_when_it_is_back(
+    make_settings: SettingsFactory, sim_factory: SimFactory, postgres_server: PostgresServer, postgres_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.INFO, logger="gateway.worker")
+    sim = await sim_factory()
+    port = free_port()
+    table = {**provider_table(sim), "http": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}}
+    settings = make_settings(table, provider_env())
+    d = Delivery(settings, FakeClock(), PostgreSQL(Secret(postgres_dsn)))
+    await d.start(worker=False)
+    try:
+        postgres_server.stop()
+        try:
+            waits = []
+            for _ in range(3):
+                await d.worker.run_pass()
+                waits.append(d.worker.next_wakeup - d.clock())
+        finally:
+            postgres_server.start()
+        said = [r for r in caplog.records if "delivery paused until the store answers again" in r.getMessage()]
+        assert len(said) == 1 and said[0].exc_info is None and postgres_server.password not in said[0].getMessage()
+        assert waits == sorted(waits) and waits[0] < waits[-1]  # a doubling pause between tries
+        await d.worker.run_pass()
+        assert any("the store answers again; delivery resumes" in r.getMessage() for r in caplog.records)
+        (job_id,) = await d.spool_message()
+        await d.drain()
+        assert (await d.job(job_id)).state == State.SUBMITTED and len(sim.requests) == 1
+    finally:
+        await d.stop()

@@ -232,23 +232,31 @@ class Worker:
             if self._sweep_task is None or self._sweep_task.done():
                 # Apart from dispatch: a slow storage delete never holds up new submissions.
                 self._sweep_task = asyncio.create_task(self._sweep(), name="worker sweep")
-            try:
-                await self._leases()
-                await self._fill()
-                await self._tell_delayed()
-                self._next_wakeup = await self._next_timer()
-            except StoreUnavailable as exc:
-                self._next_wakeup = self.clock() + self._store_lost(exc)
-            except Exception:
-                log.exception("worker pass failed; trying again at the next wake-up")
-                self._next_wakeup = self.clock() + self.delivery.poll_seconds
-            else:
-                self._store_back()
+            await self.run_pass()
             # Timers fire at their due time; the poll only catches changes made by another process (the CLI).
             try:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, self._next_wakeup - self.clock()))
             except TimeoutError:
                 pass
+
+    async def run_pass(self) -> None:
+        """One pass of the loop: leases, claims, delay notices, and when to look again (``next_wakeup``).
+
+        A pass that finds the store unreachable says so once and sets the next one after a doubling pause;
+        the first that gets through says delivery resumes.
+        """
+        try:
+            await self._leases()
+            await self._fill()
+            await self._tell_delayed()
+            self._next_wakeup = await self._next_timer()
+        except StoreUnavailable as exc:
+            self._next_wakeup = self.clock() + self._store_lost(exc)
+        except Exception:
+            log.exception("worker pass failed; trying again at the next wake-up")
+            self._next_wakeup = self.clock() + self.delivery.poll_seconds
+        else:
+            self._store_back()
 
     def _store_lost(self, exc: StoreUnavailable) -> float:
         """A pass found the store unreachable: said once; the next pass comes after a doubling pause."""

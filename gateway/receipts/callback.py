@@ -57,7 +57,7 @@ from gateway.networks import Networks
 from gateway.receipts.armail import receipt_in_mail
 from gateway.sender import Row
 from gateway.settings import DeliverySettings, Settings
-from gateway.store import AsyncStore, Job, NoticeKind, State, Store, number_tail
+from gateway.store import AsyncStore, Job, NoticeKind, State, Store, StoreUnavailable, number_tail
 from gateway.text import clean, has_control
 
 log = logging.getLogger("gateway.receipts")
@@ -370,6 +370,7 @@ class Receipts:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._store_down = False
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/receipt/{secret}", self.callback, allow_head=False)]
@@ -404,8 +405,16 @@ class Receipts:
             self._wake.clear()
             try:
                 await self.drain()
-            except Exception:  # the store locked or unavailable, a bug: log, and try again on the next tick
+            except StoreUnavailable as exc:  # said once; tried again at each tick until the store answers
+                if not self._store_down:
+                    log.error("receipts: %s; waiting receipts are applied once the store answers again", exc)
+                self._store_down = True
+            except Exception:  # the store locked, a bug: log, and try again on the next tick
                 log.exception("receipts: applying waiting receipts failed; trying again later")
+            else:
+                if self._store_down:
+                    log.info("receipts: the store answers again")
+                self._store_down = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.delivery.poll_seconds)
 

@@ -60,7 +60,7 @@ def recover(store: Store, delivery: DeliverySettings, *, instance: str = "") -> 
             log.warning("job %s: ambiguous, and the gateway was down during its grace period", job_id,
                         extra={"job_id": job_id})  # fmt: skip
     if store.shared:
-        ambiguous = _recover_in_flight(store, delivery, now, owner=instance)
+        ambiguous = _recover_in_flight(store, delivery, now, owner=instance, watched=watched)
     else:
         ambiguous = _recover_in_flight(store, delivery, math.inf)
     with store.transaction():
@@ -76,11 +76,11 @@ def recover(store: Store, delivery: DeliverySettings, *, instance: str = "") -> 
 def take_over_expired(store: Store, delivery: DeliverySettings) -> list[str]:
     """Jobs whose lease ran out (their gateway died or lost the store): moved as start-up recovery does,
     by whichever gateway looks first. Returns the jobs now ambiguous."""
-    return _recover_in_flight(store, delivery, store.clock(), at_start=False)
+    return _recover_in_flight(store, delivery, store.clock(), at_start=False, watched=True)
 
 
 def _recover_in_flight(store: Store, delivery: DeliverySettings, now: float, *, owner: str | None = None,
-                       at_start: bool = True) -> list[str]:  # fmt: skip
+                       at_start: bool = True, watched: bool = False) -> list[str]:  # fmt: skip
     ambiguous: list[str] = []
     max_recoveries, grace = delivery.max_recoveries, delivery.ambiguous_grace_seconds
     done: set[str] = set()
@@ -89,14 +89,18 @@ def _recover_in_flight(store: Store, delivery: DeliverySettings, now: float, *, 
             stuck = [job for job in store.expired_leases(now, 500, owner=owner) if job.id not in done]
             for job in stuck:
                 done.add(job.id)
-                if _recover_one(store, job, max_recoveries, grace, at_start):
+                if _recover_one(store, job, max_recoveries, grace, at_start, watched):
                     ambiguous.append(job.id)
         if not stuck:
             return ambiguous
 
 
-def _recover_one(store: Store, job: Job, max_recoveries: int, grace: float, at_start: bool) -> bool:
-    """Move one job found mid-step; returns whether it is now ambiguous."""
+def _recover_one(store: Store, job: Job, max_recoveries: int, grace: float, at_start: bool, watched: bool) -> bool:
+    """Move one job found mid-step; returns whether it is now ambiguous.
+
+    ``watched``: another gateway was alive meanwhile and took the receipts (a shared store), so the
+    grace period starts watched; otherwise a receipt may have been lost while nobody listened.
+    """
     count = job.recoveries + 1
     sent = job.state == State.SUBMITTING
     step = "during submission (the provider may have received it)" if sent else "while storing the document"
@@ -116,7 +120,8 @@ def _recover_one(store: Store, job: Job, max_recoveries: int, grace: float, at_s
         reason = f"{cause} {step}; waiting for a matching receipt"
         if store.transition(job.id, State.AMBIGUOUS, reason, expect=[State.SUBMITTING], event="recovered",
                             recoveries=count, ambiguities=job.ambiguities + 1,
-                            next_attempt_at=store.clock() + grace, grace_unwatched=1, **fence):  # fmt: skip
+                            next_attempt_at=store.clock() + grace, grace_unwatched=int(not watched),
+                            **fence):  # fmt: skip
             kind = alert("ambiguous") if job.ambiguities == 0 else alert("ambiguous-again")
             store.queue_notice(job.id, kind, reason)
             now_ambiguous = True

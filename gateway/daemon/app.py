@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from gateway.settings import Settings
-from gateway.spool import Spool
+from gateway.spool import ObjectSpool, Spool
 from gateway.store import AsyncStore, location
 
 log = logging.getLogger("gateway")
@@ -32,7 +32,11 @@ class Gateway:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
-        self.spool = Spool(settings.spool.directory)
+        # In a cluster (the PostgreSQL store) accepted files go to the shared bucket before the 250;
+        # the directory keeps only this instance's lock and tmp/.
+        cluster = settings.store.backend == "postgresql"
+        directory = settings.spool.directory
+        self.spool = ObjectSpool(directory, settings.storage) if cluster else Spool(directory)
         self.store = AsyncStore(location(settings.store, self.spool.db_path), clock=clock)
         self.components: list[Component] = []
         self._started: list[Component] = []
@@ -144,6 +148,7 @@ class Gateway:
             await _quietly(component.stop, component)
         self._started.clear()
         await self.store.close()
+        await asyncio.to_thread(self.spool.close)
         self.spool.unlock()
 
 

@@ -24,7 +24,8 @@ The queries are written once, in the SQL both engines speak: ``?`` placeholders
   instances starting together apply each one once.
 
 The connection string never reaches an error: a failure to connect is
-:class:`~gateway.store.schema.StoreError` with the DSN and its password masked.
+:class:`~gateway.store.schema.StoreUnreachable` (a ``StoreError``) naming host, port and database, the DSN and its
+password masked.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import psycopg.rows
 from gateway.redact import redact
 from gateway.settings import Secret, StoreSettings
 from gateway.store import schema
-from gateway.store.schema import StoreError
+from gateway.store.schema import StoreUnreachable
 
 
 class Cursor(Protocol):
@@ -73,13 +74,17 @@ class PostgreSQL:
 
     def __str__(self) -> str:
         info = psycopg.conninfo.conninfo_to_dict(self.dsn.reveal())
-        return f"PostgreSQL database {info.get('dbname', '')!r} on {info.get('host', 'localhost')!r}"
+        port = f" port {info['port']}" if info.get("port") else ""
+        return f"PostgreSQL database {info.get('dbname', '')!r} on {info.get('host', 'localhost')!r}{port}"
 
 
 Location = str | Path | PostgreSQL
 
 # Any error either backend raises (a lost connection, a full disk, a locked file).
 DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+# The PostgreSQL server gone or unreachable (the connection lost or closed, a connection refused): a store
+# shared over the network can be down while the gateway runs, a SQLite file beside the spool cannot.
+UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError, StoreUnreachable)
 
 # The key of the advisory lock the migrations run under (any constant the gateway alone uses).
 _MIGRATION_LOCK = 0x6661782D67770001
@@ -177,7 +182,8 @@ def _connect_postgres(where: PostgreSQL) -> psycopg.Connection[PgRow]:
     except psycopg.Error as exc:
         password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
         hidden = [dsn, *([str(password)] if password else [])]
-        raise StoreError(f"{where}: cannot connect: {redact(str(exc), hidden)}") from None
+        why = " ".join(redact(str(exc), hidden).split())  # one line: libpq adds a tab-indented hint
+        raise StoreUnreachable(f"{where}: cannot connect: {why}") from None
 
 
 class Connection:

@@ -44,6 +44,9 @@ class NewMessage:
     doc_bytes: int
     documents: Sequence[dict[str, Any]] = ()
     skipped: Sequence[dict[str, Any]] = ()
+    # The fax document's object, when intake stored it before the 250 (a cluster): recorded as
+    # stored, so the worker does not upload it again.
+    upload_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,12 +119,13 @@ class JobQueries(Connection):
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO messages (id, received_at, envelope_from, header_from, reply_to, message_id_header,"
-                " subject, date_header, client_addr, auth_user, doc_type, doc_pages, doc_bytes, documents, skipped)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " subject, date_header, client_addr, auth_user, doc_type, doc_pages, doc_bytes, documents, skipped,"
+                " upload_key, uploaded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     msg.id, now, msg.envelope_from, msg.header_from, msg.reply_to, msg.message_id_header,
                     msg.subject, msg.date_header, msg.client_addr, msg.auth_user, msg.doc_type, msg.doc_pages,
                     msg.doc_bytes, json.dumps(list(msg.documents)), json.dumps(list(msg.skipped)),
+                    msg.upload_key, now if msg.upload_key else 0,
                 ),
             )  # fmt: skip
             for job_id, number, dedupe_key in jobs:

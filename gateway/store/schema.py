@@ -170,6 +170,11 @@ class StoreError(RuntimeError):
     pass
 
 
+class StoreUnreachable(StoreError):
+    """The store's server cannot be reached (refused, timed out, refused the login): said with where it is,
+    never with the connection string or its password."""
+
+
 def migrate(
     db: Database, where: str, dialect: Dialect, read_version: Callable[[], int], write_version: Callable[[int], None]
 ) -> None:

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from gateway.settings import Settings
 from gateway.spool import ObjectSpool, Spool
-from gateway.store import AsyncStore, location
+from gateway.store import WAKE_ALL, WAKE_JOBS, WAKE_NOTICES, WAKE_RECEIPTS, AsyncStore, Wakeups, location
 
 log = logging.getLogger("gateway")
 
@@ -37,7 +37,8 @@ class Gateway:
         cluster = settings.store.backend == "postgresql"
         directory = settings.spool.directory
         self.spool = ObjectSpool(directory, settings.storage) if cluster else Spool(directory)
-        self.store = AsyncStore(location(settings.store, self.spool.db_path), clock=clock)
+        self.location = location(settings.store, self.spool.db_path)
+        self.store = AsyncStore(self.location, clock=clock)
         self.components: list[Component] = []
         self._started: list[Component] = []
         self._stopping = False
@@ -104,8 +105,10 @@ class Gateway:
                                provider_answers=self.metrics.provider_answers_seen, on_change=self._on_spooled)
         self.http.add_routes(self.console.routes())
         self.smtp.on_reply = self.metrics.smtp_reply
+        # Work another gateway on the same PostgreSQL database committed wakes the stage here too.
+        self.wakeups = Wakeups(self.location, self._woken)
         self.components = [self.http, self.storage, self.provider, self.worker, self.receipts, self.notifier,
-                           self.examiner, self.partials, self.smtp]  # fmt: skip
+                           self.wakeups, self.examiner, self.partials, self.smtp]  # fmt: skip
 
     def _smtp_listening(self) -> bool:
         smtp = getattr(self, "smtp", None)  # health may be asked before SMTP is built
@@ -118,6 +121,15 @@ class Gateway:
     def _smtp_capped(self) -> list[str]:
         smtp = getattr(self, "smtp", None)
         return [] if smtp is None else smtp.capped()
+
+    def _woken(self, what: str) -> None:
+        """A wake-up from the store's channel (on the event loop): the stage it names looks at the store now."""
+        if what in (WAKE_JOBS, WAKE_ALL):
+            self.spooled.set()  # the worker
+        if what in (WAKE_NOTICES, WAKE_ALL):
+            self.notifier.wake()
+        if what in (WAKE_RECEIPTS, WAKE_ALL):
+            self.receipts.wake()
 
     def _on_spooled(self) -> None:
         self.spooled.set()  # the worker

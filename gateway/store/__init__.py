@@ -1,6 +1,15 @@
 """The job store: the only link between the stages, and the only code that speaks SQL."""
 
-from gateway.store.base import DATABASE_ERRORS, UNREACHABLE_ERRORS, Location, PostgreSQL, location
+from gateway.store.base import (
+    DATABASE_ERRORS,
+    UNREACHABLE_ERRORS,
+    WAKE_JOBS,
+    WAKE_NOTICES,
+    WAKE_RECEIPTS,
+    Location,
+    PostgreSQL,
+    location,
+)
 from gateway.store.core import AsyncStore, Store
 from gateway.store.jobs import Job, NewMessage, new_id
 from gateway.store.outbox import (
@@ -18,11 +27,12 @@ from gateway.store.partials import NewPart, OpenSet, Part, PartTaken
 from gateway.store.receipts import number_tail
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreError, StoreUnreachable
 from gateway.store.states import FINAL_STATES, IN_FLIGHT_STATES, Delay, Ending, State, delay_of
+from gateway.store.wakeups import WAKE_ALL, Wakeups
 
 __all__ = [
     "DATABASE_ERRORS", "FINAL_STATES", "IN_FLIGHT_STATES", "MIGRATIONS", "SCHEMA_VERSION", "AsyncStore", "Delay",
     "Ending", "Job", "Location", "NewMessage", "NewPart", "Notice", "NoticeKind", "NoticeState", "OpenSet", "Part",
     "PartTaken", "PostgreSQL", "State", "Store", "StoreError", "StoreUnreachable", "UNREACHABLE_ERRORS", "alert",
     "alert_subject", "ar_mail", "delay_of", "is_alert", "is_ar_mail", "kind_family", "location", "new_id",
-    "number_tail",
+    "number_tail", "WAKE_ALL", "WAKE_JOBS", "WAKE_NOTICES", "WAKE_RECEIPTS", "Wakeups",
 ]

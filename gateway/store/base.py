@@ -86,6 +86,11 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
 # shared over the network can be down while the gateway runs, a SQLite file beside the spool cannot.
 UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError, StoreUnreachable)
 
+# The channel a commit that makes work due is announced on (PostgreSQL NOTIFY; gateway.store.wakeups listens),
+# and what it says: which stage has work.
+WAKE_CHANNEL = "fax_gateway_wake"
+WAKE_JOBS, WAKE_NOTICES, WAKE_RECEIPTS = "jobs", "notices", "receipts"
+
 # The key of the advisory lock the migrations run under (any constant the gateway alone uses).
 _MIGRATION_LOCK = 0x6661782D67770001
 
@@ -266,6 +271,15 @@ class Connection:
             self._sqlite.execute("ROLLBACK")
             raise
         self._sqlite.execute("COMMIT")
+
+    def announce(self, what: str) -> None:
+        """Tell every gateway on the same database that ``what`` (:data:`WAKE_JOBS` ...) has work now.
+
+        A ``NOTIFY``: inside a transaction it goes out with the commit (and not at all with a rollback),
+        outside one at once. SQLite: nothing (one machine: the stages wake each other directly).
+        """
+        if self._pg is not None:
+            self.db.execute("SELECT pg_notify(?, ?)", (WAKE_CHANNEL, what))
 
     def writable(self) -> bool:
         """A real write, committed: a row written to the ``probe`` table and deleted, in one transaction.

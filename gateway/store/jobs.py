@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from gateway.outcomes import HoldKind
-from gateway.store.base import Connection, Row
+from gateway.store.base import WAKE_JOBS, WAKE_RECEIPTS, Connection, Row
 from gateway.store.states import FINAL_STATES, State
 
 
@@ -95,6 +95,9 @@ def _marks(values: Collection[object]) -> str:
 
 
 _FINALS = sorted(str(s) for s in FINAL_STATES)
+# The states a job moved into that are announced to every gateway's worker, and receipt stage.
+_WAKES_WORKERS = frozenset({State.QUEUED, State.DEFERRED, State.HELD, State.AMBIGUOUS})
+_WAKES_RECEIPTS = frozenset({State.SUBMITTED, State.AMBIGUOUS})
 
 
 class JobQueries(Connection):
@@ -135,6 +138,7 @@ class JobQueries(Connection):
                     (job_id, msg.id, number, State.QUEUED, now, now, dedupe_key, secrets.token_hex(16)),
                 )
                 self.add_event(job_id, "accepted", detail, now=now)
+            self.announce(WAKE_JOBS)
 
     def recorded_messages(self, message_ids: Collection[str]) -> set[str]:
         """Which of ``message_ids`` have a ``messages`` row."""
@@ -217,6 +221,10 @@ class JobQueries(Connection):
             if cur.rowcount != 1:
                 return False
             self.add_event(job_id, event or str(state), reason, now=now)
+            if state in _WAKES_WORKERS:  # due now, or on a timer every worker should know of
+                self.announce(WAKE_JOBS)
+            if state in _WAKES_RECEIPTS:  # a receipt on file may settle it
+                self.announce(WAKE_RECEIPTS)
         return True
 
     def due_jobs(self, states: Sequence[State], now: float, limit: int = 100) -> list[Job]:

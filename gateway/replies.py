@@ -115,6 +115,8 @@ PART_KEPT = Reply(250, "2.0.0", "OK: part {part} of message {id} kept; the fax g
 # -- transient: our side, try again later -------------------------------------
 ERROR = Reply(451, "4.3.0", "Internal error, please try again later")
 EXAMINE_BUSY = Reply(451, "4.3.0", "Busy examining other mail, please try again later")
+STORE_UNAVAILABLE = Reply(451, "4.3.0", "The job store is unavailable, please try again later")
+STORAGE_UNAVAILABLE = Reply(451, "4.3.0", "The document storage is unavailable, please try again later")
 LOW_SPACE = Reply(452, "4.3.1", "Insufficient system storage, please try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients (at most {limit} per message)")
 QUOTA_SENDER = Reply(450, "4.7.1", "Hourly limit of {limit} faxes reached for {sender}, try again later")

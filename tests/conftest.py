@@ -13,6 +13,7 @@ import pytest
 pytest_plugins = [
     "tests.support_bombs",
     "tests.support_clock",
+    "tests.support_cluster",
     "tests.support_delivery",
     "tests.support_docs",
     "tests.support_mail",

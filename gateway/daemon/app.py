@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from gateway.settings import Settings
-from gateway.spool import Spool
-from gateway.store import AsyncStore, location
+from gateway.spool import ObjectSpool, Spool
+from gateway.store import WAKE_ALL, WAKE_JOBS, WAKE_NOTICES, WAKE_RECEIPTS, AsyncStore, Wakeups, location
 
 log = logging.getLogger("gateway")
 
@@ -32,8 +32,13 @@ class Gateway:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
-        self.spool = Spool(settings.spool.directory)
-        self.store = AsyncStore(location(settings.store, self.spool.db_path), clock=clock)
+        # In a cluster (the PostgreSQL store) accepted files go to the shared bucket before the 250;
+        # the directory keeps only this instance's lock and tmp/.
+        cluster = settings.store.backend == "postgresql"
+        directory = settings.spool.directory
+        self.spool = ObjectSpool(directory, settings.storage) if cluster else Spool(directory)
+        self.location = location(settings.store, self.spool.db_path)
+        self.store = AsyncStore(self.location, clock=clock)
         self.components: list[Component] = []
         self._started: list[Component] = []
         self._stopping = False
@@ -100,8 +105,10 @@ class Gateway:
                                provider_answers=self.metrics.provider_answers_seen, on_change=self._on_spooled)
         self.http.add_routes(self.console.routes())
         self.smtp.on_reply = self.metrics.smtp_reply
+        # Work another gateway on the same PostgreSQL database committed wakes the stage here too.
+        self.wakeups = Wakeups(self.location, self._woken)
         self.components = [self.http, self.storage, self.provider, self.worker, self.receipts, self.notifier,
-                           self.examiner, self.partials, self.smtp]  # fmt: skip
+                           self.wakeups, self.examiner, self.partials, self.smtp]  # fmt: skip
 
     def _smtp_listening(self) -> bool:
         smtp = getattr(self, "smtp", None)  # health may be asked before SMTP is built
@@ -114,6 +121,15 @@ class Gateway:
     def _smtp_capped(self) -> list[str]:
         smtp = getattr(self, "smtp", None)
         return [] if smtp is None else smtp.capped()
+
+    def _woken(self, what: str) -> None:
+        """A wake-up from the store's channel (on the event loop): the stage it names looks at the store now."""
+        if what in (WAKE_JOBS, WAKE_ALL):
+            self.spooled.set()  # the worker
+        if what in (WAKE_NOTICES, WAKE_ALL):
+            self.notifier.wake()
+        if what in (WAKE_RECEIPTS, WAKE_ALL):
+            self.receipts.wake()
 
     def _on_spooled(self) -> None:
         self.spooled.set()  # the worker
@@ -144,6 +160,7 @@ class Gateway:
             await _quietly(component.stop, component)
         self._started.clear()
         await self.store.close()
+        await asyncio.to_thread(self.spool.close)
         self.spool.unlock()
 
 

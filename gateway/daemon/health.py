@@ -8,8 +8,10 @@ metrics). Out:
   slots are taken a new client gets 421; ``capped``, when there are any: the
   addresses held at ``smtp.max_connections_per_address``, whose next
   connection gets 421), ``spool`` (free space against
-  ``spool.min_free_bytes``: below it MAIL gets 452), ``store`` (a real write:
-  a row written to a probe table and deleted, committed), ``replies`` (the 4xx
+  ``spool.min_free_bytes``: below it MAIL gets 452), ``store`` (whether it is
+  reachable, and a real write: a row written to a probe table and deleted,
+  committed, within :data:`STORE_SECONDS`, on the store's thread; for
+  PostgreSQL its detail names the server: host, port and database), ``replies`` (the 4xx
   replies of the last five minutes that were the gateway's own fault, such as
   451 4.3.0, 452 4.3.1 or 421 4.3.2, against the mails taken), the last
   ``provider`` and ``storage`` results, and the jobs waiting for a person
@@ -20,7 +22,9 @@ metrics). Out:
   when the last provider or storage call failed, jobs wait for a person, nine
   slots in ten are taken, or any own-fault refusal came recently; else ``ok``.
 - ``/metrics``: Prometheus text format from the gateway's own registry; the
-  job-state gauge is refreshed from the store on each scrape.
+  families read from the store are refreshed on each scrape (with the
+  PostgreSQL store they are the whole cluster's; the others this instance's:
+  each family's help says which).
 
 Both answer only to ``http.status_networks`` (loopback by default): the
 listener also faces the provider, and job counts are nobody else's business.
@@ -39,6 +43,7 @@ from gateway.daemon.metrics import CONTENT_TYPE, Metrics, Result, snapshot
 from gateway.networks import Networks
 from gateway.settings import Settings
 from gateway.store import AsyncStore, State, Store
+from gateway.text import clean
 
 log = logging.getLogger("gateway.health")
 
@@ -46,6 +51,9 @@ _WAITING = (State.HELD, State.AMBIGUOUS, State.QUARANTINED)
 # Own-fault refusals among the recent mails that make the gateway "failing": this share, at least this many.
 _FAILING_RATE = 0.5
 _FAILING_MIN = 3
+# Seconds the store's probe may take: past them the store counts as unreachable (its thread may be stuck
+# on a lost PostgreSQL server; the answer does not wait for it).
+STORE_SECONDS = 5.0
 # Connection slots taken that make it "degraded".
 _BUSY_SLOTS = 0.9
 
@@ -86,11 +94,16 @@ class Health:
         return self._networks.allows(request.remote)
 
     async def _counts(self) -> tuple[bool, dict[str, int], str]:
+        server = self.store.server
+        where = f"{server}: " if server else ""  # PostgreSQL: which server (SQLite: the file beside the spool)
         try:
-            writable, counts = await self.store.run(_store_state)
+            writable, counts = await asyncio.wait_for(self.store.run(_store_state), STORE_SECONDS)
+        except TimeoutError:
+            return False, {}, f"{where}the job store did not answer within {STORE_SECONDS:g} s"
         except Exception as exc:  # a store that cannot answer is the finding, not a crash
-            return False, {}, f"the job store did not answer: {exc}"
-        return writable, counts, "a probe row was written and deleted" if writable else "a write failed"
+            why = clean(" ".join(str(exc).split()), 300) or type(exc).__name__
+            return False, {}, f"{where}the job store did not answer: {why}"
+        return writable, counts, where + ("a probe row was written and deleted" if writable else "a write failed")
 
     async def _spool(self) -> dict[str, Any]:
         minimum = self.settings.spool.min_free_bytes

@@ -9,8 +9,10 @@ Two sources. What the store records is read from it at scrape time
 receipts by code, notifications by kind and state, and the latencies of jobs
 submitted or finished since the last scrape (end of DATA to submission, to
 the final receipt). These are right across restarts and include what the CLI
-did. What the store does not keep is counted as it happens: SMTP refusals by
-reply (:meth:`Metrics.smtp_reply`), provider answers by code and storage
+did; with the PostgreSQL store they are the whole cluster's, the same on every
+instance (their help says so; the latencies too: each instance observes every
+job). What the store does not keep is counted as it happens, per instance:
+SMTP refusals by reply (:meth:`Metrics.smtp_reply`), provider answers by code and storage
 results (:class:`MeteredProvider`, :class:`MeteredStorage`, which wrap the
 worker's clients), unknown receipts by what became of them; the last provider
 and storage results, and the recent 4xx replies that were the gateway's own
@@ -40,6 +42,10 @@ if TYPE_CHECKING:
     from gateway.delivery.worker import Provider
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# What each family's help says of where it comes from: the store (in a cluster, shared: sum one instance,
+# not all) or this process (in a cluster, sum every instance).
+SHARED = " (from the store: with the PostgreSQL store, the whole cluster's, the same on every instance)"
+OWN = " (this instance only)"
 # Seconds: from a fraction of a second (submission) to a day (a receipt after busy retries).
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
 
@@ -122,27 +128,30 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.smtp_refusals = Counter(
-            "faxgw_smtp_refusals", "SMTP replies that refused something, by reply name", ["reason"], registry=r
+            "faxgw_smtp_refusals", "SMTP replies that refused something, by reply name" + OWN, ["reason"], registry=r
         )
         self.provider_answers = Counter(
             "faxgw_provider_answers",
             "Provider answers to submissions, by what they mean (accepted, failed, held, retry, ambiguous) and cause "
-            "(the provider's code, an HTTP status, or a transport fault)",
+            "(the provider's code, an HTTP status, or a transport fault)" + OWN,
             ["answer", "cause"], registry=r,
         )  # fmt: skip
-        self.uploads = Counter("faxgw_uploads", "Document uploads to storage, by result", ["result"], registry=r)
+        self.uploads = Counter(
+            "faxgw_uploads", "Document uploads to storage by the worker, by result" + OWN, ["result"], registry=r
+        )
         self.submit_latency = Histogram(
-            "faxgw_submit_latency_seconds", "From the end of DATA to the provider's acceptance",
+            "faxgw_submit_latency_seconds", "From the end of DATA to the provider's acceptance" + SHARED,
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.receipt_latency = Histogram(
-            "faxgw_receipt_latency_seconds", "From the end of DATA to the final receipt",
+            "faxgw_receipt_latency_seconds", "From the end of DATA to the final receipt" + SHARED,
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self._snap = Snapshot(submitted_mark=clock(), final_mark=clock())
         r.register(_StoreCollector(self))
         self.unknown_receipts = Counter(
-            "faxgw_unknown_receipts", "Receipts for a reference no job has: kept (early), ignored, or refused (limit)",
+            "faxgw_unknown_receipts",
+            "Receipts for a reference no job has: kept (early), ignored, or refused (limit)" + OWN,
             ["outcome"], registry=r,
         )  # fmt: skip
         self.last_provider: Result | None = None
@@ -211,19 +220,20 @@ class _StoreCollector:
 
     def collect(self) -> Iterator[Metric]:
         snap = self.metrics._snap
-        accepted = CounterMetricFamily("faxgw_messages_accepted", "Messages answered 250 and spooled")
+        accepted = CounterMetricFamily("faxgw_messages_accepted", "Messages answered 250 and spooled" + SHARED)
         accepted.add_metric([], snap.accepted)
         yield accepted
-        jobs = GaugeMetricFamily("faxgw_jobs", "Jobs in the store, by state", labels=["state"])
+        jobs = GaugeMetricFamily("faxgw_jobs", "Jobs in the store, by state" + SHARED, labels=["state"])
         for state in State:
             jobs.add_metric([str(state)], snap.jobs.get(str(state), 0))
         yield jobs
-        receipts = CounterMetricFamily("faxgw_receipts", "Receipts (AR) stored, by provider code", labels=["code"])
+        receipts = CounterMetricFamily("faxgw_receipts", "Receipts (AR) stored, by provider code" + SHARED,
+                                       labels=["code"])  # fmt: skip
         for code, n in sorted(snap.receipts.items()):
             receipts.add_metric([code], n)
         yield receipts
         notices = GaugeMetricFamily(
-            "faxgw_notifications", "Notifications in the store, by kind and state", labels=["kind", "state"]
+            "faxgw_notifications", "Notifications in the store, by kind and state" + SHARED, labels=["kind", "state"]
         )
         for (kind, notice_state), n in sorted(snap.notifications.items()):
             notices.add_metric([kind, notice_state], n)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -28,6 +27,8 @@ from aiohttp import web
 from gateway.outcomes import Retry
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, Spool
+from gateway.spool.objects import content_type as content_type
+from gateway.spool.objects import document_key, s3_client, s3_reason
 from gateway.store import AsyncStore
 
 log = logging.getLogger("gateway.storage")
@@ -37,28 +38,9 @@ T = TypeVar("T")
 # 128 random bits, hex, and nothing about the sender.
 KEY_RE = re.compile(r"^[0-9a-f]{32}\.pdf$")
 
-# Leading bytes -> Content-Type of what the provider downloads.
-_SIGNATURES: list[tuple[bytes, str]] = [
-    (b"%PDF-", "application/pdf"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF8", "image/gif"),
-]
-
-
 def new_key(prefix: str = "") -> str:
     """An object key with 128 random bits and no sender data."""
-    return f"{prefix}{secrets.token_hex(16)}.pdf"
-
-
-def content_type(data: bytes) -> str:
-    """The detected type of a fax document."""
-    for magic, ctype in _SIGNATURES:
-        if data.startswith(magic):
-            return ctype
-    return "application/octet-stream"
+    return document_key(prefix)
 
 
 class Storage(Protocol):
@@ -87,25 +69,6 @@ class Storage(Protocol):
         ...
 
 
-def _s3_reason(action: str, exc: Exception) -> str:
-    """Words for an S3 failure: the error code and status, never the request (it may hold a signature)."""
-    response: Any = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        error = response.get("Error", {})
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
-        code = str(error.get("Code", "")) or "error"
-        return f"S3 {action} failed: {code} (HTTP {status})"
-    names = {
-        "EndpointConnectionError": "cannot connect to the S3 endpoint",
-        "ConnectTimeoutError": "timed out connecting to the S3 endpoint",
-        "ReadTimeoutError": "the S3 endpoint did not answer in time",
-        "ConnectionClosedError": "the S3 endpoint closed the connection",
-        "NoCredentialsError": "no S3 credentials found",
-        "SSLError": "TLS failure talking to the S3 endpoint",
-    }
-    return f"S3 {action} failed: {names.get(type(exc).__name__, 'the S3 request failed')}"
-
-
 class S3Storage:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.storage
@@ -115,22 +78,7 @@ class S3Storage:
         self._client = await asyncio.to_thread(self._make_client)
 
     def _make_client(self) -> Any:
-        import boto3  # local: only the s3 backend needs it
-        from botocore.config import Config
-
-        s = self.settings
-        config = Config(
-            connect_timeout=s.timeout_seconds,
-            read_timeout=s.timeout_seconds,
-            # One quick retry inside boto3; the worker owns the real backoff.
-            retries={"total_max_attempts": 2, "mode": "standard"},
-            signature_version="s3v4",
-            # Path style works with every S3-compatible server and IP endpoints.
-            s3={"addressing_style": "path" if s.endpoint_url else "auto"},
-        )
-        return boto3.session.Session().client(
-            "s3", region_name=s.region or None, endpoint_url=s.endpoint_url or None, config=config
-        )
+        return s3_client(self.settings)
 
     async def stop(self) -> None:
         client, self._client = self._client, None
@@ -150,7 +98,7 @@ class S3Storage:
             from botocore.exceptions import BotoCoreError, ClientError
 
             if isinstance(exc, (BotoCoreError, ClientError)):
-                raise Retry(_s3_reason(action, exc)) from None
+                raise Retry(s3_reason(action, exc)) from None
             raise
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:

@@ -581,8 +581,10 @@ class Worker:
             for message_id, key in await self.store.run(lambda s: s.finished_uploads(now - keep)):
                 try:
                     await self.storage.delete(key)
-                except Retry as exc:
-                    log.warning("message %s: document not deleted yet: %s", message_id, exc.reason)
+                    if self.spool.shared:  # a cluster's spool is the bucket: the raw mail goes too
+                        await asyncio.to_thread(self.spool.remove, message_id)
+                except (Retry, OSError) as exc:
+                    log.warning("message %s: document not deleted yet: %s", message_id, getattr(exc, "reason", exc))
                     continue
                 await self.store.run(_mark_deleted(message_id, now))
                 self._upload_locks.pop(message_id, None)

@@ -25,18 +25,19 @@ from gateway.delivery.faults import FAULT_HELP, is_fault
 from gateway.ops import jobs as commands
 from gateway.ops.actions import AdminError
 from gateway.spool import SpoolLockedError
-from gateway.store import StoreError
+from gateway.store import StoreError, StoreUnreachable
 
 log = logging.getLogger("gateway")
 
 Command = Callable[[argparse.Namespace], int]
 
 # Exit statuses, the same for every command (``--help`` and the README show this table).
-DONE, NOT_DONE, USAGE = 0, 1, 2
+DONE, NOT_DONE, USAGE, UNREACHABLE = 0, 1, 2, 3
 EXIT_STATUSES = {
     DONE: "done",
     NOT_DONE: "not done: no such job, the action does not apply to it, a check failed, or the fax was refused",
     USAGE: "usage or configuration error (the message says what to change)",
+    UNREACHABLE: "the job store's PostgreSQL server cannot be reached (the message says where): try again once it is",
 }
 EXIT_HELP = "exit status: " + "; ".join(f"{code} {words}" for code, words in EXIT_STATUSES.items())
 
@@ -165,5 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, USAGE, f"configuration error: {exc}")
     except commands.UsageError as exc:
         return _fail(args, USAGE, str(exc))
+    except StoreUnreachable as exc:
+        return _fail(args, UNREACHABLE, f"the job store cannot be reached: {exc}")
     except (AdminError, SpoolLockedError, StoreError) as exc:
         return _fail(args, NOT_DONE, str(exc))

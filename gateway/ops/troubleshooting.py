@@ -41,6 +41,10 @@ ADVICE: dict[str, str] = {
     "RECEIPT_ACCEPTED": "Nothing: a provider receipt copy was recorded.",
     "RECEIPT_RECIPIENT_OK": "Nothing.",
     "ERROR": "A fault of the gateway: the log has the details (search the session id). The client retries.",
+    "STORE_UNAVAILABLE": _RETRY + " Administrator: the PostgreSQL server of `store.backend = \"postgresql\"` is"
+    " down or unreachable; `/healthz` says so and the log says why. Nothing was kept of the mail.",
+    "STORAGE_UNAVAILABLE": _RETRY + " Administrator: the S3 bucket (`storage.bucket`) did not take the mail before"
+    " the 250 (down, refusing the credentials, too slow); the log says why. Nothing was kept of the mail.",
     "LOW_SPACE": "Administrator: free space in the spool directory (`spool.min_free_bytes`).",
     "TOO_MANY_RECIPIENTS": "The client sends the rest in another message (most do so by themselves).",
     "QUOTA_SENDER": "Wait for the next hour, or raise `quotas.per_sender_hourly`.",

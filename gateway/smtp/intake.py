@@ -2,7 +2,10 @@
 
 In: one SMTP transaction (client, sender, recipients, message). Out: a
 message spooled durably with one job per distinct fax number, or the reply
-that says what to change. Nothing here talks to S3 or the provider.
+that says what to change. Nothing here talks to the provider; in a cluster
+(the PostgreSQL store) the spool is the shared S3 bucket
+(:class:`~gateway.spool.ObjectSpool`): the mail and its fax document are put
+there before the commit, the document recorded as stored.
 
 - MAIL: 550 5.7.1 null sender or fax-domain sender; 530 5.7.0 / 550 5.7.1
   client not allowed; 550 5.7.1 sender not on the allow-list; 452 4.3.1 low
@@ -11,8 +14,10 @@ that says what to change. Nothing here talks to S3 or the provider.
   fax and receipt addresses mixed; 450 4.7.1 hourly quotas (counted in faxes).
 - DATA: 552 5.3.4 too big; the documents stage's refusal (examined by
   :mod:`gateway.documents.examiner`); 451 4.3.0 when anything fails before the
-  job rows are committed (the spool directory is removed), also when the
-  process examining the message dies; 451 4.3.0 EXAMINE_BUSY when no document
+  job rows are committed (the spooled files are removed), also when the
+  process examining the message dies; STORE_UNAVAILABLE when the PostgreSQL
+  store cannot be reached, STORAGE_UNAVAILABLE when the cluster's bucket
+  cannot; 451 4.3.0 EXAMINE_BUSY when no document
   worker is free within ``documents.queue_seconds``; else ``250 2.0.0 OK: queued as <job
   ids>`` (the answer also carries the ids, ``Answer.jobs``), also for a resent
   message (same sender, Message-ID and number within the dedupe window; a
@@ -50,8 +55,19 @@ from gateway.replies import Answer, Hello
 from gateway.settings import Network, Settings, User
 from gateway.smtp.access import AuthThrottle, sender_allowed
 from gateway.smtp.recipients import Domains, FaxRecipient, ReceiptRecipient, classify
-from gateway.spool import FAX_NAME, RAW_NAME, Spool
-from gateway.store import AsyncStore, NewMessage, NewPart, Part, PartTaken, Quota, QuotaReached, Store, new_id
+from gateway.spool import FAX_NAME, RAW_NAME, Spool, StorageUnavailable
+from gateway.store import (
+    UNREACHABLE_ERRORS,
+    AsyncStore,
+    NewMessage,
+    NewPart,
+    Part,
+    PartTaken,
+    Quota,
+    QuotaReached,
+    Store,
+    new_id,
+)
 from gateway.text import clean
 
 log = logging.getLogger("gateway.smtp")
@@ -283,9 +299,8 @@ class Handler:
         try:
             for job_id in job_ids:
                 await callback(job_id, raw)
-        except Exception:
-            log.exception("session %s: receipt mail for %s could not be stored", conn.id, " ".join(job_ids))
-            return replies.ERROR.answer()
+        except Exception as exc:
+            return fault_reply(exc, f"session {conn.id}: receipt mail for {' '.join(job_ids)} could not be stored")
         log.info("session %s: receipt mail for %s stored", conn.id, " ".join(job_ids))
         return replies.RECEIPT_ACCEPTED.answer()
 
@@ -303,9 +318,8 @@ class Handler:
                 return exc.reply
             try:
                 return await self._refuse_by_mail(conn, sender, numbers, raw, exc.reply, exc.reason, settle)
-            except Exception:
-                log.exception("session %s: the refusal could not be recorded to go by mail: 451", conn.id)
-                return replies.ERROR.answer()
+            except Exception as exc:
+                return fault_reply(exc, f"session {conn.id}: the refusal could not be recorded to go by mail")
         except Busy:
             log.warning("session %s: no document worker free within documents.queue_seconds: 451", conn.id)
             return replies.EXAMINE_BUSY.answer()
@@ -324,9 +338,8 @@ class Handler:
         self._spooling.update((k, (conn.id, done)) for k in claimed)
         try:
             return await self._spool(conn, sender, keys, raw, extraction, headers, settle)
-        except Exception:
-            log.exception("session %s: message could not be spooled: 451", conn.id)
-            return replies.ERROR.answer()
+        except Exception as exc:
+            return fault_reply(exc, f"session {conn.id}: message could not be spooled")
         finally:
             for k in claimed:
                 self._spooling.pop(k, None)
@@ -364,13 +377,15 @@ class Handler:
         late: dict[str, str] = {}  # number -> the job another copy, taken in meanwhile (another gateway), made
         if jobs:
             message_id = new_id()
-            await asyncio.to_thread(self.spool.write, message_id, {RAW_NAME: raw, FAX_NAME: extraction.document})
+            # In a cluster the fax document is stored in S3 here, before the 250, and recorded as stored.
+            files = {RAW_NAME: raw, FAX_NAME: extraction.document}
+            upload_key = await asyncio.to_thread(self.spool.keep, message_id, files)
             msg = NewMessage(
                 id=message_id, envelope_from=sender, header_from=headers.header_from, reply_to=headers.reply_to,
                 message_id_header=headers.message_id, subject=headers.subject, date_header=headers.date,
                 client_addr=conn.ip, auth_user=conn.user.name if conn.user else "", doc_type=extraction.doc_type,
                 doc_pages=extraction.pages, doc_bytes=len(extraction.document), documents=extraction.documents,
-                skipped=extraction.skipped,
+                skipped=extraction.skipped, upload_key=upload_key,
             )  # fmt: skip
             via = _via(conn)
             dedupe_since, quota = since, self._commit_quota()
@@ -425,7 +440,10 @@ class Handler:
         try:
             return await self.store.run(commit)
         except BaseException:
-            await asyncio.to_thread(self.spool.remove, spool_id)
+            try:
+                await asyncio.to_thread(self.spool.remove, spool_id)
+            except OSError as exc:  # S3 as well as the store: the bucket's lifecycle rule takes them
+                log.warning("spool: files %s written but never committed could not be removed: %s", spool_id, exc)
             raise
 
     async def _refuse_by_mail(
@@ -466,7 +484,7 @@ class Handler:
         """Spool ``raw``, commit its ``jobs`` (job id, number) failed with ``reason``, each with its notice."""
         headers = await asyncio.to_thread(read_headers, raw)
         message_id = new_id()
-        await asyncio.to_thread(self.spool.write, message_id, {RAW_NAME: raw})
+        await asyncio.to_thread(self.spool.keep, message_id, {RAW_NAME: raw})
         msg = NewMessage(
             id=message_id, envelope_from=sender, header_from=headers.header_from, reply_to=headers.reply_to,
             message_id_header=headers.message_id, subject=headers.subject, date_header=headers.date,
@@ -502,7 +520,7 @@ class Handler:
         bounds = {"max_sets": self.settings.documents.partial_max_sets,
                   "max_bytes": self.settings.smtp.max_message_size}  # fmt: skip
         try:
-            await asyncio.to_thread(self.spool.write, part.spool_id, {RAW_NAME: raw})
+            await asyncio.to_thread(self.spool.keep, part.spool_id, {RAW_NAME: raw})
             taken = await self._commit_or_unspool(part.spool_id, lambda s: s.add_partial_part(part, **bounds))
             if taken is not PartTaken.KEPT:
                 await asyncio.to_thread(self.spool.remove, part.spool_id)
@@ -516,9 +534,8 @@ class Handler:
             answer = None
             if taken is not PartTaken.FINISHED:
                 answer = await self._complete(conn, part.sender, part.set_id, sender)
-        except Exception:
-            log.exception("session %s: part of a split mail could not be kept: 451", conn.id)
-            return replies.ERROR.answer()
+        except Exception as exc:
+            return fault_reply(exc, f"session {conn.id}: part of a split mail could not be kept")
         if answer is not None:
             return answer
         return replies.PART_KEPT.format(part=f"{fragment.number}{of}", id=fragment.id)
@@ -642,6 +659,24 @@ class Handler:
         elif reply.ok:  # a receipt address: not a fax
             reply = replies.RELAY_DENIED.format(domain=self.domains.fax[0])
         return reply
+
+
+def fault_reply(exc: Exception, what: str) -> Answer:
+    """The 451 for a fault of ours before the 250, logged with ``what`` (a session, its job ids).
+
+    The PostgreSQL store or the cluster's S3 bucket being unavailable is said as such (the log says why,
+    never with a connection string: the log handler masks it); anything else is an internal error, logged
+    with its traceback, which the client never sees.
+    """
+    if isinstance(exc, UNREACHABLE_ERRORS):
+        why = clean(str(exc).strip().partition("\n")[0], 300) or type(exc).__name__
+        log.error("%s: the job store is unavailable (%s): 451", what, why)
+        return replies.STORE_UNAVAILABLE.answer()
+    if isinstance(exc, StorageUnavailable):
+        log.error("%s: the document storage is unavailable (%s): 451", what, exc.reason)
+        return replies.STORAGE_UNAVAILABLE.answer()
+    log.error("%s: 451", what, exc_info=exc)
+    return replies.ERROR.answer()
 
 
 def _numbers(parts: Iterable[Part]) -> list[str]:

@@ -36,7 +36,8 @@ module owns what happens around those decisions:
   ``Username:``/``Password:`` prompts, and ``AUTH=LOGIN PLAIN`` in EHLO too
   (the pre-RFC 2554 form some old clients look for);
 - 451 4.3.0 for any unexpected error: the client never sees the exception,
-  the log has it with the session id;
+  the log has it with the session id (STORE_UNAVAILABLE when the PostgreSQL
+  store cannot be reached, as MAIL and RCPT ask it);
 - aiosmtpd's own answers are translated to entries of the reply table
   (:mod:`gateway.smtp.library`, which is also the only way to aiosmtpd's
   private names).
@@ -65,7 +66,7 @@ from gateway.settings import Listener, Settings
 from gateway.smtp import library, tls
 from gateway.smtp.access import check_user, client_network
 from gateway.smtp.data import read_data
-from gateway.smtp.intake import Connection, FaxEnvelope, Handler
+from gateway.smtp.intake import Connection, FaxEnvelope, Handler, fault_reply
 from gateway.smtp.recipients import split_path
 from gateway.smtp.slots import Slots
 from gateway.store import new_id
@@ -336,8 +337,8 @@ class GatewaySMTP(library.Protocol):
                 log.warning("session %s: STARTTLS handshake with %s failed, connection closed: %s", self.conn.id,
                             self.conn.ip, why)  # fmt: skip
             return ""  # not sent: there is no channel left to say it on
-        log.error("session %s: unexpected error: 451", self.conn.id, exc_info=error)
-        return library.status(replies.ERROR.answer())
+        # The job store unavailable (MAIL and RCPT ask it) is said as such; anything else is an internal error.
+        return library.status(fault_reply(error, f"session {self.conn.id}: unexpected error"))
 
     # -- commands -------------------------------------------------------------
 

@@ -26,6 +26,9 @@ class SpoolLockedError(RuntimeError):
 
 
 class Spool:
+    # Whether the accepted files are where every gateway of a cluster reads them (gateway.spool.objects).
+    shared = False
+
     def __init__(self, directory: str | os.PathLike[str], *, fsync: Callable[[int], None] = os.fsync) -> None:
         self.root = Path(directory)
         self.tmp = self.root / "tmp"
@@ -94,6 +97,15 @@ class Spool:
             raise
         return final
 
+    def keep(self, message_id: str, files: Mapping[str, bytes]) -> str:
+        """Write an accepted message's ``files`` durably (blocking); the object key of its fax document
+        when it is already stored where the provider fetches it, else ``""`` (here: the worker uploads it)."""
+        self.write(message_id, files)
+        return ""
+
+    def close(self) -> None:
+        """Let go of what :meth:`create` opened (here: nothing)."""
+
     def path(self, message_id: str, name: str) -> Path:
         return self.messages / message_id / name
 
@@ -101,6 +113,9 @@ class Spool:
         return self.path(message_id, name).read_bytes()
 
     def remove(self, message_id: str) -> None:
+        self._remove_directory(message_id)
+
+    def _remove_directory(self, message_id: str) -> None:
         shutil.rmtree(self.messages / message_id, ignore_errors=True)
 
     def clean_tmp(self) -> int:
@@ -120,7 +135,7 @@ class Spool:
         ids = self.message_ids()
         stray = sorted(ids - recorded(ids))
         for message_id in stray:
-            self.remove(message_id)
+            self._remove_directory(message_id)
         return stray
 
     def message_ids(self) -> set[str]:

@@ -26,7 +26,8 @@ The queries are written once, in the SQL both engines speak: ``?`` placeholders
   :class:`~gateway.store.schema.StoreUnavailable`; the next call connects again.
 
 The connection string never reaches an error: a failure to connect is
-:class:`~gateway.store.schema.StoreError` with the DSN and its password masked.
+:class:`~gateway.store.schema.StoreUnreachable` (a ``StoreError``) naming host, port and database, the DSN and its
+password masked.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import psycopg.rows
 from gateway.redact import redact
 from gateway.settings import Secret, StoreSettings
 from gateway.store import schema
-from gateway.store.schema import StoreUnavailable
+from gateway.store.schema import StoreUnavailable, StoreUnreachable
 
 
 class Cursor(Protocol):
@@ -76,13 +77,22 @@ class PostgreSQL:
 
     def __str__(self) -> str:
         info = psycopg.conninfo.conninfo_to_dict(self.dsn.reveal())
-        return f"PostgreSQL database {info.get('dbname', '')!r} on {info.get('host', 'localhost')!r}"
+        port = f" port {info['port']}" if info.get("port") else ""
+        return f"PostgreSQL database {info.get('dbname', '')!r} on {info.get('host', 'localhost')!r}{port}"
 
 
 Location = str | Path | PostgreSQL
 
 # Any error either backend raises (a lost connection, a full disk, a locked file).
 DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, StoreUnavailable)
+# The PostgreSQL server gone or unreachable (the connection lost or closed, a connection refused): a store
+# shared over the network can be down while the gateway runs, a SQLite file beside the spool cannot.
+UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError, StoreUnavailable)
+
+# The channel a commit that makes work due is announced on (PostgreSQL NOTIFY; gateway.store.wakeups listens),
+# and what it says: which stage has work.
+WAKE_CHANNEL = "fax_gateway_wake"
+WAKE_JOBS, WAKE_NOTICES, WAKE_RECEIPTS = "jobs", "notices", "receipts"
 
 # The key of the advisory lock the migrations run under (any constant the gateway alone uses).
 _MIGRATION_LOCK = 0x6661782D67770001
@@ -193,7 +203,8 @@ def _connect_postgres(where: PostgreSQL) -> psycopg.Connection[PgRow]:
     try:
         return psycopg.connect(where.dsn.reveal(), autocommit=True, row_factory=_pg_rows, connect_timeout=10)
     except psycopg.Error as exc:
-        raise StoreUnavailable(f"{where}: cannot connect: {redact(str(exc), _hidden(where))}") from None
+        why = " ".join(redact(str(exc), _hidden(where)).split())  # one line: libpq adds a tab-indented hint
+        raise StoreUnreachable(f"{where}: cannot connect: {why}") from None
 
 
 def lock_key(what: str) -> int:
@@ -330,6 +341,15 @@ class Connection:
             self._sqlite.execute("ROLLBACK")
             raise
         self._sqlite.execute("COMMIT")
+
+    def announce(self, what: str) -> None:
+        """Tell every gateway on the same database that ``what`` (:data:`WAKE_JOBS` ...) has work now.
+
+        A ``NOTIFY``: inside a transaction it goes out with the commit (and not at all with a rollback),
+        outside one at once. SQLite: nothing (one machine: the stages wake each other directly).
+        """
+        if self._pg is not None:
+            self.db.execute("SELECT pg_notify(?, ?)", (WAKE_CHANNEL, what))
 
     def writable(self) -> bool:
         """A real write, committed: a row written to the ``probe`` table and deleted, in one transaction.

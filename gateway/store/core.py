@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from gateway.store.base import Location
+from gateway.store.base import Location, PostgreSQL
 from gateway.store.instances import Instances
 from gateway.store.jobs import NewMessage
 from gateway.store.links import StatusLinks
@@ -70,6 +70,11 @@ class AsyncStore:
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._store: Store | None = None
+
+    @property
+    def server(self) -> str:
+        """The PostgreSQL store's server in words (host, port, database; never the connection string), or ``""``."""
+        return str(self._path) if isinstance(self._path, PostgreSQL) else ""
 
     @property
     def sync(self) -> Store:

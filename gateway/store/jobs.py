@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from gateway.outcomes import HoldKind
-from gateway.store.base import Connection, Row
+from gateway.store.base import WAKE_JOBS, WAKE_RECEIPTS, Connection, Row
 from gateway.store.states import FINAL_STATES, IN_FLIGHT_STATES, State
 
 
@@ -55,6 +55,9 @@ class NewMessage:
     doc_bytes: int
     documents: Sequence[dict[str, Any]] = ()
     skipped: Sequence[dict[str, Any]] = ()
+    # The fax document's object, when intake stored it before the 250 (a cluster): recorded as
+    # stored, so the worker does not upload it again.
+    upload_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,10 @@ class QuotaReached(Exception):
         super().__init__("the sender's hourly quota" if per_sender else "the hourly quota of the gateway")
         self.per_sender = per_sender
 
+# The states a job moved into that are announced to every gateway's worker, and receipt stage.
+_WAKES_WORKERS = frozenset({State.QUEUED, State.DEFERRED, State.HELD, State.AMBIGUOUS})
+_WAKES_RECEIPTS = frozenset({State.SUBMITTED, State.AMBIGUOUS})
+
 
 class JobQueries(Connection):
     """The ``messages``, ``jobs`` and ``events`` tables."""
@@ -178,12 +185,13 @@ class JobQueries(Connection):
                 self._check_quota(msg.envelope_from, len(new), quota)
             db.execute(
                 "INSERT INTO messages (id, received_at, envelope_from, header_from, reply_to, message_id_header,"
-                " subject, date_header, client_addr, auth_user, doc_type, doc_pages, doc_bytes, documents, skipped)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " subject, date_header, client_addr, auth_user, doc_type, doc_pages, doc_bytes, documents, skipped,"
+                " upload_key, uploaded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     msg.id, now, msg.envelope_from, msg.header_from, msg.reply_to, msg.message_id_header,
                     msg.subject, msg.date_header, msg.client_addr, msg.auth_user, msg.doc_type, msg.doc_pages,
                     msg.doc_bytes, json.dumps(list(msg.documents)), json.dumps(list(msg.skipped)),
+                    msg.upload_key, now if msg.upload_key else 0,
                 ),
             )  # fmt: skip
             words = detail if isinstance(detail, str) else detail(existing)
@@ -194,6 +202,7 @@ class JobQueries(Connection):
                     (job_id, msg.id, number, State.QUEUED, now, now, dedupe_key, secrets.token_hex(16)),
                 )
                 self.add_event(job_id, "accepted", words, now=now)
+            self.announce(WAKE_JOBS)
         return existing
 
     def _take_dedupe_key(self, key: str, job_id: str, now: float, since: float) -> str:
@@ -310,6 +319,10 @@ class JobQueries(Connection):
             if cur.rowcount != 1:
                 return False
             self.add_event(job_id, event or str(state), reason, now=now)
+            if state in _WAKES_WORKERS:  # due now, or on a timer every worker should know of
+                self.announce(WAKE_JOBS)
+            if state in _WAKES_RECEIPTS:  # a receipt on file may settle it
+                self.announce(WAKE_RECEIPTS)
         return True
 
     # -- leases -------------------------------------------------------------

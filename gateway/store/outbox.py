@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from gateway.store.base import Row
+from gateway.store.base import WAKE_NOTICES, Row
 from gateway.store.jobs import _JOB_SELECT, Job, JobQueries, _marks
 from gateway.store.states import FINAL_STATES, WAITING_STATES
 
@@ -141,6 +141,8 @@ class Outbox(JobQueries):
             )
             if cur.rowcount == 1 and job_id:
                 self.add_event(job_id, f"notice queued: {kind}", detail)
+            if cur.rowcount == 1:
+                self.announce(WAKE_NOTICES)
         return cur.rowcount == 1
 
     def queue_ar_mail(self, job_id: str, digest: str, subject: str, raw: bytes) -> bool:
@@ -152,6 +154,8 @@ class Outbox(JobQueries):
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (job_id, kind, _notice_id(job_id, kind), subject, raw, NoticeState.NEW, self.clock()),
             )
+            if cur.rowcount == 1:
+                self.announce(WAKE_NOTICES)
         return cur.rowcount == 1
 
     def attach_source(self, job_id: str, kind: NoticeKind, raw: bytes) -> None:

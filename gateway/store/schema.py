@@ -209,6 +209,11 @@ class StoreUnavailable(StoreError):
     """
 
 
+class StoreUnreachable(StoreUnavailable):
+    """The store's server cannot be reached (refused, timed out, refused the login): said with where it is,
+    never with the connection string or its password."""
+
+
 def migrate(
     db: Database, where: str, dialect: Dialect, read_version: Callable[[], int], write_version: Callable[[int], None]
 ) -> None:

@@ -303,3 +303,16 @@ def test_a_settings_file_on_sqlite_is_a_usage_error(site: Site, s3: S3, tmp_path
     done = site.run("migrate-store", "--config", str(config))
     assert done.returncode == 2 and 'set store.backend = "postgresql"' in done.stderr
 
+
+
+def test_send_spools_into_the_postgresql_store(site: Site) -> None:
+    assert site.migrate().returncode == 0
+    document = site.spool.parent / "letter.pdf"
+    document.write_bytes(pdf(1))
+    done = site.run("send", "--config", str(site.config), "--to", "01 45 67 89 00", "--from", "ops@example.com",
+                    "--json", str(document))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    job_id = json.loads(done.stdout)["jobs"][0]
+    listed = json.loads(site.run("jobs", "--config", str(site.config), "--json", "--sender", "ops@").stdout)
+    assert [(j["id"], j["state"], j["number"]) for j in listed] == [(job_id, "queued", "+33145678900")]
+    assert site.run("show", "--spool", str(site.spool), job_id).returncode == 1  # not in the SQLite store

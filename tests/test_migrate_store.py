@@ -316,3 +316,11 @@ def test_send_spools_into_the_postgresql_store(site: Site) -> None:
     listed = json.loads(site.run("jobs", "--config", str(site.config), "--json", "--sender", "ops@").stdout)
     assert [(j["id"], j["state"], j["number"]) for j in listed] == [(job_id, "queued", "+33145678900")]
     assert site.run("show", "--spool", str(site.spool), job_id).returncode == 1  # not in the SQLite store
+
+
+def test_a_database_that_does_not_answer_is_named_without_its_password(site: Site) -> None:
+    password = site.dsn.split("password=")[1].split()[0]
+    site.dsn = site.dsn.replace(f"password={password}", "password=not-the-right-one-42")
+    done = site.migrate()
+    assert done.returncode == 1 and "cannot connect" in done.stderr and "PostgreSQL database 'gw_test_" in done.stderr
+    assert "not-the-right-one-42" not in done.stdout + done.stderr and site.dsn not in done.stdout + done.stderr

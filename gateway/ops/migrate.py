@@ -34,10 +34,11 @@ from gateway.delivery.storage import S3Storage, content_type
 from gateway.ops.actions import AdminError
 from gateway.ops.jobs import UsageError
 from gateway.outcomes import Retry
+from gateway.redact import redact, secrets_of
 from gateway.spool import FAX_NAME, Spool, SpoolLockedError
-from gateway.store import SCHEMA_VERSION, PostgreSQL
+from gateway.store import DATABASE_ERRORS, SCHEMA_VERSION, PostgreSQL
 from gateway.store.base import Connection
-from gateway.store.copy import OpenDocument, SQLiteSource, copy_rows, target_rows
+from gateway.store.copy import OpenDocument, SQLiteSource, copy_rows, hidden, target_rows
 
 STOP = "sudo systemctl stop fax-gateway"
 START = "sudo systemctl start fax-gateway"
@@ -145,24 +146,10 @@ def main(args: argparse.Namespace) -> int:
     target_where = PostgreSQL(settings.store.dsn)
     _lock(spool)
     try:
-        source = SQLiteSource(spool.db_path)
-        try:
-            _refusals(source, spool)
-            target = Connection(target_where)  # migrated to this code's schema
-            try:
-                held = target_rows(target)
-                if held:
-                    raise AdminError(
-                        f"the {target_where} is not empty ({', '.join(f'{t} {n}' for t, n in held.items())}):"
-                        " migrate-store copies into an empty database only; give it a new one"
-                    )
-                open_jobs = source.count_open_jobs()
-                done = asyncio.run(_upload(settings, spool, source.open_documents()))
-                counts = copy_rows(source, target, changes={"messages": done.changes})
-            finally:
-                target.close()
-        finally:
-            source.close()
+        counts, open_jobs, done = _move(settings, spool, target_where)
+    except DATABASE_ERRORS as exc:  # a lost connection, a locked file: the transaction did not commit
+        why = redact(str(exc), [*secrets_of(settings), *hidden(target_where)])
+        raise AdminError(f"the copy failed, nothing was written to the {target_where}: {why}") from None
     finally:
         spool.unlock()
     if args.json:
@@ -172,3 +159,28 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(_report(spool.db_path, target_where, counts, open_jobs, done, settings.storage.bucket))
     return 0
+
+
+def _move(
+    settings: settings_mod.Settings, spool: Spool, target_where: PostgreSQL
+) -> tuple[dict[str, int], dict[str, int], Documents]:
+    """The checks, the uploads and the copy (the spool locked): rows per table, open jobs by state, documents."""
+    source = SQLiteSource(spool.db_path)
+    try:
+        _refusals(source, spool)
+        target = Connection(target_where)  # migrated to this code's schema
+        try:
+            held = target_rows(target)
+            if held:
+                raise AdminError(
+                    f"the {target_where} is not empty ({', '.join(f'{t} {n}' for t, n in held.items())}):"
+                    " migrate-store copies into an empty database only; give it a new one"
+                )
+            open_jobs = source.count_open_jobs()
+            done = asyncio.run(_upload(settings, spool, source.open_documents()))
+            counts = copy_rows(source, target, changes={"messages": done.changes})
+        finally:
+            target.close()
+    finally:
+        source.close()
+    return counts, open_jobs, done

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
 
 from gateway.store.base import Connection, Location, PostgreSQL, _connect_postgres
 from gateway.store.schema import SCHEMA_VERSION, StoreError
@@ -220,6 +221,13 @@ def copy_rows(
         if counts != expected:
             raise StoreError(f"{target.where}: the rows copied ({counts}) are not those read ({expected})")
     return counts
+
+
+def hidden(where: PostgreSQL) -> list[str]:
+    """What no text may show of a PostgreSQL store's connection string: all of it, and its password."""
+    dsn = where.dsn.reveal()
+    password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+    return [dsn, *([str(password)] if password else [])]
 
 
 def describe(where: Location) -> str:

@@ -319,6 +319,21 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    # The name of this gateway among those sharing one PostgreSQL store ([store] backend = "postgresql"):
+    # its jobs' leases and its notices' claims carry it, and a second gateway starting under the name of
+    # one still alive is refused. Empty: the host name. Each gateway needs its own; unused with SQLite.
+    instance: str = ""
+
+
+def instance_name(settings: Settings) -> str:
+    """This gateway's name among those sharing the store: ``cluster.instance``, else the host name."""
+    import socket  # local: keeps `import gateway.settings` light
+
+    return settings.cluster.instance or socket.gethostname() or "fax-gateway"
+
+
+@dataclass(frozen=True)
 class ProviderSettings:
     url: str = "https://www.123-fax.net/http.php"
     email: str = ""
@@ -362,6 +377,12 @@ class DeliverySettings:
     poll_seconds: float = 5.0
     # Accept and spool, but submit nothing (maintenance, benchmarks).
     paused: bool = False
+    # A job being stored and submitted is leased to the gateway working on it for this long, renewed every
+    # third of it while it works; a lease that ran out (the gateway died or lost the store) lets another
+    # gateway take the job over as start-up recovery would (a submission becomes ambiguous, never resent
+    # blindly). More than provider.total_timeout + storage.timeout_seconds: one upload and one submission
+    # fit in it even with no renewal.
+    lease_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -445,6 +466,7 @@ class Settings:
     store: StoreSettings = StoreSettings()
     provider: ProviderSettings = ProviderSettings()
     delivery: DeliverySettings = DeliverySettings()
+    cluster: ClusterSettings = ClusterSettings()
     http: HttpSettings = HttpSettings()
     notify: NotifySettings = NotifySettings()
     log: LogSettings = LogSettings()
@@ -804,6 +826,18 @@ def _validate_delivery(delivery: DeliverySettings) -> None:
         raise SettingsError("delivery.min_backoff_seconds: larger than delivery.max_backoff_seconds")
 
 
+def _validate_cluster(s: Settings) -> None:
+    if s.cluster.instance and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}", s.cluster.instance):
+        raise SettingsError(f"cluster.instance: {s.cluster.instance!r} is not 1 to 64 letters, digits or . _ -")
+    _positive("delivery.lease_seconds", s.delivery.lease_seconds)
+    needed = s.provider.total_timeout + s.storage.timeout_seconds
+    if s.delivery.lease_seconds <= needed:
+        raise SettingsError(
+            f"delivery.lease_seconds: {s.delivery.lease_seconds!r} must be more than provider.total_timeout"
+            f" + storage.timeout_seconds ({needed!r}): a submission must fit in one lease"
+        )
+
+
 def validate(s: Settings) -> None:
     """Value and cross-field checks that a type alone cannot express, section by section."""
     _validate_smtp(s.smtp)
@@ -817,6 +851,7 @@ def validate(s: Settings) -> None:
     _validate_http(s.http)
     _validate_notify(s.notify)
     _validate_delivery(s.delivery)
+    _validate_cluster(s)
 
 
 def status_links_on(settings: Settings) -> bool:

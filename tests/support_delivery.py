@@ -22,7 +22,7 @@ from gateway.delivery.worker import Worker
 from gateway.receipts.callback import Receipts
 from gateway.settings import Settings
 from gateway.spool import FAX_NAME, RAW_NAME, Spool
-from gateway.store import AsyncStore, Job, NewMessage, Store, new_id
+from gateway.store import AsyncStore, Job, Location, NewMessage, Store, new_id
 from tests.support_clock import FakeClock
 from tests.support_docs import pdf
 
@@ -30,13 +30,14 @@ NUMBER = "+33145678900"
 
 
 class LoopbackRig:
-    """What every stage rig has: the settings, a fake clock, the spool, the store on it and the HTTP listener."""
+    """What every stage rig has: the settings, a fake clock, the spool, the store on it (or at ``where``,
+    a PostgreSQL database several rigs share) and the HTTP listener."""
 
-    def __init__(self, settings: Settings, clock: FakeClock | None = None) -> None:
+    def __init__(self, settings: Settings, clock: FakeClock | None = None, where: Location | None = None) -> None:
         self.settings = settings
         self.clock = clock or FakeClock()
         self.spool = Spool(settings.spool.directory)
-        self.store = AsyncStore(self.spool.db_path, clock=self.clock)
+        self.store = AsyncStore(self.spool.db_path if where is None else where, clock=self.clock)
         self.http = HttpServer(settings)
 
     async def job(self, job_id: str) -> Job:
@@ -46,8 +47,8 @@ class LoopbackRig:
 
 
 class Delivery(LoopbackRig):
-    def __init__(self, settings: Settings, clock: FakeClock | None = None) -> None:
-        super().__init__(settings, clock)
+    def __init__(self, settings: Settings, clock: FakeClock | None = None, where: Location | None = None) -> None:
+        super().__init__(settings, clock, where)
         self.storage = build_storage(settings, self.store, self.spool)
         if isinstance(self.storage, LocalStorage):
             self.http.add_routes(self.storage.routes())

@@ -5,7 +5,8 @@ In: Debian's PostgreSQL programs (``initdb``, ``pg_ctl``: on the PATH or in
 skipped elsewhere). Out: ``postgres_server``, one server per test session on a
 free loopback port, its data in a temporary directory owned by an unprivileged
 user when the tests run as root (PostgreSQL refuses root), password auth only,
-stopped and removed at the end; ``postgres_dsn``, a fresh empty database per
+stopped and removed at the end (a test may stop it and start it again: :meth:`PostgresServer.stop`,
+:meth:`PostgresServer.start`); ``postgres_dsn``, a fresh empty database per
 test (``CREATE DATABASE``: cheap, and nothing one test leaves reaches another);
 ``store_location``, parametrised: the SQLite file in ``tmp_path``, then a
 PostgreSQL database, so that every test that opens its store from it runs on both.
@@ -43,6 +44,26 @@ class PostgresServer:
     port: int
     user: str
     password: str
+    # How to stop and start it again (:meth:`stop`, :meth:`start`): pg_ctl, the data directory, the log,
+    # the server's options and the user it runs as (None: this one).
+    pg_ctl: str = ""
+    data: Path = Path()
+    log: Path = Path()
+    options: str = ""
+    owner: str | None = None
+
+    def stop(self) -> None:
+        """Stop the server at once (``pg_ctl stop -m fast``: every connection is cut), waiting until it is down."""
+        subprocess.run(_as_unprivileged([self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop"],
+                                        self.owner), check=True, capture_output=True, timeout=60)  # fmt: skip
+
+    def start(self) -> None:
+        """Start it again on the same port, waiting until it answers."""
+        subprocess.run(
+            _as_unprivileged([self.pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o", self.options, "-w", "-t",
+                              str(START_SECONDS), "start"], self.owner),
+            check=True, capture_output=True, timeout=START_SECONDS + 10,
+        )  # fmt: skip
 
     def dsn(self, dbname: str = "postgres") -> str:
         return (f"host={self.host} port={self.port} user={self.user} password={self.password} dbname={dbname}"
@@ -67,7 +88,11 @@ def postgres_server() -> Iterator[PostgresServer]:
     # Not under pytest's own temporary root: as root that is mode 0700, closed to the server's user.
     base = Path(tempfile.mkdtemp(prefix="fgw-pg-", dir="/tmp"))
     data, pwfile, log = base / "data", base / "pw", base / "server.log"
-    server = PostgresServer("127.0.0.1", free_port(), "gateway_test", secrets.token_hex(12))
+    host, port = "127.0.0.1", free_port()
+    # Loopback TCP only, no Unix socket; durability off: the tests' databases are thrown away.
+    options = (f"-c listen_addresses={host} -p {port} -c unix_socket_directories=''"
+               " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50")  # fmt: skip
+    server = PostgresServer(host, port, "gateway_test", secrets.token_hex(12), pg_ctl, data, log, options, owner)
     pwfile.write_text(server.password + "\n")
     if owner:
         entry = pwd.getpwnam(owner)
@@ -79,14 +104,7 @@ def postgres_server() -> Iterator[PostgresServer]:
                               "-E", "UTF8", "--locale=C", "--no-sync"], owner),
             check=True, capture_output=True, timeout=START_SECONDS,
         )  # fmt: skip
-        # Loopback TCP only, no Unix socket; durability off: the tests' databases are thrown away.
-        options = (f"-c listen_addresses={server.host} -p {server.port} -c unix_socket_directories=''"
-                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50")  # fmt: skip
-        subprocess.run(
-            _as_unprivileged([pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", str(START_SECONDS),
-                              "start"], owner),
-            check=True, capture_output=True, timeout=START_SECONDS + 10,
-        )  # fmt: skip
+        server.start()
     except subprocess.CalledProcessError as exc:
         detail = (exc.stderr or b"").decode(errors="replace") + (log.read_text() if log.exists() else "")
         shutil.rmtree(base, ignore_errors=True)

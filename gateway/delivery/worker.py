@@ -13,24 +13,54 @@ is recorded before each request, so a job found in it at start-up may have
 been sent and becomes ``ambiguous`` (:mod:`gateway.delivery.recovery`): no job is
 submitted twice without the ambiguity on record. At most
 ``provider.concurrency`` jobs are in flight.
+
+Several gateways may share one store (PostgreSQL). A job is claimed with its
+lease (``delivery.lease_seconds``, under ``cluster.instance``) in the
+transaction that finds it due, rows another gateway is claiming passed over;
+the worker renews the leases of the jobs it holds every third of that, and each
+of its later writes carries the job's lease token: once another gateway took
+the job over (the lease ran out: this one was paused or cut off), the write is
+refused and logged "lease lost: another instance took the job over", and
+nothing is queued on its account. Each pass also takes over the jobs whose
+lease ran out elsewhere (:func:`~gateway.delivery.recovery.take_over_expired`).
+When the store cannot be reached, passes stop (said once), and start again
+with backoff until it answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import logging
-from collections.abc import Callable
+import math
+import os
+import secrets
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.backoff import doubling, jittered
-from gateway.delivery.recovery import recover
+from gateway.delivery.recovery import recover, take_over_expired
 from gateway.delivery.storage import Storage, content_type
 from gateway.outcomes import Accepted, Ambiguous, Hold, HoldKind, PermanentFailure, Retry, Submission
 from gateway.sender import Row, recipient_of_message
-from gateway.settings import Settings
+from gateway.settings import Settings, instance_name
 from gateway.spool import FAX_NAME, Spool
-from gateway.store import AsyncStore, Delay, Ending, Job, NoticeKind, State, Store, alert, delay_of
+from gateway.store import (
+    AsyncStore,
+    Delay,
+    Ending,
+    Instance,
+    Job,
+    NoticeKind,
+    State,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    alert,
+    delay_of,
+)
 
 log = logging.getLogger("gateway.worker")
 
@@ -102,21 +132,47 @@ class Worker:
         self._stopping = False
         self._next_wakeup = 0.0
         self._config_hold = False  # whether the last look found submissions paused by a configuration hold
+        # Leases: this gateway's name, this run's own token (the instances table), the jobs it holds (id ->
+        # lease token), when (by the clock) they were last renewed, and the task that renews them.
+        self.instance = instance_name(settings)
+        self._run_token = secrets.token_hex(8)
+        self._shared = False
+        self._held: dict[str, int] = {}
+        self._renewed_at = -math.inf
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._heartbeat_stop = asyncio.Event()
+        self._store_down = 0  # passes failed in a row because the store could not be reached
 
     # -- life cycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover jobs left mid-step by a crash, then run (returns at once)."""
-        delivery = self.delivery
-        if await self.store.run(lambda s: recover(s, delivery)):
+        """Take this gateway's name (a shared store), recover jobs left mid-step by a crash, then run
+        (returns at once)."""
+        delivery, instance, token = self.delivery, self.instance, self._run_token
+
+        def begin(s: Store) -> tuple[bool, list[str]]:
+            if s.shared:
+                alive_since = s.clock() - delivery.lease_seconds
+                other = s.register_instance(instance, token, socket.gethostname(), os.getpid(),
+                                            alive_since=alive_since, stale=_gone)  # fmt: skip
+                if other is not None:
+                    raise StoreError(_name_taken(instance, other, s.clock()))
+            return s.shared, recover(s, delivery, instance=instance)
+
+        self._shared, ambiguous = await self.store.run(begin)
+        if ambiguous:
             self._on_submitted()  # recovered ambiguous: a receipt recorded before the crash may settle them
         self._stopping = False
+        self._renewed_at = self.clock()
+        self._heartbeat_stop.clear()
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="worker leases")
         self._loop_task = asyncio.create_task(self._run(), name="worker")
 
     async def stop(self) -> None:
         """Stop taking jobs; let in-flight ones finish up to ``stop_timeout``, then cancel them.
 
-        A job cancelled while ``submitting`` stays so and is found ambiguous at the next start.
+        A job cancelled while ``submitting`` stays so and is found ambiguous at the next start
+        (or by another gateway once its lease runs out).
         """
         self._stopping = True
         loop = asyncio.get_running_loop()
@@ -139,6 +195,14 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._heartbeat_task is not None:
+            self._heartbeat_stop.set()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+            self._heartbeat_task = None
+        if self._shared and not self._held:  # jobs still held keep this name until their lease runs out
+            instance, token = self.instance, self._run_token
+            with contextlib.suppress(StoreError, *_STORE_FAULTS):
+                await self.store.run(lambda s: s.unregister_instance(instance, token))
 
     def wake(self) -> None:
         self._wake.set()
@@ -152,6 +216,7 @@ class Worker:
     async def drain(self) -> None:
         """Process until no job is due and nothing is in flight (tests call it instead of sleeping)."""
         while True:
+            await self._leases()
             started = await self._fill()
             await self._sweep()
             await self._tell_delayed()
@@ -167,18 +232,90 @@ class Worker:
             if self._sweep_task is None or self._sweep_task.done():
                 # Apart from dispatch: a slow storage delete never holds up new submissions.
                 self._sweep_task = asyncio.create_task(self._sweep(), name="worker sweep")
-            try:
-                await self._fill()
-                await self._tell_delayed()
-                self._next_wakeup = await self._next_timer()
-            except Exception:
-                log.exception("worker pass failed; trying again at the next wake-up")
-                self._next_wakeup = self.clock() + self.delivery.poll_seconds
+            await self.run_pass()
             # Timers fire at their due time; the poll only catches changes made by another process (the CLI).
             try:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, self._next_wakeup - self.clock()))
             except TimeoutError:
                 pass
+
+    async def run_pass(self) -> None:
+        """One pass of the loop: leases, claims, delay notices, and when to look again (``next_wakeup``).
+
+        A pass that finds the store unreachable says so once and sets the next one after a doubling pause;
+        the first that gets through says delivery resumes.
+        """
+        try:
+            await self._leases()
+            await self._fill()
+            await self._tell_delayed()
+            self._next_wakeup = await self._next_timer()
+        except StoreUnavailable as exc:
+            self._next_wakeup = self.clock() + self._store_lost(exc)
+        except Exception:
+            log.exception("worker pass failed; trying again at the next wake-up")
+            self._next_wakeup = self.clock() + self.delivery.poll_seconds
+        else:
+            self._store_back()
+
+    def _store_lost(self, exc: StoreUnavailable) -> float:
+        """A pass found the store unreachable: said once; the next pass comes after a doubling pause."""
+        d = self.delivery
+        if not self._store_down:
+            log.error("worker: %s; delivery paused until the store answers again", exc)
+        self._store_down += 1
+        return doubling(min(1.0, d.poll_seconds), self._store_down - 1, max(d.poll_seconds, 60.0))
+
+    def _store_back(self) -> None:
+        if self._store_down:
+            log.info("worker: the store answers again; delivery resumes")
+            self._store_down = 0
+
+    # -- leases ---------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of the jobs held (and this gateway's name) every third of ``delivery.lease_seconds``."""
+        every = self.delivery.lease_seconds / 3
+        while not self._heartbeat_stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heartbeat_stop.wait(), every)
+            if self._heartbeat_stop.is_set():
+                return
+            try:
+                await self._renew(force=True)
+            except Exception as exc:  # the store away: the passes say it, and renew once it is back
+                log.debug("worker: leases not renewed: %s", exc)
+
+    async def _renew(self, *, force: bool = False) -> None:
+        """Renew the leases held, if a third of ``delivery.lease_seconds`` went by (by the clock) since."""
+        lease = self.delivery.lease_seconds
+        now = self.clock()
+        if not force and now - self._renewed_at < lease / 3:
+            return
+        held, instance, token, shared = dict(self._held), self.instance, self._run_token, self._shared
+
+        def renew(s: Store) -> tuple[list[str], bool]:
+            lost = s.renew_leases(instance, held, now + lease) if held else []
+            return lost, (s.instance_heartbeat(instance, token) if shared else True)
+
+        lost, ours = await asyncio.shield(self.store.run(renew))
+        self._renewed_at = now
+        for job_id in lost:
+            if self._held.pop(job_id, None) is not None:
+                log.warning("job %s: lease lost: another instance took the job over", job_id, extra={"job_id": job_id})
+        if not ours:
+            log.error("worker: cluster.instance %r was taken over by another gateway (this one was presumed dead):"
+                      " its leases are refused from now on", instance)  # fmt: skip
+
+    async def _leases(self) -> None:
+        """Renew this gateway's leases when due, then take over the jobs whose lease ran out elsewhere."""
+        await self._renew()
+        if self._stopping:
+            return
+        delivery = self.delivery
+        if await self.store.run(lambda s: take_over_expired(s, delivery)):
+            self._on_notice()  # an alert for each job made ambiguous
+            self._on_submitted()  # a receipt on file may settle them
 
     async def _next_timer(self) -> float:
         """The earliest of the next poll, the next job due on a timer and the next delay notice due.
@@ -219,18 +356,24 @@ class Worker:
                 free = self._limit - len(self._tasks)
                 if free <= 0:
                     break
-                jobs, paused = await self.store.run(_due(self.clock(), free))
-                self._saw_config_hold(paused)
-                if paused or not jobs:
+                lease = self.delivery.lease_seconds
+                now = self.clock()
+                claim = _claim_due(now, free, self.instance, now + lease, self._plan)
+                batch = await asyncio.shield(self.store.run(claim))
+                self._saw_config_hold(batch.paused)
+                for job, why in batch.left:
+                    self._said(job, State.AMBIGUOUS, f"{why}; left for an operator", "left for an operator", True)
+                if batch.left:
+                    self._on_notice()
+                for job, event in batch.claimed:
+                    self._said(job, State.UPLOADING, job.reason, event, True)
+                    self._held[job.id] = job.lease_token
+                    task = asyncio.create_task(self._process(job), name=f"job {job.id}")
+                    self._tasks.add(task)
+                    task.add_done_callback(self._done)
+                    started += 1
+                if batch.paused or not (batch.claimed or batch.left):
                     break
-                for due in jobs:
-                    if self._stopping:
-                        break
-                    if (job := await self._claim(due)) is not None:
-                        task = asyncio.create_task(self._process(job), name=f"job {job.id}")
-                        self._tasks.add(task)
-                        task.add_done_callback(self._done)
-                        started += 1
         return started
 
     def _saw_config_hold(self, paused: bool) -> None:
@@ -245,28 +388,15 @@ class Worker:
         if not self._stopping:
             self.wake()  # a slot is free
 
-    async def _claim(self, job: Job) -> Job | None:
-        """Atomically move a due job to ``uploading`` (from the state it was seen in); the claimed job."""
+    def _plan(self, job: Job) -> _Plan:
+        """What claiming a due job does: why it starts and the event, or why it is left for an operator."""
         if job.state == State.AMBIGUOUS:
             reason = "no matching receipt within the grace period"
             if (why := self._leave_to_operator(job)) is not None:
-                reason = f"{reason}{why}"
-                await self._record(job, State.AMBIGUOUS, f"{reason}; left for an operator", expect=[State.AMBIGUOUS],
-                                   event="left for an operator", next_attempt_at=0)  # fmt: skip
-                await self._notice(job, alert("ambiguous-operator"), f"{reason}; resolve it with fax-gateway resolve")
-                # The sender's one delayed notice, at once: a person now decides whether the fax went out.
-                await self._notice(job, NoticeKind.DELAYED, CHECKING, code=Delay.OPERATOR)
-                return None
+                return _Plan(leave=f"{reason}{why}")
             of = f"{job.ambiguities} of {self.delivery.ambiguous_resubmits}"
-            reason += f": submitting once more with the same reference (resubmission {of})"
-            event = "resubmitting"
-        else:
-            reason, event = "storing the document", "uploading"
-        attempts = job.attempts + 1
-        if not await self._record(job, State.UPLOADING, reason, expect=[job.state], event=event,
-                                  attempts=attempts, hold_kind="", next_attempt_at=0):  # fmt: skip
-            return None
-        return dataclasses.replace(job, state=State.UPLOADING, attempts=attempts, hold_kind="", next_attempt_at=0)
+            return _Plan(f"{reason}: submitting once more with the same reference (resubmission {of})", "resubmitting")
+        return _Plan("storing the document", "uploading")
 
     def _leave_to_operator(self, job: Job) -> str | None:
         """Why an ambiguous job past its grace goes to an operator instead of out again (None: resubmit).
@@ -288,6 +418,12 @@ class Worker:
     # -- one job --------------------------------------------------------------
 
     async def _process(self, job: Job) -> None:
+        try:
+            await self._work(job)
+        finally:
+            self._held.pop(job.id, None)
+
+    async def _work(self, job: Job) -> None:
         sent = False
         try:
             key, message = await self._upload(job)
@@ -301,8 +437,8 @@ class Worker:
         except Retry as exc:
             await self._retry(job, exc.reason, sent)
         except FileNotFoundError:
-            await self._record(job, State.QUARANTINED, "the document is missing from the spool")
-            await self._notice(job, alert("quarantined"), "the document is missing from the spool")
+            missing = "the document is missing from the spool"
+            await self._record(job, State.QUARANTINED, missing, notices=[(alert("quarantined"), missing, "")])
         except (PermanentFailure, Hold, Ambiguous) as exc:
             await self._settle(job, exc)
         except asyncio.CancelledError:
@@ -350,29 +486,29 @@ class Worker:
     async def _settle(self, job: Job, exc: PermanentFailure | Hold | Ambiguous) -> None:
         reason = exc.reason  # words for a person; the provider code is in them
         if isinstance(exc, PermanentFailure):
-            await self._record(job, State.FAILED, reason)
-            await self._notice(job, NoticeKind.FAILED, reason, code=exc.code)
+            notices: list[_Notice] = [(NoticeKind.FAILED, reason, exc.code)]
             if exc.bug_alert:
-                await self._notice(job, alert("bug"), f"the gateway should have refused this document: {reason}")
+                notices.append((alert("bug"), f"the gateway should have refused this document: {reason}", ""))
+            await self._record(job, State.FAILED, reason, notices=notices)
         elif isinstance(exc, Hold):
             timed = exc.kind in TIMED_HOLDS
             retry_at = self.clock() + self.delivery.credit_retry_seconds if timed else 0.0
             what = "retried automatically" if timed else "submissions paused" if exc.kind == HoldKind.CONFIG else ""
             held = f"{reason}; {what}" if what else reason
-            await self._record(job, State.HELD, held, hold_kind=str(exc.kind), next_attempt_at=retry_at)
-            await self._notice(job, HOLD_ALERTS[exc.kind], reason)
+            notices = [(HOLD_ALERTS[exc.kind], reason, "")]
             if exc.kind == HoldKind.CREDIT:
                 delayed = "the fax service account needs credit; the fax will be sent later"
-                await self._notice(job, NoticeKind.DELAYED, delayed, code=Delay.CREDIT)
+                notices.append((NoticeKind.DELAYED, delayed, Delay.CREDIT))
+            await self._record(job, State.HELD, held, hold_kind=str(exc.kind), next_attempt_at=retry_at,
+                               notices=notices)  # fmt: skip
         else:
             grace = self.delivery.ambiguous_grace_seconds
-            # A grace period that starts now, watched by this run (a restart marks it unwatched).
-            await self._record(job, State.AMBIGUOUS, f"outcome unknown: {reason}; waiting for a matching receipt",
-                               ambiguities=job.ambiguities + 1, next_attempt_at=self.clock() + grace,
-                               grace_unwatched=0)  # fmt: skip
             kind = alert("ambiguous") if job.ambiguities == 0 else alert("ambiguous-again")
-            await self._notice(job, kind, reason)
-            self._on_submitted()  # a receipt already on file may resolve it (the receipt stage decides)
+            # A grace period that starts now, watched by this run (a restart marks it unwatched).
+            if await self._record(job, State.AMBIGUOUS, f"outcome unknown: {reason}; waiting for a matching receipt",
+                                  ambiguities=job.ambiguities + 1, next_attempt_at=self.clock() + grace,
+                                  grace_unwatched=0, notices=[(kind, reason, "")]):  # fmt: skip
+                self._on_submitted()  # a receipt already on file may resolve it (the receipt stage decides)
 
     async def _retry(self, job: Job, reason: str, sent: bool) -> None:
         """The step surely did not happen: defer with backoff, or fail past the queue lifetime."""
@@ -382,8 +518,8 @@ class Worker:
         expect = [State.SUBMITTING if sent else State.UPLOADING]
         if now >= give_up_at:
             failed = f"could not be sent within {duration(d.max_queue_lifetime_seconds)}; last error: {reason}"
-            if await self._record(job, State.FAILED, failed, expect=expect):
-                await self._notice(job, NoticeKind.FAILED, failed, code=Ending.EXPIRED)
+            await self._record(job, State.FAILED, failed, expect=expect,
+                               notices=[(NoticeKind.FAILED, failed, Ending.EXPIRED)])  # fmt: skip
             return
         delay = jittered(doubling(d.min_backoff_seconds, job.attempts - 1, d.max_backoff_seconds))
         retry_at = min(now + delay, give_up_at)
@@ -393,19 +529,38 @@ class Worker:
     # -- store ----------------------------------------------------------------
 
     async def _record(self, job: Job, state: State, reason: str, *, expect: list[State] | None = None,
-                      event: str | None = None, **columns: object) -> bool:  # fmt: skip
-        """One state change, shielded: a stop never cancels a state write half-way."""
-        if expect is None:
-            expect = [State.SUBMITTING, State.UPLOADING]
-        changed = await asyncio.shield(
-            self.store.run(lambda s: s.transition(job.id, state, reason, expect=expect, event=event, **columns))
-        )
+                      event: str | None = None, notices: Sequence[_Notice] = (),
+                      **columns: object) -> bool:  # fmt: skip
+        """One state change under the job's lease, with the notices it queues, in one transaction;
+        shielded: a stop never cancels a state write half-way. Refused once the lease token moved on."""
+        allowed = [State.SUBMITTING, State.UPLOADING] if expect is None else expect
+        token = job.lease_token
+
+        def write(s: Store) -> bool | None:
+            with s.transaction():
+                if s.transition(job.id, state, reason, expect=allowed, event=event, token=token, **columns):
+                    for kind, detail, code in notices:
+                        s.queue_notice(job.id, kind, detail, code=code)
+                    return True
+            return None if not s.lease_held(job.id, token) else False
+
+        changed = await asyncio.shield(self.store.run(write))
+        if changed is None:
+            self._held.pop(job.id, None)
+            log.warning("job %s: lease lost: another instance took the job over; %s not recorded", job.id,
+                        event or state, extra={"job_id": job.id})  # fmt: skip
+            return False
+        self._said(job, state, reason, event, changed)
+        if changed and notices:
+            self._on_notice()
+        return changed
+
+    def _said(self, job: Job, state: State, reason: str, event: str | None, changed: bool) -> None:
         level = logging.WARNING if not changed or state in _WARNED else logging.INFO
         note = "" if changed else " (not recorded: the job moved meanwhile)"
         head = str(event or state)
         said = reason if head in reason else f"{head}: {reason}"  # each phrase once
         log.log(level, "job %s: %s%s", job.id, said, note, extra={"job_id": job.id})
-        return changed
 
     async def _notice(self, job: Job, kind: str, detail: str, *, code: str = "") -> None:
         """Queue a notice; ``code`` is the provider's answer code it tells of, for the mail's own language."""
@@ -449,9 +604,83 @@ def duration(seconds: float) -> str:
 
 
 
-def _due(now: float, limit: int) -> Callable[[Store], tuple[list[Job], bool]]:
-    """The jobs due now, and whether submissions are paused (a job is held for a configuration error)."""
-    return lambda s: (s.due_for_delivery(now, limit), s.has_held(HoldKind.CONFIG))
+# A notice a state change queues: (kind, detail, the answer code it tells of or "").
+_Notice = tuple[str, str, str]
+# The errors of a store that cannot be reached (the worker says them once and waits).
+_STORE_FAULTS: tuple[type[Exception], ...] = (StoreUnavailable, OSError)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What claiming a due job does: start it (``reason``, ``event``), or leave it for an operator (``leave``)."""
+
+    reason: str = ""
+    event: str = ""
+    leave: str = ""
+
+
+@dataclass
+class _Batch:
+    """What one claim found: the jobs claimed, those left for an operator (with why), whether submissions
+    are paused, and how many due jobs it saw."""
+
+    claimed: list[tuple[Job, str]] = field(default_factory=list)
+    left: list[tuple[Job, str]] = field(default_factory=list)
+    paused: bool = False
+
+
+def _claim_due(now: float, limit: int, owner: str, expires_at: float,
+               plan: Callable[[Job], _Plan]) -> Callable[[Store], _Batch]:  # fmt: skip
+    """One transaction: the jobs due now claimed for ``owner`` (rows another gateway is claiming passed over,
+    PostgreSQL), ambiguous ones past their grace left for an operator where ``plan`` says so; nothing while a
+    job is held for a configuration error (submissions are paused)."""
+
+    def claim(s: Store) -> _Batch:
+        batch = _Batch()
+        with s.transaction():
+            if s.has_held(HoldKind.CONFIG):
+                batch.paused = True
+                return batch
+            for job in s.due_for_delivery(now, limit):
+                p = plan(job)
+                if p.leave:
+                    left = f"{p.leave}; left for an operator"
+                    if s.transition(job.id, State.AMBIGUOUS, left, expect=[State.AMBIGUOUS],
+                                    event="left for an operator", next_attempt_at=0):  # fmt: skip
+                        s.queue_notice(job.id, alert("ambiguous-operator"),
+                                       f"{p.leave}; resolve it with fax-gateway resolve")  # fmt: skip
+                        # The sender's one delayed notice, at once: a person now decides whether the fax went out.
+                        s.queue_notice(job.id, NoticeKind.DELAYED, CHECKING, code=Delay.OPERATOR)
+                        batch.left.append((job, p.leave))
+                elif (claimed := s.claim_job(job, owner, expires_at, p.reason, p.event, attempts=job.attempts + 1,
+                                             hold_kind="", next_attempt_at=0)) is not None:  # fmt: skip
+                    batch.claimed.append((claimed, p.event))
+        return batch
+
+    return claim
+
+
+def _gone(row: Instance) -> bool:
+    """Whether the run behind ``row`` surely ended: it ran on this host, as a process that is gone
+    (or as this very process number: a container started again)."""
+    if row.host != socket.gethostname():
+        return False
+    if row.pid == os.getpid() or row.pid <= 0:
+        return True
+    try:
+        os.kill(row.pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _name_taken(instance: str, other: Instance, now: float) -> str:
+    ago = max(0, round(now - other.heartbeat_at))
+    return (f"cluster.instance {instance!r} is the name of another gateway that is alive (on {other.host!r},"
+            f" process {other.pid}, last heard from {ago} s ago): give each gateway sharing the store its own"
+            " cluster.instance (the default is the host name)")  # fmt: skip
 
 
 def accuse_email_for(settings: Settings, job: Job, message: Row) -> str:

@@ -16,6 +16,13 @@ configuration or credit, a job left to an operator, a quarantined job) goes out
 at once; the others, and an urgent one whose kind already went out within
 ``notify.admin_alert_interval_seconds``, at most once per interval: the alerts
 due together form one mail.
+
+Several gateways may share one store: each notifier claims the rows it is about
+to send (under ``cluster.instance``, for ``delivery.lease_seconds``, renewed as
+it goes), and the others pass them over, so each mail goes out once. A claim
+left by a gateway that died expires and the row is due again; one left by this
+gateway's previous run is ended at start-up: as with one machine, a mail in
+flight at a crash goes again.
 """
 
 from __future__ import annotations
@@ -34,9 +41,19 @@ import aiosmtplib
 from gateway.backoff import doubling
 from gateway.notify.compose import Alert, Facts, compose, compose_alerts
 from gateway.sender import recipient_of_message
-from gateway.settings import Settings, status_links_on
+from gateway.settings import Settings, instance_name, status_links_on
 from gateway.spool import FAX_NAME, Spool
-from gateway.store import DATABASE_ERRORS, FINAL_STATES, AsyncStore, Notice, NoticeKind, NoticeState, Store, alert
+from gateway.store import (
+    DATABASE_ERRORS,
+    FINAL_STATES,
+    AsyncStore,
+    Notice,
+    NoticeKind,
+    NoticeState,
+    Store,
+    StoreUnavailable,
+    alert,
+)
 from gateway.text import clean
 
 log = logging.getLogger("gateway.notify")
@@ -154,11 +171,19 @@ class Notifier:
         self._task: asyncio.Task[None] | None = None
         self._since = 0.0
         self._stopping = False
+        self.instance = instance_name(settings)
+        self._lease = settings.delivery.lease_seconds
+        self._store_down = False
 
     async def start(self) -> None:
         # Jobs accepted shortly before a restart still get their "accepted" notice (once: the row is unique).
         self._since = self.clock() - 3600.0
         self._stopping = False
+        instance = self.instance
+        released = await self.store.run(lambda s: s.release_notice_claims(instance))
+        if released:
+            log.warning("notifier: %d mail(s) claimed by the previous run were not recorded sent: they go again",
+                        released)  # fmt: skip
         self._task = asyncio.create_task(self._loop(), name="notifier")
 
     async def stop(self) -> None:
@@ -171,6 +196,9 @@ class Notifier:
                 await asyncio.wait_for(task, self.settings.notify.relay_timeout)
             except (TimeoutError, asyncio.CancelledError):
                 pass  # wait_for cancelled it; an unsent mail stays pending and goes after the restart
+            instance = self.instance
+            with contextlib.suppress(*DATABASE_ERRORS):  # the rows claimed and not sent are due again at once
+                await self.store.run(lambda s: s.release_notice_claims(instance))
 
     def wake(self) -> None:
         self._wake.set()
@@ -180,8 +208,16 @@ class Notifier:
             self._wake.clear()
             try:
                 await self.drain()
-            except Exception:  # the store unavailable, a bug: log, and try again on the next tick
+            except StoreUnavailable as exc:  # said once; tried again at each tick until the store answers
+                if not self._store_down:
+                    log.error("notifier: %s; mails wait until the store answers again", exc)
+                self._store_down = True
+            except Exception:  # a bug: log, and try again on the next tick
                 log.exception("notifier: run failed; trying again later")
+            else:
+                if self._store_down:
+                    log.info("notifier: the store answers again; mails go out")
+                self._store_down = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.delivery.poll_seconds)
 
@@ -192,14 +228,28 @@ class Notifier:
             if self.settings.notify.accepted_notice:
                 since = self._since
                 await self.store.run(lambda s: _queue_accepted(s, since))
-            while not self._stopping and (batch := await self.store.run(lambda s: s.due_notices(self.clock(), _BATCH))):
-                for item in batch:
+            while not self._stopping and (batch := await self._claim(alerts=False)):
+                claimed_at = self.clock()
+                for i, item in enumerate(batch):
                     if self._stopping:
-                        break
+                        break  # the rest are released by stop()
+                    if self.clock() - claimed_at >= self._lease / 3:  # a slow relay: keep the rest claimed
+                        claimed_at = self.clock()
+                        await self._renew([n.id for n in batch[i:]])
                     sent += await self._send_one(item)
             if not self._stopping:
                 sent += await self._send_alerts()
         return sent
+
+    async def _claim(self, *, alerts: bool) -> list[Notice]:
+        """The notices (or alerts) due now, claimed for this gateway: no other one sends them meanwhile."""
+        instance, now = self.instance, self.clock()
+        limit = _BATCH
+        return await self.store.run(lambda s: s.claim_notices(instance, now, now + self._lease, limit, alerts=alerts))
+
+    async def _renew(self, notice_ids: list[int]) -> None:
+        instance, until = self.instance, self.clock() + self._lease
+        await self.store.run(lambda s: s.renew_notice_claims(instance, notice_ids, until))
 
     async def _send_one(self, item: Notice) -> int:
         if not item.payload:
@@ -232,7 +282,7 @@ class Notifier:
         return 1
 
     async def _send_alerts(self) -> int:
-        due = await self.store.run(lambda s: s.due_alerts(self.clock(), _BATCH))
+        due = await self._claim(alerts=True)
         if not due:
             return 0
         notify = self.settings.notify

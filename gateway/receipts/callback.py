@@ -30,6 +30,11 @@ waiting (:meth:`~gateway.store.Store.jobs_with_pending_receipts`: early receipts
 of submitted jobs, receipts on file for the number of a job recorded
 ambiguous, also after a restart). State only moves forward: a final job never
 changes.
+
+Every gateway sharing the store runs this stage, and a receipt may come to any
+of them (or to two: the callback and its mail): applying a receipt, moving the
+job and queuing its notice are one transaction with the job's row locked, so
+the second sees the first's work and changes nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from gateway.networks import Networks
 from gateway.receipts.armail import receipt_in_mail
 from gateway.sender import Row
 from gateway.settings import DeliverySettings, Settings
-from gateway.store import AsyncStore, Job, NoticeKind, State, Store, number_tail
+from gateway.store import AsyncStore, Job, NoticeKind, State, Store, StoreUnavailable, number_tail
 from gateway.text import clean, has_control
 
 log = logging.getLogger("gateway.receipts")
@@ -133,24 +138,36 @@ def _apply(store: Store, job: Job, receipt_id: int, r: ReceiptParams, policy: Re
         return f"ignored ({job.state})"
     expect = list(_OPEN_STATES)
     if code.delivered:
-        store.transition(
+        if not store.transition(
             job.id, State.DELIVERED, f"delivered, {r.nb_page} page(s)", expect=expect, event="delivered",
             receipt_code=r.etat_e, pages_sent=r.nb_page,
-        )  # fmt: skip
+        ):  # fmt: skip
+            return _moved(store, job, said)
         store.queue_notice(job.id, NoticeKind.DELIVERED, said)
         return NoticeKind.DELIVERED
     used = _retries_used(store, job.id)
     if code.category in RETRYABLE and used < policy.tries:
-        store.transition(
+        if not store.transition(
             job.id, State.DEFERRED, f"{code.english}: resubmission {used + 1} of {policy.tries}", expect=expect,
             event=_BUSY_RETRY, next_attempt_at=now + policy.delay, receipt_code=r.etat_e,
             provider_ref="",  # a later receipt for this attempt matches nothing
-        )  # fmt: skip
+        ):  # fmt: skip
+            return _moved(store, job, said)
         return "deferred"
     reason = f"not delivered: {code.english}" + (f" (after {used} resubmissions)" if used else "")
-    store.transition(job.id, State.FAILED, reason, expect=expect, receipt_code=r.etat_e, pages_sent=r.nb_page)
+    if not store.transition(job.id, State.FAILED, reason, expect=expect, receipt_code=r.etat_e,
+                            pages_sent=r.nb_page):  # fmt: skip
+        return _moved(store, job, said)
     store.queue_notice(job.id, NoticeKind.FAILED, said)
     return NoticeKind.FAILED
+
+
+def _moved(store: Store, job: Job, said: str) -> str:
+    """The job left the states a receipt moves it out of meanwhile (never with the row locked: a safeguard)."""
+    now = store.get_job(job.id)
+    state = now.state if now is not None else "gone"
+    store.add_event(job.id, "receipt ignored", f"{said}; the job is already {state}")
+    return f"ignored ({state})"
 
 
 def _match_ambiguous(store: Store, numero: str, received_at: float) -> Job | None:
@@ -184,10 +201,16 @@ def record_receipt(store: Store, r: ReceiptParams, source: str, policy: RetryPol
     """
     early = EarlyRules() if early is None else early
     with store.transaction():
+        # The job's row locked first (PostgreSQL): a gateway applying the same receipt at the same time
+        # waits, then finds the receipt on record (a duplicate) and the job already moved.
         job = store.job_by_provider_ref(r.ref_accuse)
+        job = store.lock_job(job.id) if job is not None else None
         matched = None
         if job is None and r.numero:
-            matched = job = _match_ambiguous(store, r.numero, store.clock())
+            found = _match_ambiguous(store, r.numero, store.clock())
+            found = store.lock_job(found.id) if found is not None else None
+            if found is not None and found.state == State.AMBIGUOUS:
+                matched = job = found
         if job is None and not _may_keep_unknown(store, r, early):
             return IGNORED, ""
         receipt_id = store.add_receipt(
@@ -227,7 +250,7 @@ def apply_pending(store: Store, job_id: str, delivery: DeliverySettings | None =
 
 def _apply_pending(store: Store, job_id: str, policy: RetryPolicy, early: EarlyRules) -> int:
     with store.transaction():
-        job = store.get_job(job_id)
+        job = store.lock_job(job_id)  # two receipt stages (two gateways) apply a receipt one after the other
         if job is None:
             return 0
         if job.state == State.SUBMITTED and job.provider_ref:
@@ -274,7 +297,7 @@ def record_ar_mail(store: Store, job_id: str, raw: bytes, policy: RetryPolicy | 
     found = receipt_in_mail(raw)
     parsed = parse_params(found) if found is not None else None
     with store.transaction():
-        job = store.get_job(job_id)
+        job = store.lock_job(job_id)
         if job is None:
             return False
         if isinstance(parsed, ReceiptParams) and (
@@ -347,6 +370,7 @@ class Receipts:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._store_down = False
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/receipt/{secret}", self.callback, allow_head=False)]
@@ -381,8 +405,16 @@ class Receipts:
             self._wake.clear()
             try:
                 await self.drain()
-            except Exception:  # the store locked or unavailable, a bug: log, and try again on the next tick
+            except StoreUnavailable as exc:  # said once; tried again at each tick until the store answers
+                if not self._store_down:
+                    log.error("receipts: %s; waiting receipts are applied once the store answers again", exc)
+                self._store_down = True
+            except Exception:  # the store locked, a bug: log, and try again on the next tick
                 log.exception("receipts: applying waiting receipts failed; trying again later")
+            else:
+                if self._store_down:
+                    log.info("receipts: the store answers again")
+                self._store_down = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.delivery.poll_seconds)
 

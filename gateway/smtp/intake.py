@@ -16,7 +16,12 @@ that says what to change. Nothing here talks to S3 or the provider.
   worker is free within ``documents.queue_seconds``; else ``250 2.0.0 OK: queued as <job
   ids>`` (the answer also carries the ids, ``Answer.jobs``), also for a resent
   message (same sender, Message-ID and number within the dedupe window; a
-  resend that arrives while the first copy is still being spooled waits for it).
+  resend that arrives while the first copy is still being spooled waits for it,
+  and one committed at the same time by another gateway sharing the store gets
+  the first copy's job: the key is unique in the store). The hourly quotas are
+  counted again in the transaction that adds the jobs, under a lock per sender
+  (PostgreSQL), so gateways taking mail at once never pass them together: 450
+  4.7.1 at DATA when they would.
 - AUTH: 454 4.7.0 while an address is backing off after failed attempts.
 
 Every hook returns an :class:`~gateway.replies.Answer` (EHLO and HELO: a
@@ -30,7 +35,7 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -46,7 +51,7 @@ from gateway.settings import Network, Settings, User
 from gateway.smtp.access import AuthThrottle, sender_allowed
 from gateway.smtp.recipients import Domains, FaxRecipient, ReceiptRecipient, classify
 from gateway.spool import FAX_NAME, RAW_NAME, Spool
-from gateway.store import AsyncStore, NewMessage, NewPart, Part, PartTaken, Store, new_id
+from gateway.store import AsyncStore, NewMessage, NewPart, Part, PartTaken, Quota, QuotaReached, Store, new_id
 from gateway.text import clean
 
 log = logging.getLogger("gateway.smtp")
@@ -356,6 +361,7 @@ class Handler:
         new = {n: job_id for job_id, n, _ in jobs}
         ids = [existing.get(n) or new[n] for n in numbers]
         reply = replies.queued(ids)
+        late: dict[str, str] = {}  # number -> the job another copy, taken in meanwhile (another gateway), made
         if jobs:
             message_id = new_id()
             await asyncio.to_thread(self.spool.write, message_id, {RAW_NAME: raw, FAX_NAME: extraction.document})
@@ -367,24 +373,49 @@ class Handler:
                 skipped=extraction.skipped,
             )  # fmt: skip
             via = _via(conn)
-            # The reply goes in the timeline: `fax-gateway show` tells what the sender was answered.
-            detail = f"from {sender} via {via}, {extraction.pages} page(s); reply: {reply}"
+            dedupe_since, quota = since, self._commit_quota()
 
-            def commit(s: Store) -> None:
+            def detail(taken: Mapping[str, str]) -> str:
+                # The reply goes in the timeline: `fax-gateway show` tells what the sender was answered.
+                said = replies.queued([taken.get(n) or i for n, i in zip(numbers, ids, strict=True)])
+                return f"from {sender} via {via}, {extraction.pages} page(s); reply: {said}"
+
+            def commit(s: Store) -> dict[str, str]:
                 with s.transaction():
-                    s.add_message(msg, jobs, detail)
+                    taken = s.add_message(msg, jobs, detail, dedupe_since=dedupe_since, quota=quota)
                     if settle is not None:
                         settle(s)
+                return taken
 
-            await self._commit_or_unspool(message_id, commit)
-            self.on_spooled()
+            try:
+                late = await self._commit_or_unspool(message_id, commit)
+            except QuotaReached as exc:
+                log.warning("session %s: quota reached for %s while committing: %s", conn.id, clean(sender), exc)
+                if exc.per_sender:
+                    return replies.QUOTA_SENDER.format(limit=self.settings.quotas.per_sender_hourly, sender=sender)
+                return replies.QUOTA_GLOBAL.answer()
+            if len(late) == len(jobs):  # every job made by a copy taken in meanwhile: this one's files go
+                await asyncio.to_thread(self.spool.remove, message_id)
+            else:
+                self.on_spooled()
+            if late:
+                ids = [late.get(n) or i for n, i in zip(numbers, ids, strict=True)]
+                reply = replies.queued(ids)
         elif settle is not None:  # every number already queued from the same mail: the set is done all the same
             await self.store.run(settle)
         for number, job_id in zip(numbers, ids, strict=True):
-            what = "accepted" if number in new else "resent, already queued"
+            what = "accepted" if number in new and number not in late else "resent, already queued"
             log.info("job %s: %s for %s from %s (session %s)", job_id, what, number, clean(sender), conn.id,
                      extra={"job_id": job_id})  # fmt: skip
         return reply
+
+    def _commit_quota(self) -> Quota | None:
+        """The hourly quotas, counted again in the transaction that adds the jobs (RCPT counted them before the
+        DATA: gateways sharing the store may have taken mail from the same sender meanwhile)."""
+        quotas = self.settings.quotas
+        if not quotas.per_sender_hourly and not quotas.global_hourly:
+            return None
+        return Quota(self.clock() - QUOTA_WINDOW_SECONDS, quotas.per_sender_hourly, quotas.global_hourly)
 
     async def _commit_or_unspool(self, spool_id: str, commit: Callable[[Store], T]) -> T:
         """Commit the store rows of files just spooled under ``spool_id``; if that fails, remove the files.

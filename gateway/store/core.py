@@ -15,8 +15,9 @@ dedicated thread. Its methods come in layers, one module per table group:
 :mod:`~gateway.store.jobs` (messages, jobs, the timeline),
 :mod:`~gateway.store.receipts`, :mod:`~gateway.store.outbox`
 (notifications), :mod:`~gateway.store.reports` (what metrics read),
-:mod:`~gateway.store.links` (the senders' status pages) and
-:mod:`~gateway.store.partials` (the parts of split mails), over
+:mod:`~gateway.store.links` (the senders' status pages),
+:mod:`~gateway.store.partials` (the parts of split mails) and
+:mod:`~gateway.store.instances` (the gateways sharing a database), over
 the connection of :mod:`~gateway.store.base`.
 """
 
@@ -29,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from gateway.store.base import Location
+from gateway.store.instances import Instances
 from gateway.store.jobs import NewMessage
 from gateway.store.links import StatusLinks
 from gateway.store.outbox import NoticeKind, Outbox
@@ -41,7 +43,7 @@ from gateway.store.states import Ending, State
 T = TypeVar("T")
 
 
-class Store(PartialParts, ReceiptQueries, Outbox, Reports, StatusLinks):
+class Store(PartialParts, ReceiptQueries, Outbox, Reports, StatusLinks, Instances):
     """Synchronous access to the job store. One instance per thread."""
 
     def add_refused_message(

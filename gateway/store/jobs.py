@@ -6,19 +6,30 @@ the worker, the receipt stage and operators. Out: :class:`Job` rows (their
 events a person can read, and the questions the stages ask about them (which
 jobs are due, whether submissions are paused, which stored documents are done
 with).
+
+Leases (several gateways on one database): the worker claims a due job
+(:meth:`JobQueries.claim_job`) for ``lease_seconds``, under its instance's name,
+and the claim adds one to the job's ``lease_token``. Each later write of that
+worker carries the token (``transition(..., token=)``) and is refused once the
+token moved on: another instance took the job over after the lease expired
+(:meth:`JobQueries.expired_leases`), so a paused or cut-off instance never
+overwrites what the other did. Any state a job leaves the in-flight states for
+ends its lease.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import secrets
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from gateway.outcomes import HoldKind
 from gateway.store.base import Connection, Row
-from gateway.store.states import FINAL_STATES, State
+from gateway.store.states import FINAL_STATES, IN_FLIGHT_STATES, State
 
 
 def new_id() -> str:
@@ -71,6 +82,11 @@ class Job:
     ambiguities: int = 0
     # Ambiguous: the gateway was down for part of the grace period (a receipt may have been lost meanwhile).
     grace_unwatched: bool = False
+    # The lease of an in-flight job: the instance working on it ("" for none), until when, and the token
+    # its writes must carry (it only grows).
+    lease_owner: str = ""
+    lease_expires_at: float = 0.0
+    lease_token: int = 0
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
@@ -92,6 +108,25 @@ def _marks(values: Collection[object]) -> str:
 
 
 _FINALS = sorted(str(s) for s in FINAL_STATES)
+_IN_FLIGHT = sorted(str(s) for s in IN_FLIGHT_STATES)
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Hourly quotas checked in the transaction that adds jobs (0: none): at most ``per_sender`` jobs of one
+    sender and ``overall`` jobs in all taken in since ``since``."""
+
+    since: float
+    per_sender: int = 0
+    overall: int = 0
+
+
+class QuotaReached(Exception):
+    """Adding the jobs would take the sender (``per_sender``) or everyone past an hourly quota."""
+
+    def __init__(self, per_sender: bool) -> None:
+        super().__init__("the sender's hourly quota" if per_sender else "the hourly quota of the gateway")
+        self.per_sender = per_sender
 
 
 class JobQueries(Connection):
@@ -110,10 +145,37 @@ class JobQueries(Connection):
         row = self.db.execute("SELECT id FROM jobs WHERE ar_token = ? AND ar_token != ''", (token,)).fetchone()
         return None if row is None else str(row["id"])
 
-    def add_message(self, msg: NewMessage, jobs: Sequence[tuple[str, str, str]], detail: str) -> None:
-        """Commit a spooled message and its jobs: ``jobs`` is (job id, number, dedupe key)."""
+    def add_message(
+        self,
+        msg: NewMessage,
+        jobs: Sequence[tuple[str, str, str]],
+        detail: str | Callable[[Mapping[str, str]], str],
+        *,
+        dedupe_since: float | None = None,
+        quota: Quota | None = None,
+    ) -> dict[str, str]:
+        """Commit a spooled message and its jobs: ``jobs`` is (job id, number, dedupe key).
+
+        With ``dedupe_since``, a job whose key another job took in since then is not added: the
+        answer maps its number to that job (the key is written in this transaction, so that of two
+        copies taken in at once, on two gateways, one makes the job and the other gets its id). When
+        every job is such a copy the message itself is not added. ``detail`` (the timeline's words,
+        or made from that answer) goes on each new job's "accepted" event. With ``quota``, the jobs
+        are counted against the hourly quotas under a lock per sender and one for everyone, so that
+        gateways taking mail at once never go past them together (:class:`QuotaReached`).
+        """
         now = self.clock()
         with self.transaction() as db:
+            existing: dict[str, str] = {}
+            since = math.inf if dedupe_since is None else dedupe_since  # None: every key is taken
+            for job_id, number, key in jobs:
+                if key and (found := self._take_dedupe_key(key, job_id, now, since)) != job_id:
+                    existing[number] = found
+            new = [(job_id, number, key) for job_id, number, key in jobs if number not in existing]
+            if not new:
+                return existing
+            if quota is not None:
+                self._check_quota(msg.envelope_from, len(new), quota)
             db.execute(
                 "INSERT INTO messages (id, received_at, envelope_from, header_from, reply_to, message_id_header,"
                 " subject, date_header, client_addr, auth_user, doc_type, doc_pages, doc_bytes, documents, skipped)"
@@ -124,13 +186,41 @@ class JobQueries(Connection):
                     msg.doc_bytes, json.dumps(list(msg.documents)), json.dumps(list(msg.skipped)),
                 ),
             )  # fmt: skip
-            for job_id, number, dedupe_key in jobs:
+            words = detail if isinstance(detail, str) else detail(existing)
+            for job_id, number, dedupe_key in new:
                 db.execute(
                     "INSERT INTO jobs (id, message_id, number, state, created_at, updated_at, dedupe_key, ar_token)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (job_id, msg.id, number, State.QUEUED, now, now, dedupe_key, secrets.token_hex(16)),
                 )
-                self.add_event(job_id, "accepted", detail, now=now)
+                self.add_event(job_id, "accepted", words, now=now)
+        return existing
+
+    def _take_dedupe_key(self, key: str, job_id: str, now: float, since: float) -> str:
+        """Write ``key`` for ``job_id`` unless a job took it in since ``since``; the job that has it now.
+
+        On PostgreSQL a second transaction writing the same key waits for the first, then sees its row.
+        """
+        rows = self.db.execute(
+            "INSERT INTO dedupe (dedupe_key, job_id, created_at) VALUES (?, ?, ?) ON CONFLICT (dedupe_key) DO UPDATE"
+            " SET job_id = excluded.job_id, created_at = excluded.created_at WHERE dedupe.created_at < ?"
+            " RETURNING job_id",
+            (key, job_id, now, since),
+        ).fetchall()
+        if rows:
+            return str(rows[0][0])
+        row = self.db.execute("SELECT job_id FROM dedupe WHERE dedupe_key = ?", (key,)).fetchone()
+        return str(row[0])
+
+    def _check_quota(self, sender: str, adding: int, quota: Quota) -> None:
+        if quota.per_sender:
+            self.serialise(f"quota:{sender.lower()}")
+            if self.count_recent_jobs(quota.since, sender) + adding > quota.per_sender:
+                raise QuotaReached(per_sender=True)
+        if quota.overall:
+            self.serialise("quota")
+            if self.count_recent_jobs(quota.since) + adding > quota.overall:
+                raise QuotaReached(per_sender=False)
 
     def recorded_messages(self, message_ids: Collection[str]) -> set[str]:
         """Which of ``message_ids`` have a ``messages`` row."""
@@ -190,30 +280,97 @@ class JobQueries(Connection):
         *,
         expect: Sequence[State] | None = None,
         event: str | None = None,
+        token: int | None = None,
         **columns: Any,
     ) -> bool:
         """Move a job to ``state``, record why, and set extra ``columns``.
 
         With ``expect``, the move happens only from one of those states (an
         atomic claim); returns whether the row changed. Final states are never
-        left, except by an explicit ``expect`` that names them.
+        left, except by an explicit ``expect`` that names them. With ``token``
+        (the lease's, :meth:`claim_job`), only while the job's token is still
+        that one: :meth:`lease_held` tells a job moved meanwhile from a lease
+        lost. A state out of the in-flight ones ends the lease.
         """
         now = self.clock()
+        if state not in IN_FLIGHT_STATES:
+            columns = {"lease_owner": "", "lease_expires_at": 0, **columns}
         sets = ["state = ?", "reason = ?", "updated_at = ?"] + [f"{c} = ?" for c in columns]
         values: list[Any] = [str(state), reason, now, *columns.values()]
         if state in FINAL_STATES and "final_at" not in columns:
             sets.append("final_at = ?")
             values.append(now)
         allowed = list(expect) if expect is not None else [s for s in State if s not in FINAL_STATES]
+        fence, fenced = (" AND lease_token = ?", [token]) if token is not None else ("", [])
         with self.transaction() as db:
             cur = db.execute(
-                f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state IN ({_marks(allowed)})",
-                (*values, job_id, *[str(s) for s in allowed]),
+                f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state IN ({_marks(allowed)}){fence}",
+                (*values, job_id, *[str(s) for s in allowed], *fenced),
             )
             if cur.rowcount != 1:
                 return False
             self.add_event(job_id, event or str(state), reason, now=now)
         return True
+
+    # -- leases -------------------------------------------------------------
+
+    def claim_job(self, job: Job, owner: str, expires_at: float, reason: str, event: str, **columns: Any) -> Job | None:
+        """Move ``job`` (as it was read, in its state and with its token) to ``uploading``, leased to ``owner``
+        until ``expires_at`` with a token one higher; the job as claimed, or None if it moved meanwhile."""
+        now = self.clock()
+        sets = "".join(f", {c} = ?" for c in columns)
+        with self.transaction() as db:
+            rows = db.execute(
+                "UPDATE jobs SET state = ?, reason = ?, updated_at = ?, lease_owner = ?, lease_expires_at = ?,"
+                f" lease_token = lease_token + 1{sets} WHERE id = ? AND state = ? AND lease_token = ?"
+                " RETURNING lease_token",
+                (State.UPLOADING, reason, now, owner, expires_at, *columns.values(), job.id, job.state,
+                 job.lease_token),
+            ).fetchall()  # fmt: skip
+            if not rows:
+                return None
+            self.add_event(job.id, event, reason, now=now)
+        return dataclasses.replace(job, state=State.UPLOADING, reason=reason, updated_at=now, lease_owner=owner,
+                                   lease_expires_at=expires_at, lease_token=int(rows[0][0]), **columns)  # fmt: skip
+
+    def lease_held(self, job_id: str, token: int) -> bool:
+        """Whether the job's token is still ``token`` (no other instance took it over since)."""
+        row = self.db.execute("SELECT lease_token FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row is not None and int(row[0]) == token
+
+    def renew_leases(self, owner: str, held: Mapping[str, int], expires_at: float) -> list[str]:
+        """Extend the leases ``owner`` holds (job id -> token) to ``expires_at``; returns the jobs whose
+        lease another instance took over meanwhile."""
+        lost: list[str] = []
+        with self.transaction() as db:
+            for job_id, token in held.items():
+                cur = db.execute(
+                    f"UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? AND lease_token = ?"
+                    f" AND state IN ({_marks(_IN_FLIGHT)})",
+                    (expires_at, job_id, owner, token, *_IN_FLIGHT),
+                )
+                if cur.rowcount != 1 and not self.lease_held(job_id, token):
+                    lost.append(job_id)
+        return lost
+
+    def expired_leases(self, now: float, limit: int, *, owner: str | None = None) -> list[Job]:
+        """In-flight jobs whose lease ended before ``now`` (and, with ``owner``, those leased to it),
+        oldest first; inside a transaction on PostgreSQL they stay locked until it ends, and rows
+        another instance holds are passed over."""
+        mine, args = (" OR j.lease_owner = ?", [owner]) if owner is not None else ("", [])
+        rows = self.db.execute(
+            _JOB_SELECT + f" WHERE j.state IN ({_marks(_IN_FLIGHT)}) AND (j.lease_expires_at < ?{mine})"
+            " ORDER BY j.updated_at, j.id LIMIT ?" + self.dialect.skip_locked,
+            (*_IN_FLIGHT, now, *args, limit),
+        )
+        return [Job.from_row(r) for r in rows]
+
+    def lock_job(self, job_id: str) -> Job | None:
+        """The job as it is now, its row locked until the transaction ends (PostgreSQL): two instances
+        deciding about the same job do it one after the other, the second seeing what the first did."""
+        if self.dialect.for_update:
+            self.db.execute("SELECT id FROM jobs WHERE id = ?" + self.dialect.for_update, (job_id,)).fetchall()
+        return self.get_job(job_id)
 
     def due_jobs(self, states: Sequence[State], now: float, limit: int = 100) -> list[Job]:
         rows = self.db.execute(

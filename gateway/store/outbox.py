@@ -10,6 +10,15 @@ code that writes the ``notifications`` table.
 A notice's kind says what it tells (:class:`NoticeKind`), ``alert:<what>``
 for the administrator (:func:`alert`), or ``ar-mail:<digest>`` for a provider
 mail forwarded to the sender (:func:`ar_mail`).
+
+Several gateways on one database send each notice once: a notifier claims the
+due rows it will send (:meth:`Outbox.claim_notices`: ``FOR UPDATE SKIP LOCKED``
+on PostgreSQL, and a claim with its instance's name and an expiry), and the
+others pass them over until the claim ends: the row sent, rescheduled or ended,
+or the claim expired (its instance died or was cut off): then the row is due
+again, as a mail in flight when a lone gateway crashes is sent again after its
+restart. Alerts are rows like notices, once per (job, kind), so an event seen by
+two instances queues one alert.
 """
 
 from __future__ import annotations
@@ -105,7 +114,9 @@ def _notice_id(job_id: str, kind: str) -> str:
 
 
 _WAITING = sorted(str(s) for s in WAITING_STATES)
-_DUE = "SELECT * FROM notifications WHERE state IN (?, ?) AND next_attempt_at <= ?"
+_DUE = ("SELECT * FROM notifications WHERE state IN (?, ?) AND next_attempt_at <= ?"
+        " AND (claim_owner = '' OR claim_expires_at < ?)")  # fmt: skip
+_UNCLAIM = "claim_owner = '', claim_expires_at = 0"
 
 
 class Outbox(JobQueries):
@@ -187,20 +198,52 @@ class Outbox(JobQueries):
         return None if row is None else Notice.from_row(row)
 
     def due_notices(self, now: float, limit: int) -> list[Notice]:
-        """Notices (not alerts) to compose or send now, oldest first."""
+        """Notices (not alerts) to compose or send now, oldest first (none another notifier holds)."""
         rows = self.db.execute(
             _DUE + " AND kind NOT LIKE ? ORDER BY id LIMIT ?",
-            (NoticeState.NEW, NoticeState.PENDING, now, alert("%"), limit),
+            (NoticeState.NEW, NoticeState.PENDING, now, now, alert("%"), limit),
         )
         return [Notice.from_row(r) for r in rows]
 
     def due_alerts(self, now: float, limit: int) -> list[Notice]:
-        """Administrator alerts to send now, oldest first."""
+        """Administrator alerts to send now, oldest first (none another notifier holds)."""
         rows = self.db.execute(
             _DUE + " AND kind LIKE ? ORDER BY id LIMIT ?",
-            (NoticeState.NEW, NoticeState.PENDING, now, alert("%"), limit),
+            (NoticeState.NEW, NoticeState.PENDING, now, now, alert("%"), limit),
         )
         return [Notice.from_row(r) for r in rows]
+
+    def claim_notices(self, owner: str, now: float, expires_at: float, limit: int, *, alerts: bool) -> list[Notice]:
+        """Claim the notices (or, with ``alerts``, the alerts) due now for ``owner`` until ``expires_at``:
+        another notifier passes them over until the claim ends. Oldest first."""
+        like = "LIKE" if alerts else "NOT LIKE"
+        with self.transaction() as db:
+            rows = db.execute(
+                _DUE + f" AND kind {like} ? ORDER BY id LIMIT ?" + self.dialect.skip_locked_rows,
+                (NoticeState.NEW, NoticeState.PENDING, now, now, alert("%"), limit),
+            ).fetchall()
+            for row in rows:
+                db.execute(
+                    "UPDATE notifications SET claim_owner = ?, claim_expires_at = ? WHERE id = ?",
+                    (owner, expires_at, row["id"]),
+                )
+        return [Notice.from_row(r) for r in rows]
+
+    def renew_notice_claims(self, owner: str, notice_ids: Sequence[int], expires_at: float) -> None:
+        """Extend ``owner``'s claims on ``notice_ids`` (those it still holds) to ``expires_at``."""
+        with self.transaction() as db:
+            for notice_id in notice_ids:
+                db.execute(
+                    "UPDATE notifications SET claim_expires_at = ? WHERE id = ? AND claim_owner = ?",
+                    (expires_at, notice_id, owner),
+                )
+
+    def release_notice_claims(self, owner: str) -> int:
+        """End every claim ``owner`` holds (its notifier starting again after a crash: as on one machine,
+        a mail in flight then goes again); returns how many."""
+        with self.transaction() as db:
+            cur = db.execute(f"UPDATE notifications SET {_UNCLAIM} WHERE claim_owner = ?", (owner,))
+        return cur.rowcount
 
     def last_alert_sent_at(self) -> float:
         row = self.db.execute(
@@ -228,7 +271,7 @@ class Outbox(JobQueries):
         """The relay took it; ``what`` goes on the job's timeline."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE notifications SET state = ?, sent_at = ?, attempts = attempts + 1, last_error = ''"
+                f"UPDATE notifications SET state = ?, sent_at = ?, attempts = attempts + 1, last_error = '', {_UNCLAIM}"
                 " WHERE id = ?",
                 (NoticeState.SENT, self.clock(), notice_id),
             )
@@ -238,7 +281,9 @@ class Outbox(JobQueries):
     def finish_notice(self, notice_id: int, state: NoticeState, why: str, *, job_id: str = "") -> None:
         """End a notice unsent (``failed`` or ``skipped``) and say why, on the job's timeline too."""
         with self.transaction() as db:
-            db.execute("UPDATE notifications SET state = ?, last_error = ? WHERE id = ?", (state, why, notice_id))
+            db.execute(
+                f"UPDATE notifications SET state = ?, last_error = ?, {_UNCLAIM} WHERE id = ?", (state, why, notice_id)
+            )
             if job_id:
                 self.add_event(job_id, f"notice {state}", why)
 
@@ -246,7 +291,8 @@ class Outbox(JobQueries):
         """The relay did not take it: one more attempt counted, the next one at ``when``."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE notifications SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                "UPDATE notifications SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?,"
+                f" {_UNCLAIM} WHERE id = ?",
                 (when, error, notice_id),
             )
 
@@ -255,7 +301,7 @@ class Outbox(JobQueries):
         with self.transaction() as db:
             for notice_id in notice_ids:
                 db.execute(
-                    "UPDATE notifications SET state = ?, next_attempt_at = ? WHERE id = ?",
+                    f"UPDATE notifications SET state = ?, next_attempt_at = ?, {_UNCLAIM} WHERE id = ?",
                     (NoticeState.PENDING, until, notice_id),
                 )
 

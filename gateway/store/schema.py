@@ -162,12 +162,51 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE partial_parts ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: several gateways on one database. A job being worked on is leased: the instance that holds it
+    # (lease_owner, "" for none), until when (lease_expires_at) and a fencing token that only grows
+    # (lease_token: every claim and every take-over adds one; a write carrying an older one is refused).
+    # A notice being sent is claimed the same way (claim_owner, claim_expires_at). Each running instance
+    # has an ``instances`` row it keeps alive (heartbeat_at), so that two never run under one name; and
+    # ``dedupe`` holds the resend key of each accepted fax (sender, Message-ID, number): one row per key,
+    # written in the transaction that adds the job, so that two copies taken in at once make one job.
+    """
+    ALTER TABLE jobs ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN lease_expires_at {real} NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_lease ON jobs(state, lease_expires_at);
+    ALTER TABLE notifications ADD COLUMN claim_owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE notifications ADD COLUMN claim_expires_at {real} NOT NULL DEFAULT 0;
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        token TEXT NOT NULL,
+        host TEXT NOT NULL DEFAULT '',
+        pid INTEGER NOT NULL DEFAULT 0,
+        started_at {real} NOT NULL,
+        heartbeat_at {real} NOT NULL
+    );
+    CREATE TABLE dedupe (
+        dedupe_key TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        created_at {real} NOT NULL
+    );
+    INSERT INTO dedupe (dedupe_key, job_id, created_at)
+        SELECT j.dedupe_key, MIN(j.id), j.created_at FROM jobs j WHERE j.dedupe_key != ''
+        AND j.created_at = (SELECT MAX(k.created_at) FROM jobs k WHERE k.dedupe_key = j.dedupe_key)
+        GROUP BY j.dedupe_key, j.created_at;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class StoreError(RuntimeError):
     pass
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be reached for this call (PostgreSQL down, the connection lost).
+
+    The call changed nothing that was not committed before; the next one connects again.
+    """
 
 
 def migrate(

@@ -17,8 +17,9 @@ import pytest
 from gateway.daemon.app import Gateway
 from gateway.delivery.simulator import ProviderSimulator
 from gateway.ops.demo import free_port, sample_pdf
+from gateway.settings import Secret
 from gateway.spool import Spool
-from gateway.store import Store
+from gateway.store import SCHEMA_VERSION, PostgreSQL, Store
 from tests.support_docs import pdf
 from tests.support_mail import plain_with
 from tests.support_s3 import BUCKET, S3, S3_ENV
@@ -75,9 +76,11 @@ async def test_check_config_all_good(tmp_path: Path, sim_factory: SimFactory, si
     code, out, err = await _cli("check-config", "--config", str(config), "--json", env=_env())
     assert code == 0, out + err
     report = json.loads(out)
-    assert {c["name"]: c["ok"] for c in report["checks"]} == {"config": True, "spool": True, "receipts": True,
-                                                               "storage": True, "provider": True,
+    assert {c["name"]: c["ok"] for c in report["checks"]} == {"config": True, "spool": True, "store": True,
+                                                               "receipts": True, "storage": True, "provider": True,
                                                                "relay": True}  # fmt: skip
+    assert _checks(out)["store"]["detail"] == f"{tmp_path / 'spool' / 'jobs.sqlite3'}: no job store yet; the daemon" \
+        " creates it at start"
     provider = next(c for c in report["checks"] if c["name"] == "provider")
     assert "accepted the credentials" in provider["detail"]
     assert report["settings"]["provider"]["password"] == "********"
@@ -125,7 +128,33 @@ async def test_check_config_tries_the_s3_bucket(
     storage_check = _checks(out)["storage"]
     assert code == 1 and not storage_check["ok"] and "S3 check failed" in str(storage_check["detail"])
     assert {name: c["ok"] for name, c in _checks(out).items() if name != "storage"} == {
-        "config": True, "spool": True, "receipts": True, "provider": True, "relay": True}  # fmt: skip
+        "config": True, "spool": True, "store": True, "receipts": True, "provider": True, "relay": True}  # fmt: skip
+
+
+async def test_check_config_reaches_the_postgresql_store(
+    tmp_path: Path, sim_factory: SimFactory, sink: Sink, s3: S3, postgres_dsn: str
+) -> None:
+    sim = await sim_factory()
+    storage = "".join(f"{k} = {json.dumps(v)}\n" for k, v in s3.table()["storage"].items())
+    config = _config(tmp_path, sim.url, sink.port, '[store]\nbackend = "postgresql"\n[storage]\n' + storage)
+    env = _env() | {"FAX_GATEWAY_STORE_DSN": postgres_dsn}
+    code, out, err = await _cli("check-config", "--config", str(config), "--json", env=env)
+    assert code == 0, out + err
+    dbname = postgres_dsn.split("dbname=")[1].split()[0]
+    detail = f"PostgreSQL database {dbname!r} on '127.0.0.1' answers, no tables yet: the daemon creates them at start"
+    assert _checks(out)["store"] == {"name": "store", "ok": True, "detail": detail}
+    Store(PostgreSQL(Secret(postgres_dsn))).close()  # as the daemon leaves it
+    code, out, _ = await _cli("check-config", "--config", str(config), env=env)
+    assert code == 0 and f"schema version {SCHEMA_VERSION} (current)" in out and "ok    store" in out
+
+    password = postgres_dsn.split("password=")[1].split()[0]
+    closed = postgres_dsn.replace(f"port={postgres_dsn.split('port=')[1].split()[0]}", f"port={free_port()}")
+    code, out, err = await _cli("check-config", "--config", str(config), "--json", env=env | {
+        "FAX_GATEWAY_STORE_DSN": closed})  # fmt: skip
+    store = _checks(out)["store"]
+    assert code == 1 and not store["ok"] and "cannot connect" in str(store["detail"])
+    assert password not in out + err and closed not in out + err
+
 
 
 async def test_check_config_names_an_unwritable_spool_and_a_dead_relay(tmp_path: Path, sim_factory: SimFactory) -> None:

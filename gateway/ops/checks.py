@@ -6,7 +6,9 @@ TLS version, certificate), then one line per check (``ok`` / ``warn`` /
 ``FAIL`` and why): each TLS listener's certificate and key load (a warning for
 a listener that accepts TLS older than 1.2), the settings file is readable by the service's user (the
 unit runs as a dynamic user; a warning otherwise), the spool is writable (a real file written,
-fsync'd and removed), a receipt can reach the gateway (a callback secret, or
+fsync'd and removed), the job store answers (SQLite in the spool, or the
+PostgreSQL database, its connection string never shown) at a schema this
+code runs, a receipt can reach the gateway (a callback secret, or
 the provider's AR mails to the gateway) at a public URL the provider can
 reach (not loopback; only a warning with the simulator), the storage backend
 answers (S3: the bucket is reachable with the credentials boto3 finds), the
@@ -172,6 +174,19 @@ async def check_storage(settings: Settings) -> str:
         await store.close()
 
 
+def check_store(settings: Settings) -> str:
+    """Blocking: does the job store answer, at a schema this code runs? Nothing is created or migrated.
+
+    SQLite: the file in the spool (none yet is fine: the daemon creates it). PostgreSQL: a connection to
+    the database of FAX_GATEWAY_STORE_DSN, whose text (and password) no line shows.
+    """
+    from gateway.spool import Spool
+    from gateway.store import location
+    from gateway.store.copy import describe
+
+    return describe(location(settings.store, Spool(settings.spool.directory).db_path))
+
+
 async def check_provider(settings: Settings) -> str:
     if settings.provider.simulator:
         return "provider.simulator = true: the simulator is used, no fax is sent"
@@ -258,6 +273,7 @@ async def run_checks(settings: Settings, config: str | None = None) -> list[Chec
     steps += [(f"tls {li.name}", tls_check(li)) for li in settings.smtp.effective_listeners() if li.tls != "none"]
     steps += [
         ("spool", spool),
+        ("store", lambda: asyncio.to_thread(check_store, settings)),
         ("receipts", receipts),
         ("storage", lambda: check_storage(settings)),
         ("provider", lambda: check_provider(settings)),

@@ -2,7 +2,8 @@
 
 ``serve`` runs the daemon (gateway/daemon/run.py), ``demo`` the whole thing on
 this machine (gateway/ops/demo.py), ``check-config`` checks a settings file and
-what it points at (gateway/ops/checks.py); the job commands (``jobs``, ``show``,
+what it points at (gateway/ops/checks.py), ``migrate-store`` moves a SQLite
+site to PostgreSQL (gateway/ops/migrate.py); the job commands (``jobs``, ``show``,
 ``retry``, ``cancel``, ``release``, ``resolve``, ``send``) are in
 gateway/ops/jobs.py. Exit statuses are one table for every command
 (:data:`EXIT_STATUSES`); with ``--json`` an error is JSON on stdout too.
@@ -68,6 +69,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return checks.main(args)
 
 
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    from gateway.ops import migrate
+
+    return migrate.main(args)
+
+
 def cmd_simulate_provider(args: argparse.Namespace) -> int:
     from gateway.delivery import simulator
 
@@ -119,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=True, help="settings file (TOML)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser(
+        "migrate-store", help="copy this site's SQLite job store into the PostgreSQL store the settings name",
+        description="Copy the SQLite job store of spool.directory into the PostgreSQL database of"
+        " FAX_GATEWAY_STORE_DSN (read from the environment only), and put the documents of jobs not final yet"
+        " in the S3 bucket. The service must be stopped; the database must be empty.",
+    )  # fmt: skip
+    p.add_argument("--config", "-c", required=True, help='settings file with store.backend = "postgresql" (TOML)')
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=cmd_migrate_store)
 
     p = sub.add_parser("hash-password", help="read a password (no echo) and print its hash for [[smtp.users]]")
     p.set_defaults(func=cmd_hash_password)

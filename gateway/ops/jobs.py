@@ -1,10 +1,11 @@
 """The administrator's job commands: jobs, show, retry, cancel, release, resolve, send.
 
 In: the command line (``--spool DIR`` or ``--config FILE`` to find the job
-store). Out: a table that fits the terminal, or ``--json`` for scripts; exit
+store: the SQLite file in the spool, or the PostgreSQL database the settings
+name). Out: a table that fits the terminal, or ``--json`` for scripts; exit
 status 0 when done, 1 when the action does not apply (the message says why).
 The actions themselves are :mod:`gateway.ops.actions`, on the daemon's own
-store file; they are safe while the daemon runs.
+store; they are safe while the daemon (or, on PostgreSQL, every gateway) runs.
 
 ``send`` faxes a file without a mail: the daemon's own intake code judges
 it (number and destination policy, quotas, document checks) and spools it
@@ -39,7 +40,7 @@ from gateway import settings as settings_mod
 from gateway.ops import actions as admin
 from gateway.replies import Answer
 from gateway.spool import Spool
-from gateway.store import AsyncStore, Job, Store
+from gateway.store import AsyncStore, Job, Location, Store, location
 from gateway.text import display
 
 DEFAULT_CONFIG = "/etc/fax-gateway/fax-gateway.toml"
@@ -97,12 +98,26 @@ def _region(args: argparse.Namespace) -> str:
     return (settings_mod.load(config) if config else settings_mod.Settings()).numbers.default_region
 
 
-@contextmanager
-def open_store(args: argparse.Namespace) -> Iterator[Store]:
+def store_of(args: argparse.Namespace) -> Location:
+    """The job store the command acts on: the SQLite file of ``--spool``, else the store ``--config`` names.
+
+    With ``store.backend = "postgresql"`` in the settings, that is the database of
+    ``FAX_GATEWAY_STORE_DSN`` (from the environment), which every gateway shares.
+    """
+    config = None if getattr(args, "spool", None) else _config_of(args)
+    if config is not None:
+        settings = settings_mod.load(config)
+        if settings.store.backend == "postgresql":
+            return location(settings.store, Spool(settings.spool.directory).db_path)
     spool = Spool(spool_dir(args))
     if not spool.db_path.exists():
         raise UsageError(f"no job store at {spool.db_path}: is the spool directory right?")
-    store = Store(spool.db_path)
+    return spool.db_path
+
+
+@contextmanager
+def open_store(args: argparse.Namespace) -> Iterator[Store]:
+    store = Store(store_of(args))
     try:
         yield store
     finally:
@@ -311,7 +326,7 @@ async def spool_local(settings: settings_mod.Settings, sender: str, rcpt: str, r
     from gateway.smtp.intake import Handler
 
     spool = OwnedSpool(settings.spool.directory)
-    store = AsyncStore(spool.db_path)
+    store = AsyncStore(location(settings.store, spool.db_path))
     await store.open()
     try:
         # One message: examined in a thread of this command, no worker processes.
@@ -333,7 +348,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UsageError(f"{args.file}: no such file")
     spool = Spool(settings.spool.directory)
-    if not spool.db_path.exists():
+    if settings.store.backend == "sqlite" and not spool.db_path.exists():
         raise UsageError(f"no job store at {spool.db_path}: is the spool directory right? (serve creates it)")
     # Spaces cannot be in an address; the rest of the number is the intake's to judge.
     rcpt = f"{''.join(args.to.split())}@{settings.smtp.fax_domains[0]}"
@@ -355,7 +370,7 @@ def store_options(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--spool", metavar="DIR", help="the spool directory (holds jobs.sqlite3)")
     where.add_argument(
-        "--config", "-c", metavar="FILE", help=f"settings file naming the spool (default {DEFAULT_CONFIG})"
+        "--config", "-c", metavar="FILE", help=f"settings file naming the store (default {DEFAULT_CONFIG})"
     )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 

@@ -8,12 +8,14 @@ pages in the same run (``gs -sDEVICE=tiffg4 -r204x196``: the plain way to make G
 - 25 pages: the same, and the resolution it fitted at (fine is the goal).
 - 50 pages: the peak resident memory (ru_maxrss) of the process doing the examination; Ghostscript's.
 
-Each measurement runs in its own child process (``python3 benchmarks/fit_bench.py child PDF``), so
+Each measurement runs in its own child process (``python3 benchmarks/fit_bench.py child MAIL``), so
 the peak memory is that of one examination. The scans are made in code (tests/support_scan.py):
-text on tinted paper, noise, a slight rotation, 4 different pages repeated, JPEG quality 50. The
-50-page mail (27 MB of PDF) is over the default ``smtp.max_message_size`` once encoded: the child
-examines it directly, as a worker would. Ghostscript comes from
-Debian's ghostscript package, installed when missing.
+text on tinted paper, noise, a slight rotation, 4 different pages repeated, JPEG quality 50. Each is
+attached to a mail (tests/support_mail.py) written to the scratch directory beforehand: the child
+reads that mail and holds only its bytes, as a worker holds the mail it is handed. The 50-page mail
+(27 MB of PDF) is over the default ``smtp.max_message_size`` once encoded: the child examines it
+directly, as a worker would. Ghostscript comes from Debian's ghostscript package, installed when
+missing.
 """
 
 from __future__ import annotations
@@ -64,12 +66,20 @@ def make_scan(path: Path, pages: int) -> None:
     path.write_bytes(img2pdf.convert([distinct[i % len(distinct)] for i in range(pages)]))
 
 
-def measure(pdf: Path, pages: int, scratch: Path) -> FitRun:
+def make_mail(pdf: Path, path: Path) -> None:
+    """The mail a desktop client would send with the scan attached (base64, 76 columns)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.support_mail import plain_with
+
+    path.write_bytes(plain_with([("scan.pdf", "application/pdf", pdf.read_bytes())]))
+
+
+def measure(pdf: Path, mail: Path, pages: int, scratch: Path) -> FitRun:
     # RUSAGE_CHILDREN keeps the largest child's peak: each peak is read by its own short-lived helper
     # (python -c) that runs one child and reports that child's usage.
     gs_s, gs_rss = _measured([GS, "-q", "-dNOPAUSE", "-dBATCH", "-dSAFER", "-sDEVICE=tiffg4", "-r204x196",
                               f"-sOutputFile={scratch / 'gs-%03d.tif'}", str(pdf)])  # fmt: skip
-    _, rss, out = _run_measured([sys.executable, str(Path(__file__).resolve()), "child", str(pdf)])
+    _, rss, out = _run_measured([sys.executable, str(Path(__file__).resolve()), "child", str(mail)])
     got = json.loads(out)
     for f in scratch.glob("gs-*.tif"):
         f.unlink()
@@ -100,15 +110,14 @@ def _measured(argv: list[str]) -> tuple[float, float]:
     return seconds, rss
 
 
-def child(pdf_path: str) -> None:
-    """In a fresh process: examine a mail holding the PDF as a document worker would; print the figures."""
+def child(mail_path: str) -> None:
+    """In a fresh process: examine the mail as a document worker would; print the figures."""
     sys.path.insert(0, str(ROOT))
     from gateway.documents import fit, policy
     from gateway.documents.examiner import examine
     from gateway.settings import DocumentSettings
-    from tests.support_mail import plain_with
 
-    raw = plain_with([("scan.pdf", "application/pdf", Path(pdf_path).read_bytes())])  # a worker holds only the mail
+    raw = Path(mail_path).read_bytes()  # a worker holds only the mail
     settings = DocumentSettings()
     fitting = 0.0
     original = fit.fit
@@ -127,7 +136,7 @@ def child(pdf_path: str) -> None:
         extraction, _ = examine(raw, settings)
         how, size = extraction.documents[0].get("fit", "as is"), len(extraction.document)
     except policy.DocumentRefused as exc:
-        how, size = f"refused: {str(exc.reply)[:60]}", 0
+        how, size = f"refused: {exc.reply}", 0
     print(json.dumps({"examine_s": time.monotonic() - started, "fit_s": fitting, "fax_bytes": size, "how": how}))
 
 
@@ -137,12 +146,14 @@ def run(scratch: Path, runs: int) -> list[FitRun]:
         install()
     results: list[FitRun] = []
     scans: dict[int, Path] = {}
+    mails: dict[int, Path] = {}
     for pages in (10, 25, 50):
-        scans[pages] = scratch / f"scan-{pages}.pdf"
+        scans[pages], mails[pages] = scratch / f"scan-{pages}.pdf", scratch / f"scan-{pages}.eml"
         make_scan(scans[pages], pages)
+        make_mail(scans[pages], mails[pages])
     for rep in range(runs):
         for pages in (10, 25, 50):
-            got = measure(scans[pages], pages, scratch)
+            got = measure(scans[pages], mails[pages], pages, scratch)
             results.append(got)
             print(f"  fit run {rep + 1}, {pages} pages ({got.pdf_bytes / 1e6:.1f} MB): examination "
                   f"{got.examine_s:.2f} s, fitting {got.fit_s:.2f} s -> {got.fax_bytes} bytes ({got.how}), "
@@ -155,4 +166,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "child":
         child(sys.argv[2])
     else:
-        sys.exit("usage: fit_bench.py child PDF (run the benchmark with: python3 benchmarks/run.py --only fit)")
+        sys.exit("usage: fit_bench.py child MAIL (run the benchmark with: python3 benchmarks/run.py --only fit)")

@@ -208,7 +208,8 @@ def fit_rows(runs: list[dict[str, Any]]) -> list[str]:
     for pages in sorted({f["pages"] for f in runs}):
         got = [f for f in runs if f["pages"] == pages]
         fit_s, exam_s, gs_s = ([f[k] for f in got] for k in ("fit_s", "examine_s", "gs_s"))
-        how = ", ".join(sorted({f"{f['how']} {f['fax_bytes']:,} bytes" for f in got}))
+        how = ", ".join(sorted({f["how"] if f["how"].startswith("refused") else f"{f['how']} {f['fax_bytes']:,} bytes"
+                                for f in got}))  # fmt: skip
         size = f"{median([f['pdf_bytes'] for f in got]) / 1e6:.1f} MB"
         goal = ""
         if pages == 10:

@@ -138,6 +138,21 @@ def test_a_colour_scan_fitted_keeps_every_character_and_a_bad_rendering_fails_th
         assert not legible(counts, clean), (counts, clean)
 
 
+def test_thresholding_by_bands_is_thresholding_the_whole_page() -> None:
+    with render.opened(bytes(img2pdf.convert([scan_jpeg()]))) as doc:
+        for res in (render.FINE, render.STANDARD):  # neither page height is a multiple of the band
+            grey = doc.grey(0, res)
+            assert grey.height % render.BAND_ROWS != 0
+            aspect = res.y_dpi / res.x_dpi
+            pixels = np.asarray(grey, dtype=np.uint8)
+            paper = render._paper(grey, aspect)
+            sample = pixels[::4, ::4].astype(np.uint16) * 255 // np.maximum(paper[::4, ::4], 1)
+            level = render._threshold(np.minimum(sample, 255))
+            ink = (pixels.astype(np.uint16) * 255 < paper.astype(np.uint16) * level) | (pixels < render.SOLID_INK)
+            got = render.binarise(grey, aspect)
+            assert got.mode == "1" and np.array_equal(np.asarray(got), ~ink)
+
+
 # -- through the real SMTP server ---------------------------------------------------
 
 

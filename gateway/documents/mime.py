@@ -13,6 +13,17 @@ The stdlib parser recurses once per nesting level and slows down badly with
 thousands of parts, so :func:`prescan` measures depth and part count on the
 raw bytes first, in one pass without recursion. Every walk here uses an
 explicit stack.
+
+The stdlib parser also keeps several copies of a large body (the text of the
+whole message, its lines, the joined payload), so :func:`parse` does not give
+it the large ones: each run of at least :data:`RAW_BODY_MIN` bytes of lines
+made of base64 characters alone is replaced by one token line before parsing,
+and a part whose body turns out to be exactly such a token keeps a reference
+to its bytes in the raw message (:class:`RawBody`) instead; :func:`decode`
+then decodes it from there, in one pass and without a copy. Such lines can be
+no boundary, header or blank line, so the parser reads the same structure
+either way; when a token lands anywhere but alone in a part's body, the whole
+message is parsed as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import email.headerregistry
 import email.policy
 import quopri
 import re
+import secrets
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -184,16 +196,123 @@ class _ParsedOnce:
         return getattr(self._registry, name)
 
 
-def parse(raw: bytes, max_depth: int, max_parts: int) -> EmailMessage:
-    """Parse after the pre-scan, then check the bounds again on the tree itself."""
-    prescan(raw, max_depth, max_parts)
-    policy = email.policy.default.clone(header_factory=_ParsedOnce())
+# -- large bodies left in the raw bytes ---------------------------------------------------
+
+# Runs of base64 lines at least this long (bytes, line ends included) are not given to the parser.
+RAW_BODY_MIN = 64 * 1024
+# Whole lines of base64 characters alone, from a line start to a line end as the parser reads them (a lone CR
+# ends a line too), or to the end of the message. Possessive: the engine keeps no backtracking state per line.
+_BASE64_LINES = re.compile(rb"(?:^|(?<=\r))(?:[A-Za-z0-9+/=]++(?:\r\n|\r|\n|\Z))++", re.MULTILINE)
+_LINE_ENDS = b"\r\n"
+
+
+@dataclass(frozen=True)
+class RawBody:
+    """The body of a part, as it is in the raw message: ``head`` + ``raw[start:stop]`` + ``tail``.
+
+    ``raw[start:stop]`` are whole lines of base64 characters (the last one without its line end);
+    ``head`` and ``tail`` are the line ends the parser put around them in the part's payload.
+    """
+
+    raw: bytes
+    start: int
+    stop: int
+    head: bytes
+    tail: bytes
+
+    def body(self) -> bytes:
+        """The body as the parser's payload would have held it (a copy)."""
+        return self.head + self.raw[self.start : self.stop] + self.tail
+
+    def base64(self) -> tuple[bytes, bool]:
+        """What :func:`_decode_base64` gives for the body without its line ends, decoded where it lies.
+
+        The lines hold base64 characters and line ends alone, so the body is valid base64 (what
+        ``b64decode(validate=True)`` takes) exactly when its characters are a multiple of 4 and
+        its padding (at most two ``=``) ends it. Then ``a2b_base64``, which passes over line ends,
+        decodes it straight from the raw bytes; otherwise the stripped copy goes the usual way.
+        """
+        raw, start, stop = self.raw, self.start, self.stop
+        size = stop - start - raw.count(b"\r", start, stop) - raw.count(b"\n", start, stop)
+        pads = raw.count(b"=", start, stop)
+        # Every line holds a character, so the last 8 bytes hold at least the last 2 characters.
+        last = raw[max(start, stop - 8) : stop].translate(None, _LINE_ENDS)
+        if size % 4 == 0 and pads <= 2 and last.endswith(b"=" * pads):
+            return binascii.a2b_base64(memoryview(raw)[start:stop]), True
+        return _decode_base64(raw[start:stop].translate(None, _LINE_ENDS))
+
+
+class ParsedMessage(EmailMessage):
+    """A part as :func:`parse` gives it; ``raw_body`` is set when its body stayed in the raw message."""
+
+    raw_body: RawBody | None = None
+
+
+def _parsed(data: bytes) -> ParsedMessage:
+    policy = email.policy.default.clone(header_factory=_ParsedOnce(), message_factory=ParsedMessage)
     try:
-        msg = email.message_from_bytes(raw, policy=policy)
+        msg = email.message_from_bytes(data, policy=policy)
     except RecursionError:
         # Reachable only where the pre-scan and the parser read a structure differently.
         raise LimitExceeded("MIME parts nested too deep to read") from None
-    assert isinstance(msg, EmailMessage)
+    assert isinstance(msg, ParsedMessage)
+    return msg
+
+
+def _parsed_leaving_bodies(raw: bytes, least: int) -> ParsedMessage | None:
+    """The message parsed with its long base64 runs left in ``raw`` (see the module docstring).
+
+    None when there is no such run, or when a run's token is not alone in the body of a part
+    (a preamble, two runs in one body, text around it): the caller then parses ``raw`` as it is.
+    """
+    runs = []
+    for m in _BASE64_LINES.finditer(raw):
+        if m.end() - m.start() >= least:
+            end = m.end()
+            # The run's last line end stays in the text the parser reads: it may be the boundary's.
+            ending = 2 if raw[end - 2 : end] == b"\r\n" else 1 if raw[end - 1 : end] in (b"\r", b"\n") else 0
+            runs.append((m.start(), end - ending, end))
+    if not runs:
+        return None
+    nonce = secrets.token_hex(16)  # a sender cannot write a token in advance
+    view = memoryview(raw)
+    pieces: list[bytes | memoryview] = []
+    at = 0
+    for index, (start, stop, end) in enumerate(runs):
+        pieces += [view[at:start], f"{nonce}n{index}".encode("ascii"), view[stop:end]]
+        at = end
+    pieces.append(view[at:])
+    msg = _parsed(b"".join(pieces))
+    token = re.compile(rf"([\r\n]*){nonce}n([0-9]+)([\r\n]*)")
+    found: dict[int, tuple[ParsedMessage, str, str]] = {}
+    stack: list[Message] = [msg]
+    while stack:
+        node = stack.pop()
+        stack.extend(children(node))
+        payload = vars(node).get("_payload")
+        if isinstance(payload, str) and nonce in payload:
+            alone = token.fullmatch(payload)
+            index = int(alone[2]) if alone else len(runs)
+            if alone is None or not isinstance(node, ParsedMessage) or index in found or index >= len(runs):
+                return None
+            found[index] = (node, alone[1], alone[3])
+    if len(found) != len(runs):
+        return None  # a token outside every body: in a preamble, an epilogue, an unsplit multipart
+    for index, (node, head, tail) in found.items():
+        start, stop, _ = runs[index]
+        node.set_payload("")
+        node.raw_body = RawBody(raw, start, stop, head.encode("ascii"), tail.encode("ascii"))
+    return msg
+
+
+def parse(raw: bytes, max_depth: int, max_parts: int, raw_body_min: int = RAW_BODY_MIN) -> EmailMessage:
+    """Parse after the pre-scan, then check the bounds again on the tree itself.
+
+    Base64 runs of ``raw_body_min`` bytes or more stay in ``raw`` (see the module docstring), which
+    the returned tree then refers to.
+    """
+    prescan(raw, max_depth, max_parts)
+    msg = _parsed_leaving_bodies(raw, raw_body_min) or _parsed(raw)
     parts = 0
     stack: list[tuple[Message, int]] = [(msg, 0)]
     while stack:
@@ -229,18 +348,24 @@ def decode(part: Message) -> tuple[bytes, bool]:
     would flag as an ``InvalidBase64*`` defect is not clean (a truncated
     document is never faxed).
     """
-    # The stored payload: a str that carries undecodable bytes as surrogates.
-    payload = vars(part).get("_payload")
-    if isinstance(payload, bytes):
-        body = payload
-    elif isinstance(payload, str):
-        try:
-            body = payload.encode("ascii", "surrogateescape")
-        except UnicodeEncodeError:
-            body = payload.encode("raw-unicode-escape")
-    else:
-        return b"", True
+    held = part.raw_body if isinstance(part, ParsedMessage) else None
     cte = transfer_encoding(part)
+    if held is not None:
+        if cte == "base64":
+            return held.base64()
+        body = held.body()
+    else:
+        # The stored payload: a str that carries undecodable bytes as surrogates.
+        payload = vars(part).get("_payload")
+        if isinstance(payload, bytes):
+            body = payload
+        elif isinstance(payload, str):
+            try:
+                body = payload.encode("ascii", "surrogateescape")
+            except UnicodeEncodeError:
+                body = payload.encode("raw-unicode-escape")
+        else:
+            return b"", True
     if cte == "base64":
         return _decode_base64(b"".join(body.splitlines()))
     if cte == "quoted-printable":

@@ -43,6 +43,8 @@ WIDTH = 1728
 THRESHOLD_RANGE = (130, 205)
 # Darker than this in absolute terms is ink wherever it is (a logo, a filled box).
 SOLID_INK = 80
+# Rows thresholded at a time (a band of a fine page is about 1/9 of it).
+BAND_ROWS = 256
 
 _lock = threading.Lock()
 
@@ -142,9 +144,14 @@ def binarise(page: Image.Image, aspect: float = 1.0) -> Image.Image:
     sample = grey[::4, ::4].astype(np.uint16) * 255 // np.maximum(paper[::4, ::4], 1)
     level = _threshold(np.minimum(sample, 255))
     # Ink: darker than ``level``/255 of its paper (grey * 255 < level * paper, in integers), or solid.
-    ink = grey.astype(np.uint16) * 255 < paper.astype(np.uint16) * level
-    ink |= grey < SOLID_INK
-    return Image.fromarray(~ink)  # True (white) and False (black): mode "1"
+    # Worked out a band of rows at a time: the 16-bit products of a whole page would be 4 times its size.
+    white = np.empty(grey.shape, dtype=bool)
+    for top in range(0, grey.shape[0], BAND_ROWS):
+        band, under = grey[top : top + BAND_ROWS], paper[top : top + BAND_ROWS]
+        ink = band.astype(np.uint16) * 255 < under.astype(np.uint16) * level
+        ink |= band < SOLID_INK
+        np.logical_not(ink, out=white[top : top + BAND_ROWS])
+    return Image.fromarray(white)  # True (white) and False (black): mode "1"
 
 
 def _paper(page: Image.Image, aspect: float) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -349,3 +350,41 @@ def test_a_failed_connection_never_shows_the_dsn_or_its_password(postgres_dsn: s
     assert "canary" not in message and "password=" not in message and caught.value.__cause__ is None
     assert "canary" not in repr(PostgreSQL(Secret(wrong))) and "canary" not in str(PostgreSQL(Secret(wrong)))
 
+
+def _blocked_on_a_lock(dsn: str, timeout: float = 30.0) -> None:
+    """Wait until a connection to the test's database waits for a lock another holds (another connection)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as db:
+        while time.monotonic() < deadline:
+            row = db.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                             " AND wait_event_type = 'Lock'").fetchone()  # fmt: skip
+            if row is not None and row[0]:
+                return
+            time.sleep(0.02)
+    raise AssertionError(f"no connection waited for a lock within {timeout:g} s")
+
+
+def test_the_same_part_kept_by_two_stores_at_once_is_kept_once(postgres_dsn: str) -> None:
+    where = PostgreSQL(Secret(postgres_dsn))
+    first, second = Store(where), Store(where)
+    got: list[PartTaken | BaseException] = []
+
+    def add_again() -> None:
+        try:
+            got.append(second.add_partial_part(replace(_part(1), spool_id="a second copy")))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            got.append(exc)
+
+    try:
+        with first.transaction():
+            assert first.add_partial_part(_part(1)) is PartTaken.KEPT
+            thread = threading.Thread(target=add_again)
+            thread.start()
+            _blocked_on_a_lock(postgres_dsn)  # the second found no row yet, and waits on the first's
+        thread.join(timeout=30)
+        assert got == [PartTaken.RESENT]
+        assert [p.spool_id for p in first.partial_set("alice@example.com", "scan-1@printer")] == [
+            "scan-1@printer/alice@example.com/1"]  # fmt: skip
+    finally:
+        first.close()
+        second.close()

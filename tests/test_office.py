@@ -9,13 +9,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 from pathlib import Path
 
+import olefile
 import pikepdf
 import pypdfium2 as pdfium
 import pytest
 
-from gateway.documents import textpages
+from gateway.documents import cfb, textpages
 from gateway.documents.formats import Unfit
 from tests.support_docs import pdf
 from tests.support_mail import plain_with
@@ -84,6 +86,48 @@ async def test_a_password_protected_or_damaged_docx_is_refused_by_name(smtp_gate
     code, text = await send_async(harness.port, plain_with([("Devis.docx", DOCX_TYPE, damaged_docx())]))
     assert code == 554 and text.startswith("5.6.1 Devis.docx: the Word document cannot be opened (damaged"), text
     assert await harness.jobs() == []
+
+
+def test_the_compound_file_reader_reads_what_olefile_reads(legacy_office_files: dict[str, bytes]) -> None:
+    # Small streams (in the mini stream) and, in the long document, large ones (in regular sectors).
+    for data in legacy_office_files.values():
+        ole = olefile.OleFileIO(data)
+        names = [path[0] for path in ole.listdir() if len(path) == 1]
+        assert "WordDocument" in names or "Workbook" in names
+        assert all(cfb.stream(data, n, 10**9) == ole.openstream(n).read() for n in names), names
+        assert all(cfb.stream(data, n.lower(), 7) == ole.openstream(n).read()[:7] for n in names)
+        assert cfb.stream(data, "NoSuchStream", 10) is None
+    long = legacy_office_files["long doc"]
+    assert len(cfb.stream(long, "WordDocument", 10**9) or b"") > 4096
+
+
+def _sector_offset(data: bytes, number: int) -> int:
+    return (number + 1) * (1 << struct.unpack_from("<H", data, 0x1E)[0])
+
+
+def test_a_damaged_compound_file_is_damage_not_an_endless_read(legacy_office_files: dict[str, bytes]) -> None:
+    data = legacy_office_files["long doc"]
+    entry = next(e for e in olefile.OleFileIO(data).root.kids if e.name == "WordDocument")
+    start = entry.isectStart
+    assert entry.size >= 4096  # in regular sectors, chained by the allocation table
+    # The allocation table sends the stream's first sector to itself: a loop.
+    fat_sector = struct.unpack_from("<I", data, 0x4C + (start // 128) * 4)[0]
+    looped = bytearray(data)
+    struct.pack_into("<I", looped, _sector_offset(data, fat_sector) + (start % 128) * 4, start)
+    with pytest.raises(cfb.Damaged, match="loops"):
+        cfb.stream(bytes(looped), "WordDocument", 10**9)
+    assert cfb.stream(bytes(looped), "WordDocument", 12) == data[_sector_offset(data, start):][:12]
+    # The root's first child is its own left sibling: the directory is no tree.
+    directory = _sector_offset(data, struct.unpack_from("<I", data, 0x30)[0])
+    child = struct.unpack_from("<I", data, directory + 76)[0]
+    cyclic = bytearray(data)
+    struct.pack_into("<I", cyclic, directory + child * 128 + 68, child)
+    with pytest.raises(cfb.Damaged, match="not a tree"):
+        cfb.stream(bytes(cyclic), "NoSuchStream", 10)
+    with pytest.raises(cfb.Damaged, match="past the end"):
+        cfb.stream(data[: len(data) // 2], "WordDocument", 10**9)
+    with pytest.raises(cfb.Damaged, match="not a compound file"):
+        cfb.stream(docx(1), "WordDocument", 12)
 
 
 async def test_office_off_or_missing_says_what_turns_it_on(smtp_gateway: Starter) -> None:

@@ -17,13 +17,17 @@ import pikepdf
 import pypdfium2 as pdfium
 import pytest
 
-from gateway.documents import cfb, textpages
+from gateway.documents import cfb, office, textpages
 from gateway.documents.formats import Unfit
 from tests.support_docs import pdf
 from tests.support_mail import plain_with
 from tests.support_office import (
+    DOC_TYPE,
     DOCX_TYPE,
+    EXCEL_TEXT,
     ODT_TYPE,
+    WORD_TEXT,
+    XLS_TYPE,
     XLSX_TYPE,
     damaged_docx,
     docx,
@@ -41,6 +45,15 @@ TEXT = "Facture n° 2026-113\n\tMontant dû : 1 250,00 €\nÀ régler avant No�
 def pages_of(document: bytes) -> int:
     with pikepdf.open(io.BytesIO(document)) as doc:
         return len(doc.pages)
+
+
+def texts(document: bytes) -> list[str]:
+    """The text of each page of a PDF."""
+    doc = pdfium.PdfDocument(document)
+    try:
+        return [" ".join(doc[i].get_textpage().get_text_range().split()) for i in range(len(doc))]
+    finally:
+        doc.close()
 
 
 def ink(document: bytes, index: int) -> float:
@@ -86,6 +99,49 @@ async def test_a_password_protected_or_damaged_docx_is_refused_by_name(smtp_gate
     code, text = await send_async(harness.port, plain_with([("Devis.docx", DOCX_TYPE, damaged_docx())]))
     assert code == 554 and text.startswith("5.6.1 Devis.docx: the Word document cannot be opened (damaged"), text
     assert await harness.jobs() == []
+
+
+async def test_a_password_protected_doc_or_xls_is_refused_by_name(
+    smtp_gateway: Starter, legacy_office_files: dict[str, bytes]
+) -> None:
+    harness = await smtp_gateway()
+    sent = [("Contrat signé.doc", DOC_TYPE, "encrypted doc", "Word document"),
+            ("Tarifs.xls", XLS_TYPE, "encrypted xls", "Excel workbook")]  # fmt: skip
+    for name, declared, key, what in sent:
+        code, text = await send_async(harness.port, plain_with([(name, declared, legacy_office_files[key])]))
+        shown = name.replace("é", "e")
+        assert (code, text) == (554, f"5.6.1 {shown}: the {what} is protected by a password, which the gateway "
+                                     "cannot open; save it without a password, or as PDF, and send it again")
+    assert await harness.jobs() == []
+
+
+async def test_legacy_files_and_a_workbook_under_excels_built_in_password_are_faxed(
+    smtp_gateway: Starter, legacy_office_files: dict[str, bytes]
+) -> None:
+    harness = await smtp_gateway()
+    raw = plain_with([("Contrat.doc", DOC_TYPE, legacy_office_files["doc"]),
+                      ("Tarifs.xls", XLS_TYPE, legacy_office_files["xls"]),
+                      ("Tarifs protégés.xls", XLS_TYPE, legacy_office_files["built-in xls"])])  # fmt: skip
+    code, text = await send_async(harness.port, raw)
+    assert code == 250, text
+    document, row = await spooled_fax(harness)
+    assert [(d["type"], d["pages"]) for d in json.loads(row["documents"])] == [("doc", 1), ("xls", 1), ("xls", 1)]
+    assert [WORD_TEXT in t for t in texts(document)] == [True, False, False]
+    assert [EXCEL_TEXT in t for t in texts(document)] == [False, True, True]
+
+
+def test_legacy_passwords_are_read_from_the_file(legacy_office_files: dict[str, bytes]) -> None:
+    files = legacy_office_files
+    assert [office.encrypted_word(files[k]) for k in ("doc", "encrypted doc", "xls", "encrypted xls")] == [
+        False, True, False, False]  # fmt: skip
+    assert [office.encrypted_workbook(files[k]) for k in ("xls", "encrypted xls", "built-in xls", "encrypted doc")] == [
+        False, True, True, False]  # fmt: skip
+    # A DOC is refused before LibreOffice runs; an encrypted XLS is LibreOffice's to try (Excel's built-in password).
+    assert office.is_encrypted("doc", files["encrypted doc"]) and not office.is_encrypted("doc", files["doc"])
+    assert not office.is_encrypted("xls", files["encrypted xls"])
+    # Not a compound file, or a damaged one: no password found (LibreOffice then says what it makes of it).
+    for data in (b"", docx(1), files["encrypted doc"][:1024], b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(600)):
+        assert not office.encrypted_word(data) and not office.encrypted_workbook(data)
 
 
 def test_the_compound_file_reader_reads_what_olefile_reads(legacy_office_files: dict[str, bytes]) -> None:

@@ -19,8 +19,13 @@ How a conversion runs (``documents.office = "auto"``: when ``documents.office_pr
 - LibreOffice exits 0 on some failures: the output is checked (a PDF pikepdf opens, with pages),
   never the exit code.
 
-Password-protected files are found before LibreOffice sees them (an OOXML file encrypted in a CDF
-container; an ODF package whose manifest holds encryption data). Blocking: runs in the document
+Password-protected files are found before LibreOffice sees them: an OOXML file encrypted in a CDF
+container; an ODF package whose manifest holds encryption data; a Word 97-2003 document whose File
+Information Block says it is encrypted (``fEncrypted``, [MS-DOC]). An Excel 97-2003 workbook with
+a ``FILEPASS`` record ([MS-XLS]) is encrypted too, but Excel encrypts some workbooks
+(protected sheets or structure) with its built-in password, which opens them without asking, and
+LibreOffice knows it: such a workbook is converted as any other, and only when LibreOffice makes
+nothing of it is the reason the password rather than damage. Blocking: runs in the document
 worker processes.
 """
 
@@ -33,6 +38,7 @@ import logging
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import time
@@ -42,6 +48,7 @@ from pathlib import Path
 
 import pikepdf
 
+from gateway.documents import cfb
 from gateway.documents.formats import Unfit
 from gateway.settings import DocumentSettings
 
@@ -125,6 +132,49 @@ def is_encrypted(kind: str, data: bytes) -> bool:
         except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
             return False
         return b"encryption-data" in manifest[:10_000_000]
+    if kind == "doc":
+        return encrypted_word(data)
+    return False
+
+
+# The File Information Block's first bytes: its magic number (Word 97-2003, Word 6/95), and at 0x0A the
+# flags, of which fEncrypted (with fObfuscated, XOR instead of RC4: a password either way).
+_WORD_IDENTS = (0xA5EC, 0xA5DC)
+_WORD_ENCRYPTED = 0x0100
+# BIFF records: BOF, EOF, FILEPASS; FILEPASS follows BOF within the first records of the globals.
+_BOF, _EOF, _FILEPASS = 0x0809, 0x000A, 0x002F
+_BIFF_SCAN = 4096
+
+
+def encrypted_word(data: bytes) -> bool:
+    """A Word 97-2003 document saved with a password to open."""
+    try:
+        fib = cfb.stream(data, "WordDocument", 12)
+    except cfb.Damaged:
+        return False
+    if fib is None or len(fib) < 12:
+        return False
+    ident, flags = struct.unpack_from("<H", fib, 0)[0], struct.unpack_from("<H", fib, 0x0A)[0]
+    return ident in _WORD_IDENTS and bool(flags & _WORD_ENCRYPTED)
+
+
+def encrypted_workbook(data: bytes) -> bool:
+    """An Excel 97-2003 workbook encrypted (a FILEPASS record after its first BOF): with a password to open, or
+    with Excel's built-in one."""
+    try:
+        book = cfb.stream(data, "Workbook", _BIFF_SCAN) or cfb.stream(data, "Book", _BIFF_SCAN)
+    except cfb.Damaged:
+        return False
+    offset, first = 0, True
+    while book is not None and offset + 4 <= len(book):
+        record, length = struct.unpack_from("<HH", book, offset)
+        if first and record != _BOF:
+            return False
+        if record == _FILEPASS:
+            return True
+        if record == _EOF or (record == _BOF and not first):
+            return False
+        offset, first = offset + 4 + length, False
     return False
 
 
@@ -141,7 +191,12 @@ def convert(data: bytes, kind: str, settings: DocumentSettings, deadline: float)
     if is_encrypted(kind, data):
         raise Unfit("encrypted", "it needs a password to open")
     with _slot(settings, deadline), tempfile.TemporaryDirectory(prefix="fax-gateway-office-") as tmp:
-        return _run(soffice, data, kind, Path(tmp), settings, deadline)
+        try:
+            return _run(soffice, data, kind, Path(tmp), settings, deadline)
+        except Unfit as exc:
+            if exc.reason == "corrupt" and kind == "xls" and encrypted_workbook(data):
+                raise Unfit("encrypted", "it needs a password to open") from None  # not Excel's built-in one
+            raise
 
 
 def _run(soffice: str, data: bytes, kind: str, tmp: Path, settings: DocumentSettings, deadline: float) -> bytes:

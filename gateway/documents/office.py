@@ -8,9 +8,13 @@ of it; ``limits``: the time bound passed), or :class:`Busy` (no conversion slot 
 How a conversion runs (``documents.office = "auto"``: when ``documents.office_program`` is found):
 
 - one ``soffice --headless --convert-to pdf`` per document, with a user profile of its own made
-  fresh in a temporary directory (removed afterwards) whose settings never run macros (security
-  level "very high", macro execution disabled) and never fetch linked content; the input filter is
-  forced from the kind libmagic found, so a file is never read as another type;
+  fresh in a temporary directory (removed afterwards) whose settings never run macros
+  (:data:`PROFILE_SETTINGS`: security level "very high" with no trusted location, macro execution
+  disabled, no script callable from a document event, VBA not loaded) and never fetch linked
+  content; the input filter is forced from the kind libmagic found, so a file is never read as
+  another type. (``--convert-to`` itself loads the document hidden and without leave to run its
+  macros: the profile is the second wall, for a document LibreOffice would otherwise let run them;
+  tests/test_office.py shows a macro that runs where LibreOffice allows it, and runs in neither);
 - under ``timeout -s KILL`` in a session of its own: at the examination's deadline
   (``documents.convert_timeout_seconds``) its whole process group is killed, by us and, should the
   worker die first, by ``timeout`` itself; its address space is the worker's (``RLIMIT_AS``);
@@ -83,25 +87,41 @@ SLOT_POLL_SECONDS = 0.05
 # A conversion given less time than this is not started (it could not finish).
 MIN_SECONDS = 1.0
 
-# The fresh profile's settings: macros never run, links to other files or the network never followed
-# (links never updated: Writer's mode 0, Calc's mode 1).
-_PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
-<oor:items xmlns:oor="http://openoffice.org/2001/registry" xmlns:xs="http://www.w3.org/2001/XMLSchema"
- xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
-<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="MacroSecurityLevel" oor:op="fuse">
-<value>3</value></prop></item>
-<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="DisableMacrosExecution"
- oor:op="fuse"><value>true</value></prop></item>
-<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="BlockUntrustedRefererLinks"
- oor:op="fuse"><value>true</value></prop></item>
-<item oor:path="/org.openoffice.Office.Common/Misc"><prop oor:name="UseLocking" oor:op="fuse">
-<value>false</value></prop></item>
-<item oor:path="/org.openoffice.Office.Writer/Content/Update"><prop oor:name="Link" oor:op="fuse">
-<value>0</value></prop></item>
-<item oor:path="/org.openoffice.Office.Calc/Content/Update"><prop oor:name="Link" oor:op="fuse">
-<value>1</value></prop></item>
-</oor:items>
-"""
+# The fresh profile's settings (registry path, name, value; a tuple is a list), each said even where it is
+# LibreOffice's default, so that no default decides. Macros never run: none is trusted, none may run at
+# any level, no document event may call a script (an empty list; unset, any may), the VBA of Word and
+# Excel files is neither read nor runnable. Links to other files or the network are never followed
+# (links never updated: Writer's mode 0, Calc's mode 1). No lock files beside the document.
+_SCRIPTING = "/org.openoffice.Office.Common/Security/Scripting"
+PROFILE_SETTINGS: tuple[tuple[str, str, str | tuple[str, ...]], ...] = (
+    (_SCRIPTING, "MacroSecurityLevel", "3"),  # "very high": only macros of trusted locations...
+    (_SCRIPTING, "SecureURL", ()),  # ...and there are none
+    (_SCRIPTING, "DisableMacrosExecution", "true"),  # no macro at all, whatever the level
+    (_SCRIPTING, "AllowedDocumentEventURLs", ()),
+    (_SCRIPTING, "BlockUntrustedRefererLinks", "true"),
+    ("/org.openoffice.Office.Writer/Filter/Import/VBA", "Load", "false"),
+    ("/org.openoffice.Office.Writer/Filter/Import/VBA", "Executable", "false"),
+    ("/org.openoffice.Office.Calc/Filter/Import/VBA", "Load", "false"),
+    ("/org.openoffice.Office.Calc/Filter/Import/VBA", "Executable", "false"),
+    ("/org.openoffice.Office.Writer/Content/Update", "Link", "0"),
+    ("/org.openoffice.Office.Calc/Content/Update", "Link", "1"),
+    ("/org.openoffice.Office.Common/Misc", "UseLocking", "false"),
+)
+
+
+def write_profile(profile: Path) -> Path:
+    """Make ``profile`` a LibreOffice user profile holding :data:`PROFILE_SETTINGS`; its settings file."""
+    items = []
+    for path, name, value in PROFILE_SETTINGS:
+        shown = "".join(f"<it>{v}</it>" for v in value) if isinstance(value, tuple) else value
+        items.append(f'<item oor:path="{path}"><prop oor:name="{name}" oor:op="fuse"><value>{shown}</value></prop>'
+                     "</item>\n")  # fmt: skip
+    settings = profile / "user" / "registrymodifications.xcu"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text('<?xml version="1.0" encoding="UTF-8"?>\n<oor:items xmlns:oor="http://openoffice.org/2001/'
+                        'registry" xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/'
+                        'XMLSchema-instance">\n' + "".join(items) + "</oor:items>\n", encoding="utf-8")  # fmt: skip
+    return settings
 
 
 class Busy(Exception):
@@ -202,8 +222,7 @@ def convert(data: bytes, kind: str, settings: DocumentSettings, deadline: float)
 def _run(soffice: str, data: bytes, kind: str, tmp: Path, settings: DocumentSettings, deadline: float) -> bytes:
     extension, infilter, _ = FILTERS[kind]
     source, out, profile = tmp / f"document.{extension}", tmp / "out", tmp / "profile"
-    (profile / "user").mkdir(parents=True)
-    (profile / "user" / "registrymodifications.xcu").write_text(_PROFILE, encoding="utf-8")
+    write_profile(profile)
     source.write_bytes(data)
     seconds = deadline - time.monotonic()
     if seconds < MIN_SECONDS:

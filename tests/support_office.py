@@ -8,7 +8,10 @@ having written nothing), for the time bound and the output check.
 Word and Excel 97-2003 files, with and without a password, are made by the real LibreOffice
 (``legacy_office_files``, made once for all the tests): a Basic macro of a profile made for it
 (:func:`basic_profile`, :func:`run_basic`) saves new documents with ``storeToURL`` and a ``Password``,
-as "Save with password" does.
+as "Save with password" does. The same way, :data:`OPEN_FOR_EDITING` loads a document as a person
+opening it would (in a view, its macros run as the profile's settings say) and exports it as PDF,
+and reads back the settings LibreOffice holds: with :func:`macro_odt`, whose Basic macro leaves a
+file and changes the text when it runs, the tests show where LibreOffice runs a document's macros.
 """
 
 from __future__ import annotations
@@ -257,3 +260,97 @@ def legacy_office_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, b
     missing = [name for _, _, name, _ in _LEGACY.values() if not (directory / name).is_file()]
     assert not missing, f"LibreOffice did not save {missing}:\n{said}"
     return {key: (directory / name).read_bytes() for key, (_, _, name, _) in _LEGACY.items()}
+
+
+# -- a document whose macro shows that it ran ---------------------------------------------------
+
+MACRO_RAN = "MACRO RAN"
+# The document events a macro is bound to: all those that come with opening and exporting a document
+# (OnLoad, OnNew, OnLoadFinished, OnViewCreated, OnFocus, OnLayoutFinished, OnCopyTo, OnCopyToDone), in ODF's names.
+MACRO_EVENTS = ("dom:load", "office:new", "office:load-finished", "office:view-created", "dom:DOMFocusIn",
+                "office:layout-finished", "office:copy-to", "office:copy-to-done")  # fmt: skip
+
+
+def macro_odt(marker: Path, text: str) -> bytes:
+    """An OpenDocument text of one paragraph, ``text``, with a Basic library whose macro, bound to each of
+    :data:`MACRO_EVENTS`, appends the event's name to ``marker`` and makes the text :data:`MACRO_RAN`."""
+    code = f"""Sub Fire(Optional oEvent)
+  n = FreeFile
+  Open "{marker}" For Append As #n
+  If IsMissing(oEvent) Then
+    Print #n, "(no event)"
+  Else
+    Print #n, oEvent.EventName
+  End If
+  Close #n
+  ThisComponent.Text.String = "{MACRO_RAN}"
+End Sub
+"""
+    script = "vnd.sun.star.script:Standard.Module1.Fire?language=Basic&amp;location=document"
+    listeners = "".join(f'<script:event-listener script:language="ooo:script" script:event-name="{event}" '
+                        f'xlink:href="{script}" xlink:type="simple"/>' for event in MACRO_EVENTS)  # fmt: skip
+    files = ["content.xml", "Basic/script-lc.xml", "Basic/Standard/script-lb.xml", "Basic/Standard/Module1.xml"]
+    manifest = "".join(f'<manifest:file-entry manifest:full-path="{f}" manifest:media-type="text/xml"/>' for f in files)
+    return _zip([
+        ("mimetype", ODT_TYPE),
+        ("META-INF/manifest.xml", f'{_XML}<manifest:manifest xmlns:manifest="urn:oasis:names:tc:opendocument:'
+         'xmlns:manifest:1.0" manifest:version="1.2"><manifest:file-entry manifest:full-path="/" '
+         f'manifest:media-type="{ODT_TYPE}"/>{manifest}</manifest:manifest>'),
+        # dom: must be declared: an event's name is a qualified name, and one of an unknown prefix binds nothing.
+        ("content.xml", f'{_XML}<office:document-content xmlns:office="urn:oasis:names:tc:opendocument:xmlns:'
+         'office:1.0" xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" xmlns:script="urn:oasis:names:'
+         'tc:opendocument:xmlns:script:1.0" xmlns:xlink="http://www.w3.org/1999/xlink" xmlns:ooo="http://'
+         'openoffice.org/2004/office" xmlns:dom="http://www.w3.org/2001/xml-events" office:version="1.2">'
+         f"<office:scripts><office:event-listeners>{listeners}</office:event-listeners></office:scripts>"
+         f"<office:body><office:text><text:p>{escape(text)}</text:p></office:text></office:body>"
+         "</office:document-content>"),
+        ("Basic/script-lc.xml", _LIBRARIES),
+        ("Basic/Standard/script-lb.xml", _LIBRARY.format(elements='<library:element library:name="Module1"/>')),
+        ("Basic/Standard/Module1.xml", _MODULE.format(code=escape(code))),
+    ], stored_first=True)  # fmt: skip
+
+
+# Export: the document loaded as a person opening it (a view; its macros as the profile's settings say, the
+# MacroExecutionMode USE_CONFIG), saved as PDF. Settings: "path|name" pairs (";" between) and the values
+# LibreOffice holds, one "path|name=value" a line (lists as [a b], "(missing)" for a setting it does not have).
+OPEN_FOR_EDITING = """
+Sub Export(sIn As String, sOut As String)
+  Dim aLoad(0) As New com.sun.star.beans.PropertyValue
+  aLoad(0).Name = "MacroExecutionMode"
+  aLoad(0).Value = com.sun.star.document.MacroExecMode.USE_CONFIG
+  oDoc = StarDesktop.loadComponentFromURL(ConvertToURL(sIn), "_blank", 0, aLoad())
+  Dim aStore(0) As New com.sun.star.beans.PropertyValue
+  aStore(0).Name = "FilterName"
+  aStore(0).Value = "writer_pdf_Export"
+  oDoc.storeToURL(ConvertToURL(sOut), aStore())
+  oDoc.close(True)
+End Sub
+
+Sub Settings(sOut As String, sWanted As String)
+  oProvider = createUnoService("com.sun.star.configuration.ConfigurationProvider")
+  n = FreeFile
+  Open sOut For Output As #n
+  For Each sItem In Split(sWanted, ";")
+    aPart = Split(sItem, "|")
+    Print #n, sItem & "=" & Shown(oProvider, aPart(0), aPart(1))
+  Next
+  Close #n
+End Sub
+
+Function Shown(oProvider, sPath As String, sName As String) As String
+  On Error GoTo Missing
+  Dim aArg(0) As New com.sun.star.beans.PropertyValue
+  aArg(0).Name = "nodepath"
+  aArg(0).Value = sPath
+  oAccess = oProvider.createInstanceWithArguments("com.sun.star.configuration.ConfigurationAccess", aArg())
+  v = oAccess.getByName(sName)
+  If IsArray(v) Then
+    Shown = "[" & Join(v, " ") & "]"
+  Else
+    Shown = LCase(CStr(v))
+  End If
+  Exit Function
+Missing:
+  Shown = "(missing)"
+End Function
+"""

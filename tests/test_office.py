@@ -6,6 +6,7 @@ starts take a second or two each: the conversions here are few, several document
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -25,15 +26,22 @@ from tests.support_office import (
     DOC_TYPE,
     DOCX_TYPE,
     EXCEL_TEXT,
+    MACRO_RAN,
     ODT_TYPE,
+    OPEN_FOR_EDITING,
     WORD_TEXT,
     XLS_TYPE,
     XLSX_TYPE,
+    basic_call,
+    basic_profile,
     damaged_docx,
     docx,
     encrypted_docx,
     fake_soffice,
+    macro_odt,
     odt,
+    registry_item,
+    run_basic,
     xlsx,
 )
 from tests.support_smtp import Starter, send_async, spooled_fax
@@ -184,6 +192,58 @@ def test_a_damaged_compound_file_is_damage_not_an_endless_read(legacy_office_fil
         cfb.stream(data[: len(data) // 2], "WordDocument", 10**9)
     with pytest.raises(cfb.Damaged, match="not a compound file"):
         cfb.stream(docx(1), "WordDocument", 12)
+
+
+SCRIPTING = "/org.openoffice.Office.Common/Security/Scripting"
+
+
+def _shown(value: str | tuple[str, ...]) -> str:
+    """A setting's value as the Basic of OPEN_FOR_EDITING reports it."""
+    return "[" + " ".join(value) + "]" if isinstance(value, tuple) else value
+
+
+async def test_a_document_macro_runs_where_libreoffice_allows_it_and_never_in_the_gateway(
+    smtp_gateway: Starter, tmp_path: Path
+) -> None:
+    need_program("soffice", "libreoffice-writer-nogui")
+    marker, folder = tmp_path / "macro-ran", tmp_path / "documents"
+    folder.mkdir()
+    source = folder / "Compte rendu.odt"
+    source.write_bytes(macro_odt(marker, "Compte rendu du 3 décembre"))
+    # 1. The same LibreOffice, without the gateway's profile (macro security "low"), opening the document as a
+    #    person would: the macro runs, leaves its file, and the PDF says so. The document's macro is live.
+    allowing = tmp_path / "allowing"
+    basic_profile(allowing, OPEN_FOR_EDITING, [registry_item(SCRIPTING, "MacroSecurityLevel", "0")])
+    await asyncio.to_thread(run_basic, allowing, [basic_call("Export", str(source), str(tmp_path / "allowed.pdf"))])
+    assert "OnViewCreated" in marker.read_text().split()
+    assert texts((tmp_path / "allowed.pdf").read_bytes()) == [MACRO_RAN]
+    marker.unlink()
+    # 2. The same, in the profile the gateway writes, the document's folder even made a trusted location
+    #    (where "very high" security alone would let its macros run): nothing runs. LibreOffice holds each of
+    #    the gateway's settings as written (a setting it did not know would be silently ignored).
+    walls = {(SCRIPTING, "MacroSecurityLevel", "3"), (SCRIPTING, "SecureURL", ()),
+             (SCRIPTING, "DisableMacrosExecution", "true"), (SCRIPTING, "AllowedDocumentEventURLs", ())}  # fmt: skip
+    # Three walls, each enough for this macro: "very high" security with no trusted location, no macro
+    # execution at all, no script callable from a document event.
+    assert walls <= set(office.PROFILE_SETTINGS)
+    hardened = tmp_path / "hardened"
+    office.write_profile(hardened)
+    basic_profile(hardened, OPEN_FOR_EDITING, [registry_item(SCRIPTING, "SecureURL", f"<it>{folder.as_uri()}</it>")])
+    wanted = ";".join(f"{path}|{name}" for path, name, _ in office.PROFILE_SETTINGS if name != "SecureURL")
+    calls = [basic_call("Export", str(source), str(tmp_path / "hardened.pdf")),
+             basic_call("Settings", str(tmp_path / "settings"), wanted)]  # fmt: skip
+    await asyncio.to_thread(run_basic, hardened, calls)
+    assert texts((tmp_path / "hardened.pdf").read_bytes()) == ["Compte rendu du 3 décembre"]
+    assert not marker.exists()
+    assert (tmp_path / "settings").read_text().splitlines() == [
+        f"{path}|{name}={_shown(value)}" for path, name, value in office.PROFILE_SETTINGS if name != "SecureURL"]
+    # 3. The gateway's own conversion of the same document: faxed as written, and the macro never ran.
+    harness = await smtp_gateway()
+    code, text = await send_async(harness.port, plain_with([("Compte rendu.odt", ODT_TYPE, source.read_bytes())]))
+    assert code == 250, text
+    document, _ = await spooled_fax(harness)
+    assert texts(document) == ["Compte rendu du 3 décembre"]
+    assert not marker.exists()
 
 
 async def test_office_off_or_missing_says_what_turns_it_on(smtp_gateway: Starter) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import psycopg
 import pytest
@@ -21,8 +23,12 @@ from gateway.store import (
     SCHEMA_VERSION,
     Location,
     NewMessage,
+    NewPart,
     NoticeKind,
     NoticeState,
+    OpenSet,
+    Part,
+    PartTaken,
     PostgreSQL,
     State,
     Store,
@@ -186,6 +192,92 @@ def test_a_claim_is_won_by_one_store_of_many(store_location: Location) -> None:
             s.close()
 
 
+def _part(number: int, total: int = 3, *, set_id: str = "scan-1@printer", sender: str = "alice@example.com",
+          size: int = 100) -> NewPart:
+    return NewPart(sender=sender, set_id=set_id, number=number, total=total, spool_id=f"{set_id}/{sender}/{number}",
+                   numbers=["+33145678900", "+33298765432"], client_addr="192.0.2.7", auth_user="copier",
+                   size=size)  # fmt: skip
+
+
+def _clock(s: Store) -> FakeClock:
+    assert isinstance(s.clock, FakeClock)
+    return s.clock
+
+
+def test_split_mail_parts_are_kept_once_in_order_and_per_sender(backend_store: Store) -> None:
+    s, clock = backend_store, _clock(backend_store)
+    first_at = s.clock()
+    assert s.add_partial_part(_part(3)) is PartTaken.KEPT
+    clock.advance(5)
+    assert s.add_partial_part(_part(1, total=0)) is PartTaken.KEPT  # a part may leave the total out
+    assert s.add_partial_part(replace(_part(1), spool_id="a second copy")) is PartTaken.RESENT  # the first copy stays
+    assert s.add_partial_part(_part(1, sender="bob@example.com")) is PartTaken.KEPT  # another sender's set
+    kept = s.partial_set("alice@example.com", "scan-1@printer")
+    assert kept == [
+        Part("alice@example.com", "scan-1@printer", 1, 0, "scan-1@printer/alice@example.com/1", first_at + 5,
+             ("+33145678900", "+33298765432"), "192.0.2.7", "copier"),
+        Part("alice@example.com", "scan-1@printer", 3, 3, "scan-1@printer/alice@example.com/3", first_at,
+             ("+33145678900", "+33298765432"), "192.0.2.7", "copier"),
+    ]  # fmt: skip
+    assert [p.number for p in s.partial_set("bob@example.com", "scan-1@printer")] == [1]
+    assert s.partial_set("alice@example.com", "no-such-set") == []
+    assert s.open_partial_sets() == [OpenSet("alice@example.com", "scan-1@printer", first_at),
+                                     OpenSet("bob@example.com", "scan-1@printer", first_at + 5)]  # fmt: skip
+    assert s.open_partial_sets(limit=1) == [OpenSet("alice@example.com", "scan-1@printer", first_at)]
+    # A kept part's file is the store's: start-up does not remove it.
+    s.add_message(_message("m1"), [("j1", NUMBER, "")], "accepted")
+    spool = ["m1", "scan-1@printer/alice@example.com/1", "a second copy", "m2"]
+    assert s.recorded_messages(spool) == {"m1", "scan-1@printer/alice@example.com/1"}
+
+
+def test_split_mails_are_bounded_per_sender_and_in_bytes(backend_store: Store) -> None:
+    s = backend_store
+    for n in range(2):
+        assert s.add_partial_part(_part(1, set_id=f"set-{n}"), max_sets=2) is PartTaken.KEPT
+    assert s.add_partial_part(_part(1, set_id="set-2"), max_sets=2) is PartTaken.TOO_MANY_SETS
+    assert s.add_partial_part(_part(2, set_id="set-1"), max_sets=2) is PartTaken.KEPT  # an open set takes more
+    assert s.add_partial_part(_part(1, set_id="set-2", sender="bob@example.com"), max_sets=2) is PartTaken.KEPT
+    assert s.add_partial_part(_part(1, set_id="set-2"), max_sets=0) is PartTaken.KEPT  # 0: no bound
+    s.finish_partial_set("alice@example.com", "set-0")  # a finished set no longer counts
+    assert s.add_partial_part(_part(1, set_id="set-3"), max_sets=3) is PartTaken.KEPT
+    assert s.add_partial_part(_part(1, set_id="set-4"), max_sets=3) is PartTaken.TOO_MANY_SETS
+    # The parts of a set together: up to max_bytes, not one byte more.
+    assert s.add_partial_part(_part(1, set_id="big", size=600), max_bytes=1000) is PartTaken.KEPT
+    assert s.add_partial_part(_part(2, set_id="big", size=401), max_bytes=1000) is PartTaken.TOO_BIG
+    assert s.add_partial_part(_part(2, set_id="big", size=400), max_bytes=1000) is PartTaken.KEPT
+    assert s.add_partial_part(_part(3, set_id="big", size=1), max_bytes=1000) is PartTaken.TOO_BIG
+    assert s.add_partial_part(_part(3, set_id="big", size=10**9), max_bytes=0) is PartTaken.KEPT
+    assert [p.number for p in s.partial_set("alice@example.com", "big")] == [1, 2, 3]
+
+
+def test_a_finished_split_mail_is_closed_then_forgotten(backend_store: Store) -> None:
+    s, clock = backend_store, _clock(backend_store)
+    for n in (1, 2):
+        s.add_partial_part(_part(n))
+    s.add_partial_part(_part(1, set_id="other"))
+    # Ended in the caller's transaction: rolled back with it, the set is still open.
+    with pytest.raises(RuntimeError), s.transaction():
+        s.finish_partial_set("alice@example.com", "scan-1@printer")
+        raise RuntimeError("the commit of the whole failed")
+    assert len(s.partial_set("alice@example.com", "scan-1@printer")) == 2
+    clock.advance(10)
+    ended_at = s.clock()
+    assert sorted(s.finish_partial_set("alice@example.com", "scan-1@printer")) == [
+        "scan-1@printer/alice@example.com/1", "scan-1@printer/alice@example.com/2"]  # fmt: skip
+    assert s.finish_partial_set("alice@example.com", "scan-1@printer") == []  # once
+    assert s.partial_set("alice@example.com", "scan-1@printer") == []
+    assert [o.set_id for o in s.open_partial_sets()] == ["other"]
+    assert s.recorded_messages(["scan-1@printer/alice@example.com/1"]) == set()  # its files may go
+    # A part of a finished set sent again is not a new set, until the set is forgotten.
+    assert s.add_partial_part(_part(3)) is PartTaken.FINISHED
+    assert s.add_partial_part(_part(1)) is PartTaken.FINISHED
+    assert s.forget_partial_sets(ended_at) == 0  # finished at ended_at, not before
+    assert s.forget_partial_sets(ended_at + 1) == 2  # its two rows; the open set stays
+    assert [o.set_id for o in s.open_partial_sets()] == ["other"]
+    assert s.add_partial_part(_part(3)) is PartTaken.KEPT
+    assert s.forget_partial_sets(math.inf) == 0
+
+
 # -- PostgreSQL only ---------------------------------------------------------------------------------
 
 
@@ -257,3 +349,42 @@ def test_a_failed_connection_never_shows_the_dsn_or_its_password(postgres_dsn: s
     assert "cannot connect" in message and "password authentication failed" in message
     assert "canary" not in message and "password=" not in message and caught.value.__cause__ is None
     assert "canary" not in repr(PostgreSQL(Secret(wrong))) and "canary" not in str(PostgreSQL(Secret(wrong)))
+
+
+def _blocked_on_a_lock(dsn: str, timeout: float = 30.0) -> None:
+    """Wait until a connection to the test's database waits for a lock another holds (another connection)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as db:
+        while time.monotonic() < deadline:
+            row = db.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                             " AND wait_event_type = 'Lock'").fetchone()  # fmt: skip
+            if row is not None and row[0]:
+                return
+            time.sleep(0.02)
+    raise AssertionError(f"no connection waited for a lock within {timeout:g} s")
+
+
+def test_the_same_part_kept_by_two_stores_at_once_is_kept_once(postgres_dsn: str) -> None:
+    where = PostgreSQL(Secret(postgres_dsn))
+    first, second = Store(where), Store(where)
+    got: list[PartTaken | BaseException] = []
+
+    def add_again() -> None:
+        try:
+            got.append(second.add_partial_part(replace(_part(1), spool_id="a second copy")))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            got.append(exc)
+
+    try:
+        with first.transaction():
+            assert first.add_partial_part(_part(1)) is PartTaken.KEPT
+            thread = threading.Thread(target=add_again)
+            thread.start()
+            _blocked_on_a_lock(postgres_dsn)  # the second found no row yet, and waits on the first's
+        thread.join(timeout=30)
+        assert got == [PartTaken.RESENT]
+        assert [p.spool_id for p in first.partial_set("alice@example.com", "scan-1@printer")] == [
+            "scan-1@printer/alice@example.com/1"]  # fmt: skip
+    finally:
+        first.close()
+        second.close()

@@ -8,9 +8,13 @@ of it; ``limits``: the time bound passed), or :class:`Busy` (no conversion slot 
 How a conversion runs (``documents.office = "auto"``: when ``documents.office_program`` is found):
 
 - one ``soffice --headless --convert-to pdf`` per document, with a user profile of its own made
-  fresh in a temporary directory (removed afterwards) whose settings never run macros (security
-  level "very high", macro execution disabled) and never fetch linked content; the input filter is
-  forced from the kind libmagic found, so a file is never read as another type;
+  fresh in a temporary directory (removed afterwards) whose settings never run macros
+  (:data:`PROFILE_SETTINGS`: security level "very high" with no trusted location, macro execution
+  disabled, no script callable from a document event, VBA not loaded) and never fetch linked
+  content; the input filter is forced from the kind libmagic found, so a file is never read as
+  another type. (``--convert-to`` itself loads the document hidden and without leave to run its
+  macros: the profile is the second wall, for a document LibreOffice would otherwise let run them;
+  tests/test_office.py shows a macro that runs where LibreOffice allows it, and runs in neither);
 - under ``timeout -s KILL`` in a session of its own: at the examination's deadline
   (``documents.convert_timeout_seconds``) its whole process group is killed, by us and, should the
   worker die first, by ``timeout`` itself; its address space is the worker's (``RLIMIT_AS``);
@@ -19,8 +23,13 @@ How a conversion runs (``documents.office = "auto"``: when ``documents.office_pr
 - LibreOffice exits 0 on some failures: the output is checked (a PDF pikepdf opens, with pages),
   never the exit code.
 
-Password-protected files are found before LibreOffice sees them (an OOXML file encrypted in a CDF
-container; an ODF package whose manifest holds encryption data). Blocking: runs in the document
+Password-protected files are found before LibreOffice sees them: an OOXML file encrypted in a CDF
+container; an ODF package whose manifest holds encryption data; a Word 97-2003 document whose File
+Information Block says it is encrypted (``fEncrypted``, [MS-DOC]). An Excel 97-2003 workbook with
+a ``FILEPASS`` record ([MS-XLS]) is encrypted too, but Excel encrypts some workbooks
+(protected sheets or structure) with its built-in password, which opens them without asking, and
+LibreOffice knows it: such a workbook is converted as any other, and only when LibreOffice makes
+nothing of it is the reason the password rather than damage. Blocking: runs in the document
 worker processes.
 """
 
@@ -33,6 +42,7 @@ import logging
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import time
@@ -42,6 +52,7 @@ from pathlib import Path
 
 import pikepdf
 
+from gateway.documents import cfb
 from gateway.documents.formats import Unfit
 from gateway.settings import DocumentSettings
 
@@ -76,25 +87,41 @@ SLOT_POLL_SECONDS = 0.05
 # A conversion given less time than this is not started (it could not finish).
 MIN_SECONDS = 1.0
 
-# The fresh profile's settings: macros never run, links to other files or the network never followed
-# (links never updated: Writer's mode 0, Calc's mode 1).
-_PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
-<oor:items xmlns:oor="http://openoffice.org/2001/registry" xmlns:xs="http://www.w3.org/2001/XMLSchema"
- xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
-<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="MacroSecurityLevel" oor:op="fuse">
-<value>3</value></prop></item>
-<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="DisableMacrosExecution"
- oor:op="fuse"><value>true</value></prop></item>
-<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="BlockUntrustedRefererLinks"
- oor:op="fuse"><value>true</value></prop></item>
-<item oor:path="/org.openoffice.Office.Common/Misc"><prop oor:name="UseLocking" oor:op="fuse">
-<value>false</value></prop></item>
-<item oor:path="/org.openoffice.Office.Writer/Content/Update"><prop oor:name="Link" oor:op="fuse">
-<value>0</value></prop></item>
-<item oor:path="/org.openoffice.Office.Calc/Content/Update"><prop oor:name="Link" oor:op="fuse">
-<value>1</value></prop></item>
-</oor:items>
-"""
+# The fresh profile's settings (registry path, name, value; a tuple is a list), each said even where it is
+# LibreOffice's default, so that no default decides. Macros never run: none is trusted, none may run at
+# any level, no document event may call a script (an empty list; unset, any may), the VBA of Word and
+# Excel files is neither read nor runnable. Links to other files or the network are never followed
+# (links never updated: Writer's mode 0, Calc's mode 1). No lock files beside the document.
+_SCRIPTING = "/org.openoffice.Office.Common/Security/Scripting"
+PROFILE_SETTINGS: tuple[tuple[str, str, str | tuple[str, ...]], ...] = (
+    (_SCRIPTING, "MacroSecurityLevel", "3"),  # "very high": only macros of trusted locations...
+    (_SCRIPTING, "SecureURL", ()),  # ...and there are none
+    (_SCRIPTING, "DisableMacrosExecution", "true"),  # no macro at all, whatever the level
+    (_SCRIPTING, "AllowedDocumentEventURLs", ()),
+    (_SCRIPTING, "BlockUntrustedRefererLinks", "true"),
+    ("/org.openoffice.Office.Writer/Filter/Import/VBA", "Load", "false"),
+    ("/org.openoffice.Office.Writer/Filter/Import/VBA", "Executable", "false"),
+    ("/org.openoffice.Office.Calc/Filter/Import/VBA", "Load", "false"),
+    ("/org.openoffice.Office.Calc/Filter/Import/VBA", "Executable", "false"),
+    ("/org.openoffice.Office.Writer/Content/Update", "Link", "0"),
+    ("/org.openoffice.Office.Calc/Content/Update", "Link", "1"),
+    ("/org.openoffice.Office.Common/Misc", "UseLocking", "false"),
+)
+
+
+def write_profile(profile: Path) -> Path:
+    """Make ``profile`` a LibreOffice user profile holding :data:`PROFILE_SETTINGS`; its settings file."""
+    items = []
+    for path, name, value in PROFILE_SETTINGS:
+        shown = "".join(f"<it>{v}</it>" for v in value) if isinstance(value, tuple) else value
+        items.append(f'<item oor:path="{path}"><prop oor:name="{name}" oor:op="fuse"><value>{shown}</value></prop>'
+                     "</item>\n")  # fmt: skip
+    settings = profile / "user" / "registrymodifications.xcu"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text('<?xml version="1.0" encoding="UTF-8"?>\n<oor:items xmlns:oor="http://openoffice.org/2001/'
+                        'registry" xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/'
+                        'XMLSchema-instance">\n' + "".join(items) + "</oor:items>\n", encoding="utf-8")  # fmt: skip
+    return settings
 
 
 class Busy(Exception):
@@ -125,6 +152,49 @@ def is_encrypted(kind: str, data: bytes) -> bool:
         except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
             return False
         return b"encryption-data" in manifest[:10_000_000]
+    if kind == "doc":
+        return encrypted_word(data)
+    return False
+
+
+# The File Information Block's first bytes: its magic number (Word 97-2003, Word 6/95), and at 0x0A the
+# flags, of which fEncrypted (with fObfuscated, XOR instead of RC4: a password either way).
+_WORD_IDENTS = (0xA5EC, 0xA5DC)
+_WORD_ENCRYPTED = 0x0100
+# BIFF records: BOF, EOF, FILEPASS; FILEPASS follows BOF within the first records of the globals.
+_BOF, _EOF, _FILEPASS = 0x0809, 0x000A, 0x002F
+_BIFF_SCAN = 4096
+
+
+def encrypted_word(data: bytes) -> bool:
+    """A Word 97-2003 document saved with a password to open."""
+    try:
+        fib = cfb.stream(data, "WordDocument", 12)
+    except cfb.Damaged:
+        return False
+    if fib is None or len(fib) < 12:
+        return False
+    ident, flags = struct.unpack_from("<H", fib, 0)[0], struct.unpack_from("<H", fib, 0x0A)[0]
+    return ident in _WORD_IDENTS and bool(flags & _WORD_ENCRYPTED)
+
+
+def encrypted_workbook(data: bytes) -> bool:
+    """An Excel 97-2003 workbook encrypted (a FILEPASS record after its first BOF): with a password to open, or
+    with Excel's built-in one."""
+    try:
+        book = cfb.stream(data, "Workbook", _BIFF_SCAN) or cfb.stream(data, "Book", _BIFF_SCAN)
+    except cfb.Damaged:
+        return False
+    offset, first = 0, True
+    while book is not None and offset + 4 <= len(book):
+        record, length = struct.unpack_from("<HH", book, offset)
+        if first and record != _BOF:
+            return False
+        if record == _FILEPASS:
+            return True
+        if record == _EOF or (record == _BOF and not first):
+            return False
+        offset, first = offset + 4 + length, False
     return False
 
 
@@ -141,14 +211,18 @@ def convert(data: bytes, kind: str, settings: DocumentSettings, deadline: float)
     if is_encrypted(kind, data):
         raise Unfit("encrypted", "it needs a password to open")
     with _slot(settings, deadline), tempfile.TemporaryDirectory(prefix="fax-gateway-office-") as tmp:
-        return _run(soffice, data, kind, Path(tmp), settings, deadline)
+        try:
+            return _run(soffice, data, kind, Path(tmp), settings, deadline)
+        except Unfit as exc:
+            if exc.reason == "corrupt" and kind == "xls" and encrypted_workbook(data):
+                raise Unfit("encrypted", "it needs a password to open") from None  # not Excel's built-in one
+            raise
 
 
 def _run(soffice: str, data: bytes, kind: str, tmp: Path, settings: DocumentSettings, deadline: float) -> bytes:
     extension, infilter, _ = FILTERS[kind]
     source, out, profile = tmp / f"document.{extension}", tmp / "out", tmp / "profile"
-    (profile / "user").mkdir(parents=True)
-    (profile / "user" / "registrymodifications.xcu").write_text(_PROFILE, encoding="utf-8")
+    write_profile(profile)
     source.write_bytes(data)
     seconds = deadline - time.monotonic()
     if seconds < MIN_SECONDS:

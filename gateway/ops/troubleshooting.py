@@ -129,7 +129,7 @@ ADVICE: dict[str, str] = {
     "DOC_OFFICE_OFF": "Send the document as PDF; or, administrator: install LibreOffice (Debian packages"
     " `libreoffice-writer-nogui libreoffice-calc-nogui`) and set `documents.office = \"auto\"`.",
     "DOC_OFFICE_ENCRYPTED": "Save the document without its password (in Word: File > Info > Protect Document >"
-    " Encrypt with Password, cleared), or export it as PDF.",
+    " Encrypt with Password, cleared; in Excel, the same under Protect Workbook), or export it as PDF.",
     "DOC_OFFICE_CORRUPT": "Open the file where it was made and save it again, or export it as PDF; the gateway's"
     " log (gateway.documents) has what LibreOffice said.",
 }

@@ -95,12 +95,15 @@ class PartialParts(JobQueries):
                     return PartTaken.TOO_MANY_SETS
             if max_bytes and int(row[1]) + part.size > max_bytes:
                 return PartTaken.TOO_BIG
-            db.execute(
-                f"INSERT INTO partial_parts ({_PART_COLUMNS}, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            # Another connection may have kept that number since the check above (PostgreSQL, READ COMMITTED):
+            # its row wins, as a part sent again.
+            cursor = db.execute(
+                f"INSERT INTO partial_parts ({_PART_COLUMNS}, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (part.sender, part.set_id, part.number, part.total, part.spool_id, self.clock(),
                  " ".join(part.numbers), part.client_addr, part.auth_user, part.size),
             )  # fmt: skip
-        return PartTaken.KEPT
+        return PartTaken.KEPT if cursor.rowcount == 1 else PartTaken.RESENT
 
     def partial_set(self, sender: str, set_id: str) -> list[Part]:
         """The kept parts of an open set, by number (none once it is finished)."""

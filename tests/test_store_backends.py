@@ -388,3 +388,27 @@ def test_the_same_part_kept_by_two_stores_at_once_is_kept_once(postgres_dsn: str
     finally:
         first.close()
         second.close()
+
+
+def test_two_stores_opening_sets_of_one_sender_at_once_stay_within_the_bound(postgres_dsn: str) -> None:
+    where = PostgreSQL(Secret(postgres_dsn))
+    first, second = Store(where), Store(where)
+    got: list[PartTaken | BaseException] = []
+
+    def open_another() -> None:
+        try:
+            got.append(second.add_partial_part(_part(1, set_id="set-2"), max_sets=1))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            got.append(exc)
+
+    try:
+        with first.transaction():
+            assert first.add_partial_part(_part(1, set_id="set-1"), max_sets=1) is PartTaken.KEPT
+            thread = threading.Thread(target=open_another)
+            thread.start()
+            _blocked_on_a_lock(postgres_dsn)  # the second waits for the first's sets to be counted
+        thread.join(timeout=30)
+        assert got == [PartTaken.TOO_MANY_SETS]  # not a second open set for a sender allowed one
+    finally:
+        first.close()
+        second.close()

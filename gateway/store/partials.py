@@ -74,6 +74,8 @@ class PartialParts(JobQueries):
         is ``TOO_MANY_SETS``, one that takes its set over ``max_bytes`` in all is ``TOO_BIG`` (0: no bound).
         """
         with self.transaction() as db:
+            # One sender's parts one at a time across gateways (PostgreSQL): the bounds below are counted exactly.
+            self.serialise(f"partials:{part.sender.lower()}")
             key = (part.sender, part.set_id)
             if db.execute(
                 "SELECT 1 FROM partial_parts WHERE sender = ? AND set_id = ? AND done_at > 0 LIMIT 1", key
@@ -95,8 +97,7 @@ class PartialParts(JobQueries):
                     return PartTaken.TOO_MANY_SETS
             if max_bytes and int(row[1]) + part.size > max_bytes:
                 return PartTaken.TOO_BIG
-            # Another connection may have kept that number since the check above (PostgreSQL, READ COMMITTED):
-            # its row wins, as a part sent again.
+            # A sender spelled in another case is not serialised with this one: its row wins, as a part sent again.
             cursor = db.execute(
                 f"INSERT INTO partial_parts ({_PART_COLUMNS}, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",

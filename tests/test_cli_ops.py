@@ -141,7 +141,9 @@ async def test_check_config_reaches_the_postgresql_store(
     code, out, err = await _cli("check-config", "--config", str(config), "--json", env=env)
     assert code == 0, out + err
     dbname = postgres_dsn.split("dbname=")[1].split()[0]
-    detail = f"PostgreSQL database {dbname!r} on '127.0.0.1' answers, no tables yet: the daemon creates them at start"
+    port = postgres_dsn.split("port=")[1].split()[0]
+    detail = (f"PostgreSQL database {dbname!r} on '127.0.0.1' port {port} answers, no tables yet:"
+              " the daemon creates them at start")  # fmt: skip
     assert _checks(out)["store"] == {"name": "store", "ok": True, "detail": detail}
     Store(PostgreSQL(Secret(postgres_dsn))).close()  # as the daemon leaves it
     code, out, _ = await _cli("check-config", "--config", str(config), env=env)

@@ -143,6 +143,10 @@ class Child:
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
 
+    def signal(self, sig: int) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(sig)
+
     async def start(self, timeout: float = 60.0) -> dict[str, Any]:
         with open(self.log_path, "ab") as log:
             self._proc = await asyncio.create_subprocess_exec(

@@ -115,6 +115,8 @@ async def run_gateway(config: str) -> None:
         _limit_examine(int(os.environ["BENCH_EXAMINE_SLOTS"]))
     if os.environ.get("BENCH_READ_CHUNK"):  # experiment: bytes read per wake-up of an SMTP connection
         _limit_reads(int(os.environ["BENCH_READ_CHUNK"]))
+    if os.environ.get("BENCH_JOB_EVENTS"):  # the cluster drain: when this instance works on which job
+        _report_jobs()
     handler = logs.setup(settings.log, logs.secrets_of(settings))
     probe = LagProbe()
     if os.environ.get("BENCH_SLOW_CALLBACKS"):  # diagnosis: asyncio logs each callback slower than this (s)
@@ -146,6 +148,33 @@ def _limit_examine(slots: int) -> None:
             return await examine(self, raw)
 
     Examiner.examine = limited  # type: ignore[method-assign]
+
+
+def _report_jobs() -> None:
+    """A ``job`` event per job the worker took (``start``: claimed, ``t``: its outcome recorded); and the
+    worker's first look at the store waits for SIGUSR2, so that the benchmark releases every instance
+    at one moment, once each is ready (start-up is not part of a drain)."""
+    from gateway.delivery.worker import Worker
+
+    process, run = Worker._process, Worker._run
+
+    async def gated(self: Worker) -> None:
+        go = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, go.set)
+        await go.wait()
+        emit("released")
+        await run(self)
+
+    Worker._run = gated  # type: ignore[method-assign]
+
+    async def reported(self: Worker, job: Any) -> None:
+        start = time.monotonic()
+        try:
+            await process(self, job)
+        finally:
+            emit("job", job=job.id, start=start)
+
+    Worker._process = reported  # type: ignore[method-assign]
 
 
 def _limit_reads(size: int) -> None:

@@ -33,9 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fit_bench  # noqa: E402
 import mailgen  # noqa: E402
 import office_bench  # noqa: E402
+import pg_ref  # noqa: E402
 import postfix_ref  # noqa: E402
 import scenarios  # noqa: E402
 from harness import median  # noqa: E402
+
+# Gateways started together on one PostgreSQL database in the cluster drain.
+CLUSTER_SIZES = (1, 2, 3)
 
 TARGETS = {
     "ratio20": 0.75,  # gateway / bare aiosmtpd at 20 sessions, at least
@@ -62,6 +66,8 @@ def prepare(root: Path, concurrency: int, only: list[str]) -> scenarios.Bench:
     if set(only) - {"fit", "office"} and not postfix_ref.available():
         print("installing Postfix (for smtp-source and the reference MTA) ...", flush=True)
         postfix_ref.install()
+    if "cluster" in only and not pg_ref.available():
+        raise SystemExit("the cluster drain needs PostgreSQL's initdb and pg_ctl: apt-get install postgresql")
     mail, big = root / "mail-140k.eml", root / "mail-1m.eml"
     mail.write_bytes(mailgen.make_mail(mailgen.make_pdf(102_400)))
     # "1 MiB": just under the provider's 1 MB document limit, so it is a document the gateway accepts.
@@ -104,25 +110,8 @@ async def measure(args: argparse.Namespace, bench: scenarios.Bench, r: dict[str,
                     print(f"  intake run {rep + 1}, {sessions:>2} sessions, {name:<8}: {got.rate:8.1f} mails/s, "
                           f"{got.cpu_ms:6.1f} ms CPU per mail", flush=True)  # fmt: skip
                     save(args, bench, r)
-    if "e2e" in args.only or "drain" in args.only:
-        backend = await scenarios.start_backend(bench)
-        try:
-            for rep in range(args.runs):
-                for rate, seconds in ((args.rate, args.seconds), (args.light_rate, args.light_seconds)):
-                    if "e2e" not in args.only or rate <= 0:
-                        continue
-                    e2e = await scenarios.end_to_end(bench, backend, rate, seconds)
-                    r["e2e"].append({**asdict(e2e), "rate": rate, "seconds": seconds})
-                    print(f"  end to end run {rep + 1} at {rate:g}/s: {e2e}", flush=True)
-                    save(args, bench, r)
-                if "drain" in args.only:
-                    d = await scenarios.drain(bench, backend, args.drain)
-                    r["drain"].append({**asdict(d), "rate": d.rate})
-                    print(f"  drain run {rep + 1}: {d.jobs} jobs in {d.seconds:.2f} s = {d.rate:.1f} jobs/s; "
-                          f"CPU ms per job {cpu_text([d.cpu_ms])}", flush=True)  # fmt: skip
-                    save(args, bench, r)
-        finally:
-            await scenarios.stop_backend(backend)
+    if {"e2e", "drain", "cluster"} & set(args.only):
+        await measure_backend(args, bench, r)
     if "fit" in args.only:
         scratch = bench.fresh("fit")
         r["fit"] = [asdict(f) for f in await asyncio.to_thread(fit_bench.run, scratch, args.runs)]
@@ -137,6 +126,45 @@ async def measure(args: argparse.Namespace, bench: scenarios.Bench, r: dict[str,
             r["memory"].append(asdict(mem))
             print(f"  memory run {rep + 1}: {mem}", flush=True)
             save(args, bench, r)
+
+
+async def measure_backend(args: argparse.Namespace, bench: scenarios.Bench, r: dict[str, Any]) -> None:
+    """The scenarios on moto S3, the simulator and the relay: end to end, drain, cluster drain."""
+    backend = await scenarios.start_backend(bench)
+    pg = pg_ref.PostgresReference(bench.fresh("postgresql")) if "cluster" in args.only else None
+    try:
+        if pg is not None:
+            await asyncio.to_thread(pg.start)
+        for rep in range(args.runs):
+            for rate, seconds in ((args.rate, args.seconds), (args.light_rate, args.light_seconds)):
+                if "e2e" not in args.only or rate <= 0:
+                    continue
+                e2e = await scenarios.end_to_end(bench, backend, rate, seconds)
+                r["e2e"].append({**asdict(e2e), "rate": rate, "seconds": seconds})
+                print(f"  end to end run {rep + 1} at {rate:g}/s: {e2e}", flush=True)
+                save(args, bench, r)
+            if "drain" in args.only or pg is not None:
+                d = await scenarios.drain(bench, backend, args.drain)
+                r["drain" if "drain" in args.only else "cluster"].append({**asdict(d), "rate": d.rate})
+                if "drain" in args.only and pg is not None:  # the cluster's reference: the same run
+                    r["cluster"].append({**asdict(d), "rate": d.rate})
+                print(f"  drain run {rep + 1}: {d.jobs} jobs in {d.seconds:.2f} s = {d.rate:.1f} jobs/s; "
+                      f"CPU ms per job {cpu_text([d.cpu_ms])}", flush=True)  # fmt: skip
+                save(args, bench, r)
+            for size in CLUSTER_SIZES if pg is not None else ():
+                assert pg is not None
+                d = await scenarios.cluster_drain(bench, backend, pg, args.drain, size)
+                r["cluster"].append({**asdict(d), "rate": d.rate})
+                print(f"  cluster drain run {rep + 1}, {size} instance(s): {d.jobs} jobs in {d.seconds:.2f} s "
+                      f"= {d.rate:.1f} jobs/s; CPU ms per job {cpu_text([d.cpu_ms])}; jobs per instance "
+                      f"{d.jobs_per_instance}, busy {[round(b, 2) for b in d.busy]}", flush=True)  # fmt: skip
+                save(args, bench, r)
+    finally:
+        try:
+            if pg is not None:
+                await asyncio.to_thread(pg.stop)
+        finally:
+            await scenarios.stop_backend(backend)
 
 
 async def guarded(work: Coroutine[Any, Any, None]) -> None:
@@ -164,7 +192,7 @@ def save(args: argparse.Namespace, bench: scenarios.Bench, r: dict[str, Any]) ->
 def merge(files: list[Path]) -> tuple[argparse.Namespace, dict[str, Any]]:
     """Figures saved by earlier runs (``--out``), put together: lists are joined, lags maxed."""
     merged: dict[str, Any] = {"intake": {}, "intake_cpu": {}, "e2e": [], "drain": [], "memory": [], "lags_ms": {},
-                              "fit": [], "office": []}  # fmt: skip
+                              "fit": [], "office": [], "cluster": []}  # fmt: skip
     settings: dict[str, Any] = {}
     for f in files:
         saved = json.loads(f.read_text())
@@ -175,7 +203,7 @@ def merge(files: list[Path]) -> tuple[argparse.Namespace, dict[str, Any]]:
                 into = merged[section].setdefault(sessions, {})
                 for k, values in row.items():
                     into.setdefault(k, []).extend(values)
-        for key in ("e2e", "drain", "memory", "fit", "office"):
+        for key in ("e2e", "drain", "memory", "fit", "office", "cluster"):
             merged[key].extend(r.get(key, []))
         for k, v in r.get("lags_ms", {}).items():
             if v >= merged["lags_ms"].get(k, 0.0):
@@ -200,6 +228,29 @@ def e2e_rows(runs: list[dict[str, Any]], conc: str, *, target: bool) -> list[str
         f"| {goal} ({got}/{offered} submitted) |",
         f"| CPU per end-to-end job (ms), {load} | {cpu_text([e['cpu_ms'] for e in runs])} | | | |",
     ]
+
+
+def cluster_rows(runs: list[dict[str, Any]], count: int) -> list[str]:
+    """The drain on SQLite (one instance) and on PostgreSQL (1 to 3 instances), each beside the SQLite figure."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for d in runs:
+        groups.setdefault((d.get("store", "sqlite"), d.get("instances", 1)), []).append(d)
+    base = median([d["rate"] for d in groups.get(("sqlite", 1), [])])
+    rows = []
+    for (store, size), got in sorted(groups.items(), key=lambda kv: (kv[0][0] != "sqlite", kv[0][1])):
+        rates, secs = [d["rate"] for d in got], [d["seconds"] for d in got]
+        where = "SQLite, one instance" if store == "sqlite" else f"PostgreSQL, {size} instance{'s' if size > 1 else ''}"
+        cpu = [d["cpu_ms"] for d in got]
+        gateway = median([c["gateway"] for c in cpu])
+        refs = ", ".join(f"{name} {median([c[name] for c in cpu]):.1f}" for name in cpu[0] if name != "gateway")
+        jobs = " / ".join(f"{median([d['jobs_per_instance'][i] for d in got]):.0f}" for i in range(size))
+        busy = " / ".join(f"{100 * median([d['busy'][i] for d in got]):.0f} %" for i in range(size))
+        ratio = "" if store == "sqlite" else f"{median(rates) / base:.2f} of SQLite's"
+        rows.append(f"| Drain of {count:,} jobs: {where} (jobs/s) | {spread(rates)} ({spread(secs, 2)} s); "
+                    f"gateway CPU {gateway:.1f} ms per job; jobs per instance {jobs}; busy {busy} | "
+                    f"{'' if store == 'sqlite' else 'SQLite, one instance ' + fmt(base) + ' jobs/s; '}"
+                    f"CPU ms per job: {refs} | {ratio} | |")  # fmt: skip
+    return rows
 
 
 def fit_rows(runs: list[dict[str, Any]]) -> list[str]:
@@ -294,6 +345,7 @@ def table(args: argparse.Namespace, r: dict[str, Any]) -> str:
         if pss:
             rows.append(f"| PSS, {args.sessions} sessions × 1 MiB document (MB; peak of the daemon's and workers' "
                         f"total, sampled every 50 ms; shared pages counted once) | {spread(pss)} | | | |")  # fmt: skip
+    rows += cluster_rows(r.get("cluster", []), args.drain)
     rows += fit_rows(r.get("fit", []))
     rows += office_rows(r.get("office", []))
     lags = {k: v for k, v in r["lags_ms"].items() if k != "reference"}
@@ -326,7 +378,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=0,
                    help="provider.concurrency for end to end and drain (default: the gateway's default)")  # fmt: skip
     p.add_argument("--only", nargs="+", default=["intake", "e2e", "drain", "memory", "fit", "office"],
-                   choices=["intake", "e2e", "drain", "memory", "fit", "office"])  # fmt: skip
+                   choices=["intake", "e2e", "drain", "cluster", "memory", "fit", "office"])  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny numbers: check the harness, not the gateway")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, configurations)")
     p.add_argument("--out", type=Path, help="also write the table and raw figures here (Markdown + JSON)")
@@ -359,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = prepare(root, args.concurrency, args.only)
         print(f"scratch directory {root}; {machine()}", flush=True)
         results: dict[str, Any] = {"intake": {}, "intake_cpu": {}, "e2e": [], "drain": [], "memory": [], "lags_ms": {},
-                                   "fit": [], "office": []}  # fmt: skip
+                                   "fit": [], "office": [], "cluster": []}  # fmt: skip
         try:
             asyncio.run(guarded(measure(args, bench, results)))
         except asyncio.CancelledError:

@@ -6,7 +6,12 @@
   offered at a fixed rate (open loop); latency from the end of DATA to the
   provider's request for that job (matched by the job id in the 250 reply).
 - drain: N mails spooled with delivery paused, then the gateway restarted with
-  delivery on; time from its readiness to the provider's request of the last job.
+  delivery on; time from its worker let go (the daemon ready) to the provider's
+  request of the last job.
+- cluster drain: the same on PostgreSQL (a private server, pg_ref.py) and the S3
+  bucket: N mails taken by one paused instance, then 1, 2 or 3 instances
+  started, their workers let go together; jobs/s, CPU per job of every process,
+  and each instance's share of the jobs and of the time it had one in hand.
 - memory: peak RSS of the gateway idle, then while S sessions each send a 1 MiB
   document (the bare aiosmtpd server is measured the same way, as reference).
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import signal
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -25,6 +31,7 @@ from typing import Any
 import client
 from harness import BenchError, Child, free_port, peak_pss_kb, peak_rss_kb, percentile, running, smtp_source
 from mailgen import RECIPIENT, SENDER
+from pg_ref import PostgresReference
 from postfix_ref import PostfixReference
 
 EMAIL = "bench@gateway.test"
@@ -79,8 +86,12 @@ def gateway_config(
     s3_port: int = 0,
     relay_port: int = 9,
     concurrency: int = 0,
+    instance: str = "",
 ) -> Path:
-    """A settings file for a benchmark gateway: loopback only, quotas off (the load is one sender)."""
+    """A settings file for a benchmark gateway: loopback only, quotas off (the load is one sender).
+
+    ``instance``: one of a cluster, on the PostgreSQL store of ``FAX_GATEWAY_STORE_DSN`` (the environment).
+    """
     storage = (
         f'backend = "s3"\nbucket = "{BUCKET}"\nendpoint_url = "http://127.0.0.1:{s3_port}"\nregion = "us-east-1"\n'
         if s3_port
@@ -116,13 +127,15 @@ public_url = "http://127.0.0.1:{http_port}"
 relay = "127.0.0.1:{relay_port}"
 from_address = "fax-gateway@bench.example"
 """
+    if instance:
+        text += f'\n[store]\nbackend = "postgresql"\n\n[cluster]\ninstance = "{instance}"\n'
     path = where / "gateway.toml"
     path.write_text(text)
     return path
 
 
-def gateway_child(bench: Bench, where: Path, config: Path) -> Child:
-    return Child("gateway", str(config), log=where / "gateway.log", env=bench.env())
+def gateway_child(bench: Bench, where: Path, config: Path, env: dict[str, str] | None = None) -> Child:
+    return Child("gateway", str(config), log=where / "gateway.log", env={**bench.env(), **(env or {})})
 
 
 def job_ids(spool: Path) -> list[str]:
@@ -256,16 +269,18 @@ def _create_bucket(port: int) -> None:
         s3.close()
 
 
-def backend_config(bench: Bench, where: Path, backend: Backend, *, smtp_port: int, paused: bool) -> Path:
+def backend_config(bench: Bench, where: Path, backend: Backend, *, smtp_port: int, paused: bool,
+                   http_port: int = 0, instance: str = "") -> Path:  # fmt: skip
     return gateway_config(
         where,
         smtp_port=smtp_port,
-        http_port=backend.http_port,
+        http_port=http_port or backend.http_port,
         paused=paused,
         provider_url=backend.sim_url,
         s3_port=backend.s3_port,
         relay_port=backend.relay_port,
         concurrency=bench.concurrency,
+        instance=instance,
     )
 
 
@@ -346,14 +361,45 @@ class Drain:
     seconds: float
     jobs: int
     cpu_ms: dict[str, float]  # CPU per job, by process
+    # Per instance (one here; 1 to 3 in a cluster drain): the jobs its worker took, and the share of the
+    # drain's time during which it had at least one job in hand (claimed, its outcome not yet recorded).
+    jobs_per_instance: list[int] = field(default_factory=list)
+    busy: list[float] = field(default_factory=list)
+    instances: int = 1
+    store: str = "sqlite"
 
     @property
     def rate(self) -> float:
         return self.jobs / self.seconds
 
 
+# A drain's gateways wait for SIGUSR2 before their worker's first look at the store, and report each job
+# they work on (benchmarks/procs.py).
+JOB_EVENTS = {"BENCH_JOB_EVENTS": "1"}
+
+
+def release(*gateways: Child) -> float:
+    """Let the ready gateways' workers go, at once; when."""
+    t = time.monotonic()
+    for gateway in gateways:
+        gateway.signal(signal.SIGUSR2)
+    return t
+
+
+def busy_share(gateway: Child, start: float, end: float) -> tuple[int, float]:
+    """The jobs ``gateway`` worked on, and the share of [start, end] in which it had at least one in hand."""
+    spans = sorted((max(e["start"], start), min(e["t"], end)) for e in gateway.events if e.get("event") == "job")
+    covered, reach = 0.0, start
+    for a, b in spans:
+        if b > reach:
+            covered += b - max(a, reach)
+            reach = b
+    return len(spans), covered / (end - start) if end > start else float("nan")
+
+
 async def drain(bench: Bench, backend: Backend, count: int) -> Drain:
-    """Seconds from the gateway's readiness to the provider's request of the last of ``count`` spooled jobs."""
+    """Seconds from the ready gateway's worker let go to the provider's request of the last of ``count`` spooled
+    jobs."""
     template = await spool_for_drain(bench, backend, count)
     where = bench.fresh("drain")
     await asyncio.to_thread(shutil.copytree, template, where / "spool")
@@ -361,11 +407,12 @@ async def drain(bench: Bench, backend: Backend, count: int) -> Drain:
     if len(wanted) != count:
         raise BenchError(f"drain: {len(wanted)} jobs spooled for {count} mails")
     config = backend_config(bench, where, backend, smtp_port=free_port(), paused=False)
-    gateway = gateway_child(bench, where, config)
+    gateway = gateway_child(bench, where, config, JOB_EVENTS)
     seen: dict[str, float] = {}
     scanned = len(backend.sim.requests)  # earlier runs used the same job ids: only new requests count
     async with running(gateway):
         cpu = backend.cpu(gateway)
+        released = release(gateway)
 
         def done() -> bool:
             nonlocal scanned
@@ -385,10 +432,82 @@ async def drain(bench: Bench, backend: Backend, count: int) -> Drain:
     shutil.rmtree(where / "spool", ignore_errors=True)
     if not seen:
         raise BenchError("drain: no spooled job reached the provider")
-    # The clock starts when the daemon is ready (its worker starts just before
-    # that, so the first request may come first: then it starts there).
-    start = min(float(gateway.ready["t"]), min(seen.values()))
-    return Drain(max(seen.values()) - start, len(seen), cpu)
+    # The clock starts when the ready daemon's worker is let go (start-up is not part of the drain).
+    end = max(seen.values())
+    jobs, busy = busy_share(gateway, released, end)
+    return Drain(end - released, len(seen), cpu, [jobs], [busy])
+
+
+# -- cluster drain ------------------------------------------------------------------
+
+
+async def spool_for_cluster(bench: Bench, backend: Backend, pg: PostgresReference, count: int) -> str:
+    """A new database holding ``count`` queued jobs, their mails and documents in the bucket, as one paused
+    instance's intake left them; its connection string (the gateways get it in their environment)."""
+    dsn = await asyncio.to_thread(pg.create)
+    try:
+        where = bench.fresh("cluster-spool")
+        smtp_port = free_port()
+        config = backend_config(bench, where, backend, smtp_port=smtp_port, paused=True, http_port=free_port(),
+                                instance="bench-intake")  # fmt: skip
+        paused = gateway_child(bench, where, config, {"FAX_GATEWAY_STORE_DSN": dsn})
+        async with running(paused):
+            await smtp_source(smtp_port, bench.mail, sessions=20, count=count)
+        bench.note_lag("intake", paused.done)
+    except BaseException:
+        await asyncio.to_thread(pg.drop, dsn)
+        raise
+    return dsn
+
+
+async def cluster_drain(bench: Bench, backend: Backend, pg: PostgresReference, count: int, instances: int) -> Drain:
+    """``instances`` gateways on one PostgreSQL database, on ``count`` queued jobs: seconds from the moment
+    their workers are let go together (each gateway ready) to the provider's request of the last job."""
+    dsn = await spool_for_cluster(bench, backend, pg, count)
+    env = {"FAX_GATEWAY_STORE_DSN": dsn, **JOB_EVENTS}
+    gateways = []
+    for i in range(1, instances + 1):
+        where = bench.fresh(f"cluster-{instances}-{i}")
+        # The simulator calls the first instance back; the receipts go to the shared store all the same.
+        config = backend_config(bench, where, backend, smtp_port=free_port(), paused=False, instance=f"bench-{i}",
+                                http_port=backend.http_port if i == 1 else free_port())  # fmt: skip
+        gateways.append(gateway_child(bench, where, config, env))
+    refs = {"PostgreSQL": pg.cpu, "moto S3": backend.moto.cpu, "simulator": backend.sim.cpu, "relay": backend.relay.cpu}
+    seen: dict[str, float] = {}
+    scanned = len(backend.sim.requests)  # only this run's requests count (its jobs are new ones)
+
+    def done() -> bool:
+        nonlocal scanned
+        requests = backend.sim.requests
+        for t, ref in requests[scanned:]:
+            seen.setdefault(ref, t)
+        scanned = len(requests)
+        return len(seen) >= count
+
+    try:
+        await asyncio.gather(*(g.start() for g in gateways))
+        gateway_before = [g.cpu() for g in gateways]
+        before = {name: cpu() for name, cpu in refs.items()}
+        released = release(*gateways)
+        try:
+            await backend.sim.wait_for(done, timeout=300.0)
+        except TimeoutError:
+            pass
+        used = sum(g.cpu() - b for g, b in zip(gateways, gateway_before, strict=True))
+        after = {name: cpu() for name, cpu in refs.items()}
+    finally:
+        await asyncio.gather(*(g.stop() for g in gateways))
+        await asyncio.to_thread(pg.drop, dsn)
+    for g in gateways:
+        bench.note_lag("cluster drain", g.done)
+    if not seen:
+        raise BenchError("cluster drain: no queued job reached the provider")
+    jobs = max(len(seen), 1)
+    cpu = {"gateway": used * 1000 / jobs, **{n: (after[n] - before[n]) * 1000 / jobs for n in refs}}
+    end = max(seen.values())
+    shares = [busy_share(g, released, end) for g in gateways]
+    return Drain(end - released, len(seen), cpu, [n for n, _ in shares], [b for _, b in shares], instances,
+                 "postgresql")  # fmt: skip
 
 
 # -- memory -----------------------------------------------------------------------

@@ -1,16 +1,21 @@
 """``fax-gateway migrate-store``: a SQLite site filled by the store's own code, moved to a real PostgreSQL server.
 
 Every command runs as a real subprocess. After the copy every table holds the
-same rows on both sides (the documents of open jobs put in moto's S3 on the
-way), the job commands print the same on both stores, and the refusals leave
-the database as it was: a daemon holding the spool, a database with rows, a
-SQLite schema of another version, split mails waiting for parts.
+same rows on both sides (the mails and documents of open jobs put in moto's S3
+on the way, as cluster intake puts them), the job commands print the same on
+both stores, and the refusals leave the database as it was: a daemon holding
+the spool, a database with rows, a SQLite schema of another version. A site
+taken by a real SQLite gateway and moved is served by a cluster gateway
+started afterwards: its open job delivered, the receipt mail attaching the
+document, its split mail completed by the part still to come.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from gateway.daemon.app import Gateway
 from gateway.settings import Secret
 from gateway.spool import FAX_NAME, RAW_NAME, Spool
 from gateway.store import (
@@ -37,10 +43,17 @@ from gateway.store import (
     new_id,
 )
 from gateway.store.base import SQLITE
+from tests.support_cluster import Cluster, mail_to, queued
 from tests.support_docs import pdf
+from tests.support_mail import split_mail
+from tests.support_net import free_port
 from tests.support_ops import add_job
 from tests.support_proc import Daemon
 from tests.support_s3 import S3
+from tests.support_settings import SettingsFactory
+from tests.support_simulator import SimFactory, provider_env, provider_table
+from tests.support_sink import Sink
+from tests.support_smtp import fax_mail
 
 TIMEOUT = 90
 
@@ -179,8 +192,15 @@ def test_every_row_is_copied_and_the_open_documents_stored(site: Site, s3: S3, p
         elif row[0] in open_messages:
             assert before["upload_key"] in keys  # the recorded key, in the bucket now
         assert after == before
-    assert len(keys) == len(open_messages)
-    assert s3.client.get_object(Bucket="fax-documents", Key=sorted(keys)[0])["Body"].read().startswith(b"%PDF-")
+    # Each open message as cluster intake leaves it: its raw mail naming its document, the document.
+    documents = {by_id[m]["upload_key"] for m in open_messages}
+    assert keys == documents | {f"fax/mail/{m}/message.eml" for m in open_messages}
+    for m in open_messages:
+        head = s3.client.head_object(Bucket="fax-documents", Key=f"fax/mail/{m}/message.eml")
+        assert head["Metadata"] == {"fax-document": by_id[m]["upload_key"]}
+        body = s3.client.get_object(Bucket="fax-documents", Key=by_id[m]["upload_key"])["Body"].read()
+        assert body.startswith(b"%PDF-")
+    assert f"{len(open_messages)} fax documents and {len(open_messages)} mails stored" in done.stdout, done.stdout
     # The ids go on from the copied ones.
     target = Store(PostgreSQL(Secret(site.dsn)))
     try:
@@ -287,22 +307,10 @@ def test_an_older_sqlite_store_is_brought_up_to_date_first(tmp_path: Path, postg
     assert done.returncode == 1 and "newer than this fax-gateway knows" in done.stderr
 
 
-def test_refused_while_a_split_mail_waits_for_parts(site: Site) -> None:
-    store = Store(Spool(site.spool).db_path)
-    try:
-        store.add_partial_part(NewPart("scan@example.com", "set-2", 1, 3, new_id(), ["+33145678900"], size=10))
-    finally:
-        store.close()
-    done = site.migrate()
-    assert done.returncode == 1 and "1 split mail(s) still wait for parts" in done.stderr
-    assert "documents.partial_window_seconds" in done.stderr
-
-
 def test_a_settings_file_on_sqlite_is_a_usage_error(site: Site, s3: S3, tmp_path: Path) -> None:
     config = _write_config(tmp_path / "single.toml", site.spool, s3, backend="sqlite")
     done = site.run("migrate-store", "--config", str(config))
     assert done.returncode == 2 and 'set store.backend = "postgresql"' in done.stderr
-
 
 
 def test_send_spools_into_the_postgresql_store(site: Site) -> None:
@@ -324,3 +332,52 @@ def test_a_database_that_does_not_answer_is_named_without_its_password(site: Sit
     done = site.migrate()
     assert done.returncode == 1 and "cannot connect" in done.stderr and "PostgreSQL database 'gw_test_" in done.stderr
     assert "not-the-right-one-42" not in done.stdout + done.stderr and site.dsn not in done.stdout + done.stderr
+
+
+SECRET = "moved-site-callback-secret-01"
+PART_KEPT = re.compile(r"250 2\.0\.0 OK: part 1 of 2 of message scan-7@printer\.example\.com kept")
+
+
+async def test_a_moved_site_is_served_by_a_cluster_gateway(
+    tmp_path: Path, make_settings: SettingsFactory, cluster: Cluster, sim_factory: SimFactory, sink: Sink, s3: S3,
+    postgres_dsn: str,
+) -> None:  # fmt: skip
+    # The SQLite site: a mail and the first part of a split scan, taken by a real gateway with delivery paused
+    # and documents stored locally, so that its files are in its spool only.
+    old = Gateway(make_settings({"delivery": {"paused": True}}))
+    await old.start()
+    try:
+        [job_id] = queued(await asyncio.to_thread(mail_to, old.smtp.port, to="0145678900@fax.local"))
+        scan = fax_mail("alice@example.com", "0145678901@fax.local", message_id="<scan-7@printer.example.com>",
+                        subject="Scan from the copier")  # fmt: skip
+        parts = split_mail(scan, 2, set_id="scan-7@printer.example.com", to="0145678901@fax.local")
+        code, text = await asyncio.to_thread(mail_to, old.smtp.port, to="0145678901@fax.local", raw=parts[0])
+        assert code == 250 and PART_KEPT.match(f"{code} {text}"), text
+    finally:
+        await old.stop()
+    site = Site(tmp_path / "spool", _write_config(tmp_path / "cluster.toml", tmp_path / "spool", s3), postgres_dsn,
+                {}, set())  # fmt: skip
+    done = site.migrate()
+    assert done.returncode == 0, done.stderr
+    assert "1 fax documents and 2 mails stored (of which 1 parts of split mails waiting for others)" in done.stdout
+    # A cluster gateway started afterwards, on no file of the old spool: it delivers the open job, and the
+    # receipt mail it sends attaches the document read from the bucket.
+    sim = await sim_factory()
+    port = free_port()
+    sim.callback_url = f"http://127.0.0.1:{port}/receipt/{SECRET}"
+    table = {**provider_table(sim), "storage": {"keep_days": 1},
+             "http": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"},
+             "notify": {"relay": f"127.0.0.1:{sink.port}", "attach_document": True}}  # fmt: skip
+    gw = await cluster.start("b", table, {**provider_env(), "FAX_GATEWAY_CALLBACK_SECRET": SECRET})
+    [request] = await sim.wait_requests(1, timeout=30)
+    assert request.params["ref"] == job_id
+    [got] = await sink.wait_for(1, timeout=30)
+    [attachment] = list(got.message.iter_attachments())
+    assert attachment.get_content_type() == "application/pdf" and attachment.get_content().startswith(b"%PDF-")
+    job = await gw.store.run(lambda s: s.get_job(job_id))
+    assert job is not None and job.state == State.DELIVERED
+    # The split scan waited through the move: its second part, sent to the cluster gateway, makes it whole.
+    [whole_id] = queued(await asyncio.to_thread(mail_to, gw.smtp.port, to="0145678901@fax.local", raw=parts[1]))
+    requests = await sim.wait_requests(2, timeout=30)
+    assert [r.params["ref"] for r in requests] == [job_id, whole_id]
+    assert requests[1].params["fax"].endswith("145678901")

@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "migrate-store", help="copy this site's SQLite job store into the PostgreSQL store the settings name",
         description="Copy the SQLite job store of spool.directory into the PostgreSQL database of"
-        " FAX_GATEWAY_STORE_DSN (read from the environment only), and put the documents of jobs not final yet"
-        " in the S3 bucket. The service must be stopped; the database must be empty.",
+        " FAX_GATEWAY_STORE_DSN (read from the environment only), and put in the S3 bucket, as cluster intake"
+        " does, the mails and documents the store still needs (jobs not final, notices not sent, split mails"
+        " waiting for parts). The service must be stopped; the database must be empty.",
     )  # fmt: skip
     p.add_argument("--config", "-c", required=True, help='settings file with store.backend = "postgresql" (TOML)')
     p.add_argument("--json", action="store_true", help="print JSON for scripts")

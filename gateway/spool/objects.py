@@ -157,16 +157,23 @@ class ObjectSpool(Spool):
         except BotoCoreError as exc:
             raise StorageUnavailable(s3_reason(action, exc)) from None
 
-    def keep(self, message_id: str, files: Mapping[str, bytes]) -> str:
-        """Put ``files`` in the bucket; the fax document's key (``""`` without one). All or nothing."""
-        document = ""
+    def keep(self, message_id: str, files: Mapping[str, bytes], *, document: str = "") -> str:
+        """Put ``files`` in the bucket; the fax document's key (``""`` without one). All or nothing.
+
+        ``document``: the key the store records for the message's fax document already (migrate-store
+        moving a site): the document, if given in ``files``, is put there, and the raw mail names that key
+        even when the document is not given (it is in the bucket already). A failure removes what this call
+        put, but never an object under a given key (it may have been there before).
+        """
         written: list[str] = []
         try:
             if FAX_NAME in files:
-                document = document_key(self.storage.prefix)
+                given = bool(document)
+                document = document or document_key(self.storage.prefix)
                 data = files[FAX_NAME]
                 self._put(document, data, content_type(data), {}, disposition="attachment")
-                written.append(document)
+                if not given:
+                    written.append(document)
             for name, body in files.items():
                 if name == FAX_NAME:
                     continue

@@ -5,6 +5,9 @@ In: where the store is: the path of a SQLite file (beside the spool files), or
 connection with the schema migrated (:mod:`gateway.store.schema`) and
 :meth:`Connection.transaction`; ``self.db`` runs the queries of the modules
 beside this one (jobs, receipts, outbox, reports, links) on either backend.
+For migrate-store (:mod:`gateway.store.copy`) alone: :meth:`Connection.insert_rows`,
+a table's rows inserted in bulk as they are, and :func:`stored_schema_version`,
+a PostgreSQL store's version read without creating or migrating anything.
 
 The queries are written once, in the SQL both engines speak: ``?`` placeholders
 (turned into psycopg's ``%s`` here), ``INSERT ... ON CONFLICT DO NOTHING``,
@@ -34,9 +37,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +100,10 @@ WAKE_JOBS, WAKE_NOTICES, WAKE_RECEIPTS = "jobs", "notices", "receipts"
 
 # The key of the advisory lock the migrations run under (any constant the gateway alone uses).
 _MIGRATION_LOCK = 0x6661782D67770001
+# A table or column name a statement is built with (Connection.insert_rows).
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+# Rows sent in one executemany (insert_rows; pipeline mode on PostgreSQL).
+_BATCH = 500
 
 
 def location(settings: StoreSettings, sqlite_path: Path) -> Location:
@@ -205,6 +213,15 @@ def _connect_postgres(where: PostgreSQL) -> psycopg.Connection[PgRow]:
     except psycopg.Error as exc:
         why = " ".join(redact(str(exc), _hidden(where)).split())  # one line: libpq adds a tab-indented hint
         raise StoreUnreachable(f"{where}: cannot connect: {why}") from None
+
+
+def stored_schema_version(where: PostgreSQL) -> int:
+    """The schema version of the PostgreSQL store at ``where`` (0: no tables yet), nothing created or migrated:
+    for check-config, which must not change a store. Raises StoreUnreachable as opening it would."""
+    with _connect_postgres(where) as conn:
+        found = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        row = conn.execute("SELECT version FROM schema_version").fetchone() if found and found[0] else None
+    return int(row[0]) if row is not None else 0
 
 
 def lock_key(what: str) -> int:
@@ -341,6 +358,39 @@ class Connection:
             self._sqlite.execute("ROLLBACK")
             raise
         self._sqlite.execute("COMMIT")
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+        """Insert ``rows`` (values in ``columns``' order) into ``table`` as they are, in batches; how many.
+
+        The bulk copy of :mod:`gateway.store.copy`, which moves every table's rows verbatim into an
+        empty store (migrate-store) and decides nothing about them. Every other write goes through the
+        named method of the table's own module (tests/test_layout.py lets no other module call this).
+        In one transaction (the caller's, when one is open).
+        """
+        for name in (table, *columns):
+            if not _NAME.match(name):
+                raise schema.StoreError(f"unexpected table or column name {name!r}")
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        count = 0
+        with self.transaction():
+            batch: list[Sequence[Any]] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= _BATCH:
+                    count += self._insert_batch(sql, batch)
+                    batch = []
+            if batch:
+                count += self._insert_batch(sql, batch)
+        return count
+
+    def _insert_batch(self, sql: str, batch: list[Sequence[Any]]) -> int:
+        if self._pg is not None:
+            with self._pg.cursor() as cursor:
+                cursor.executemany(_pg_sql(sql), batch)
+        else:
+            assert self._sqlite is not None
+            self._sqlite.executemany(sql, batch)
+        return len(batch)
 
     def announce(self, what: str) -> None:
         """Tell every gateway on the same database that ``what`` (:data:`WAKE_JOBS` ...) has work now.

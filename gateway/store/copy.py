@@ -9,12 +9,21 @@ target inside that transaction.
 
 The copy is generic: the tables and their columns are read from the two
 catalogues (they must match, which they do at the same schema version), and
-the tables are filled in the order their foreign keys need. The SQLite file
-is held with ``BEGIN IMMEDIATE`` from :meth:`SQLiteSource.open` to its close,
-so the rows read are one snapshot and no writer changes them meanwhile; the
-target tables are locked against writers for the whole copy, and refused when
-they hold any row. This is the one module that speaks to both engines at once,
-so it names their catalogues (``sqlite_master``, ``information_schema``) itself.
+the tables are filled in the order their foreign keys need, each through
+:meth:`Connection.insert_rows`. It copies rows verbatim and decides nothing
+about them, so it is the one writer of every table besides the table's own
+module (the ``notifications`` table's is :mod:`gateway.store.outbox`;
+tests/test_layout.py names this exception). The SQLite file is held with
+``BEGIN IMMEDIATE`` from :meth:`SQLiteSource.open` to its close, so the rows
+read are one snapshot and no writer changes them meanwhile; the target tables
+are locked against writers for the whole copy, and refused when they hold any
+row. This is the one module that speaks to both engines at once, so it names
+their catalogues (``sqlite_master``, ``information_schema``) itself.
+
+What a moved site's instances must find in the bucket (the cluster layout of
+:mod:`gateway.spool.objects`) is read here too: :meth:`SQLiteSource.open_messages`,
+the messages a job or a notice still needs, and :meth:`SQLiteSource.waiting_parts`,
+the kept parts of split mails not whole yet.
 
 :func:`describe` says what a store is without changing it (check-config):
 reachable or not, and its schema version against this code's.
@@ -29,26 +38,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import psycopg.conninfo
 
-from gateway.store.base import Connection, Location, PostgreSQL, _connect_postgres
+from gateway.store.base import Connection, Database, Location, PostgreSQL, stored_schema_version
+from gateway.store.outbox import NoticeState
 from gateway.store.schema import SCHEMA_VERSION, StoreError
 from gateway.store.states import FINAL_STATES
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-# Rows sent to PostgreSQL in one batch (executemany in pipeline mode).
+# Rows read from SQLite at a time.
 _BATCH = 500
+# A notice in these states is still to be sent: the notifier may read its message's document.
+_UNSENT = (NoticeState.NEW, NoticeState.PENDING)
 
 
 @dataclass(frozen=True)
-class OpenDocument:
-    """The document of a message that has a job not final yet, as the store records its upload."""
+class OpenMessage:
+    """A message the moved site still needs (a job not final, or a notice not sent), and its document's upload
+    as the store records it."""
 
     message_id: str
     upload_key: str
     uploaded_at: float
     object_deleted_at: float
+    open_job: bool  # a job of it is not final (else only a notice is still to be sent)
 
     @property
     def stored(self) -> bool:
@@ -115,38 +128,39 @@ class SQLiteSource:
         )
         return {str(state): int(n) for state, n in rows}
 
-    def open_documents(self) -> list[OpenDocument]:
-        """The documents of the messages that have a job not in a final state."""
-        marks = ", ".join("?" for _ in FINAL_STATES)
+    def open_messages(self) -> list[OpenMessage]:
+        """The messages that have a job not in a final state, or a job with a notice not sent yet."""
+        finals, unsent = ", ".join("?" for _ in FINAL_STATES), ", ".join("?" for _ in _UNSENT)
+        open_job = f"EXISTS (SELECT 1 FROM jobs j WHERE j.message_id = m.id AND j.state NOT IN ({finals}))"
         rows = self._db.execute(
-            "SELECT m.id, m.upload_key, m.uploaded_at, m.object_deleted_at FROM messages m WHERE EXISTS"
-            f" (SELECT 1 FROM jobs j WHERE j.message_id = m.id AND j.state NOT IN ({marks})) ORDER BY m.id",
-            [str(s) for s in FINAL_STATES],
+            f"SELECT m.id, m.upload_key, m.uploaded_at, m.object_deleted_at, {open_job} FROM messages m"
+            f" WHERE {open_job} OR EXISTS (SELECT 1 FROM jobs j JOIN notifications n ON n.job_id = j.id"
+            f" WHERE j.message_id = m.id AND n.state IN ({unsent})) ORDER BY m.id",
+            [*(str(s) for s in FINAL_STATES), *(str(s) for s in FINAL_STATES), *(str(s) for s in _UNSENT)],
         )
-        return [OpenDocument(str(r[0]), str(r[1]), float(r[2]), float(r[3])) for r in rows]
+        return [OpenMessage(str(r[0]), str(r[1]), float(r[2]), float(r[3]), bool(r[4])) for r in rows]
 
-    def count_open_partial_sets(self) -> int:
-        """Split mails still waiting for parts: their parts' raw mails are in this spool only."""
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM (SELECT DISTINCT sender, set_id FROM partial_parts WHERE done_at = 0)"
-        ).fetchone()
-        return int(row[0])
+    def waiting_parts(self) -> list[str]:
+        """The spool ids of the kept parts of split mails still waiting for others (their sets not done)."""
+        rows = self._db.execute(
+            "SELECT spool_id FROM partial_parts WHERE done_at = 0 AND spool_id != '' ORDER BY spool_id"
+        )
+        return [str(r[0]) for r in rows]
 
 
-def _pg(target: Connection) -> psycopg.Connection[Any]:
-    conn = target._pg
-    if conn is None:
+def _postgres(target: Connection) -> Database:
+    if not target.shared:
         raise StoreError(f"{target.where}: not a PostgreSQL store")
-    return conn
+    return target.db
 
 
-def _count(conn: psycopg.Connection[Any], table: str) -> int:
-    row = conn.execute(f"SELECT COUNT(*) FROM {_checked(table)}").fetchone()
+def _count(db: Database, table: str) -> int:
+    row = db.execute(f"SELECT COUNT(*) FROM {_checked(table)}").fetchone()
     return int(row[0]) if row is not None else 0
 
 
-def _pg_tables(conn: psycopg.Connection[Any]) -> dict[str, list[str]]:
-    rows = conn.execute(
+def _pg_tables(db: Database) -> dict[str, list[str]]:
+    rows = db.execute(
         "SELECT c.table_name, c.column_name FROM information_schema.columns c"
         " JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name"
         " WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE'"
@@ -160,13 +174,13 @@ def _pg_tables(conn: psycopg.Connection[Any]) -> dict[str, list[str]]:
 
 def target_rows(target: Connection) -> dict[str, int]:
     """The rows each table of a PostgreSQL store holds (only the non-empty tables)."""
-    conn = _pg(target)
-    counts = {t: _count(conn, t) for t in _pg_tables(conn)}
+    db = _postgres(target)
+    counts = {t: _count(db, t) for t in _pg_tables(db)}
     return {t: n for t, n in counts.items() if n}
 
 
-def _identity_columns(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
-    rows = conn.execute(
+def _identity_columns(db: Database) -> list[tuple[str, str]]:
+    rows = db.execute(
         "SELECT table_name, column_name FROM information_schema.columns"
         " WHERE table_schema = current_schema() AND is_identity = 'YES' ORDER BY table_name"
     )
@@ -183,40 +197,35 @@ def copy_rows(
     of a document done on the way). Raises :class:`StoreError` when the target
     holds a row, or when the two schemas differ; nothing is written then.
     """
-    conn = _pg(target)
+    _postgres(target)
     tables = source.tables()
     wanted = {t: source.columns(t) for t in tables}
-    with conn.transaction():
-        have = _pg_tables(conn)
+    with target.transaction() as db:
+        have = _pg_tables(db)
         if set(have) != set(wanted) or any(set(have[t]) != set(wanted[t]) for t in tables):
             raise StoreError(f"{target.where}: its tables differ from those of {source.path}")
         # No instance writes while the rows go in, and none wrote before (checked under the lock).
-        conn.execute(f"LOCK TABLE {', '.join(tables)} IN SHARE ROW EXCLUSIVE MODE")
+        db.execute(f"LOCK TABLE {', '.join(tables)} IN SHARE ROW EXCLUSIVE MODE")
         for table in tables:
-            if conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:
+            if db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:
                 raise StoreError(f"{target.where}: table {table} is not empty")
         for table in tables:
             columns = wanted[table]
             edits = (changes or {}).get(table, {})
-            sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('%s' for _ in columns)})"
-            batch: list[tuple[Any, ...]] = []
-            with conn.cursor() as cursor:
-                for row in source.rows(table, columns):
+
+            def edited(rows: Iterator[tuple[Any, ...]], columns: list[str] = columns,
+                       edits: Mapping[str, Mapping[str, Any]] = edits) -> Iterator[tuple[Any, ...]]:  # fmt: skip
+                for row in rows:
                     edit = edits.get(row[0])
-                    if edit:
-                        row = tuple(edit.get(name, value) for name, value in zip(columns, row, strict=True))
-                    batch.append(row)
-                    if len(batch) >= _BATCH:
-                        cursor.executemany(sql, batch)
-                        batch.clear()
-                if batch:
-                    cursor.executemany(sql, batch)
-        for table, column in _identity_columns(conn):
-            conn.execute(
-                f"SELECT setval(pg_get_serial_sequence(%s, %s), COALESCE(MAX({column}), 0) + 1, false) FROM {table}",
+                    yield tuple(edit.get(n, v) for n, v in zip(columns, row, strict=True)) if edit else row
+
+            target.insert_rows(table, columns, edited(source.rows(table, columns)))
+        for table, column in _identity_columns(db):
+            db.execute(
+                f"SELECT setval(pg_get_serial_sequence(?, ?), COALESCE(MAX({column}), 0) + 1, false) FROM {table}",
                 (table, column),
             )
-        counts = {t: _count(conn, t) for t in tables}
+        counts = {t: _count(db, t) for t in tables}
         expected = {t: source.count(t) for t in tables}
         if counts != expected:
             raise StoreError(f"{target.where}: the rows copied ({counts}) are not those read ({expected})")
@@ -238,10 +247,7 @@ def describe(where: Location) -> str:
     answer, is not (the error never holds the connection string).
     """
     if isinstance(where, PostgreSQL):
-        with _connect_postgres(where) as conn:
-            found = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
-            row = conn.execute("SELECT version FROM schema_version").fetchone() if found and found[0] else None
-        version = int(row[0]) if row is not None else 0
+        version = stored_schema_version(where)
     else:
         path = Path(where)
         if not path.exists():

@@ -2,8 +2,9 @@
 
 It records every message it accepts, lets a test await "n messages
 received", can be taken down (nothing listens: connection refused) and
-brought back on the same port, can refuse chosen recipients with a 5xx or
-answer 4xx to every recipient, and can require AUTH and offer STARTTLS.
+brought back on the same port, can refuse chosen recipients with a 5xx or a
+4xx or answer 4xx to every recipient, can drop a connection once after its
+k-th mail, and can require AUTH and offer STARTTLS.
 
 A test asks for the ``sink`` fixture (a plugin of ``tests/conftest.py``: never imported).
 """
@@ -43,6 +44,9 @@ class Sink:
         self.messages: list[Received] = []
         self.refused: set[str] = set()  # recipients answered 550 5.1.1
         self.tempfail = False  # every recipient answered 451 4.3.0
+        self.deferred: set[str] = set()  # recipients answered 451 4.2.0
+        self.drop_after = 0  # when set, the next connection to carry that many mails is closed after the last 250
+        self._carried: dict[int, int] = {}  # mails per connection (by id of its SMTP instance)
         self.users: dict[str, str] = {}  # AUTH required when set
         self.tls_context: ssl.SSLContext | None = None
         self.port = 0
@@ -64,6 +68,8 @@ class Sink:
             return "451 4.3.0 Try again later"
         if address.lower() in self.refused:
             return "550 5.1.1 No such user here"
+        if address.lower() in self.deferred:
+            return "451 4.2.0 Mailbox busy, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -76,6 +82,10 @@ class Sink:
             )  # fmt: skip
         )
         self._changed.set()
+        carried = self._carried[id(server)] = self._carried.get(id(server), 0) + 1
+        if self.drop_after and carried >= self.drop_after and server.transport is not None:
+            self.drop_after = 0  # once: the 250 is written first, then the connection closes
+            asyncio.get_running_loop().call_soon(server.transport.close)
         return "250 2.0.0 OK: queued"
 
     def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,

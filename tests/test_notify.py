@@ -354,3 +354,59 @@ async def test_a_relay_failure_is_said_in_words(make_rig: RigFactory, sink: Sink
     (row,) = await notice_rows(rig)
     assert row["last_error"].startswith("could not connect to the relay (")
     assert not re.search(r"\b\w+(Error|Exception)\b", row["last_error"]), row["last_error"]
+
+
+async def failed_jobs(rig: ReceiptRig, senders: list[str]) -> list[str]:
+    """One failed job per sender, each with its notice queued; their ids in that order."""
+    ids = []
+    for sender in senders:
+        job = await rig.add_job(state=State.FAILED, envelope_from=sender, header_from=sender)
+        await rig.store.run(lambda s, j=job.id: s.queue_notice(j, "failed", "the provider refused the number"))
+        ids.append(job.id)
+    return ids
+
+
+SENDERS = [f"user{i}@example.com" for i in range(5)]
+
+
+async def test_the_notices_due_together_share_one_connection(make_rig: RigFactory, sink: Sink) -> None:
+    rig = await make_rig()
+    jobs = await failed_jobs(rig, SENDERS)
+    assert await rig.notifier.drain() == 5
+    assert sink.connections == 1
+    assert [m.rcpt_tos for m in await sink.wait_for(5)] == [[s] for s in SENDERS]
+    assert [m.message["X-Fax-Job"] for m in sink.messages] == jobs
+    assert {(r["state"], r["attempts"]) for r in await notice_rows(rig)} == {("sent", 1)}
+
+
+async def test_a_refused_recipient_fails_or_waits_alone_on_the_shared_connection(make_rig: RigFactory,
+                                                                                 sink: Sink) -> None:  # fmt: skip
+    rig = await make_rig(min_backoff_seconds=60, max_backoff_seconds=600)
+    sink.refused.add(SENDERS[1])
+    sink.deferred.add(SENDERS[3])
+    await failed_jobs(rig, SENDERS)
+    assert await rig.notifier.drain() == 3
+    assert sink.connections == 1
+    assert [m.rcpt_tos for m in await sink.wait_for(3)] == [[SENDERS[0]], [SENDERS[2]], [SENDERS[4]]]
+    rows = await notice_rows(rig)
+    assert [r["state"] for r in rows] == ["sent", "failed", "sent", "pending", "sent"]
+    assert "550 5.1.1" in rows[1]["last_error"] and "451 4.2.0" in rows[3]["last_error"]
+    sink.deferred.clear()
+    assert await rig.notifier.drain() == 0  # not due yet
+    rig.clock.advance(61)
+    assert await rig.notifier.drain() == 1
+    assert (await sink.wait_for(4))[3].rcpt_tos == [SENDERS[3]]
+    assert [r["state"] for r in await notice_rows(rig)] == ["sent", "failed", "sent", "sent", "sent"]
+
+
+async def test_a_connection_dropped_mid_batch_leaves_the_rest_due_for_a_fresh_one(make_rig: RigFactory,
+                                                                                  sink: Sink) -> None:  # fmt: skip
+    rig = await make_rig(min_backoff_seconds=60, max_backoff_seconds=600)
+    sink.drop_after = 2
+    await failed_jobs(rig, SENDERS)
+    assert await rig.notifier.drain() == 5  # two on the first connection, the other three on the next
+    assert sink.connections == 2
+    assert [m.rcpt_tos for m in await sink.wait_for(5)] == [[s] for s in SENDERS]
+    rows = await notice_rows(rig)
+    assert [(r["state"], r["attempts"], r["last_error"]) for r in rows] == [("sent", 1, "")] * 5
+    assert await rig.notifier.drain() == 0 and len(sink.messages) == 5  # each once

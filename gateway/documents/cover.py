@@ -17,17 +17,17 @@ from __future__ import annotations
 import email.utils
 import html.parser
 import re
-from dataclasses import dataclass
 from email.message import Message
 
 from gateway import dates
 from gateway.documents import mime, textpages
+from gateway.documents.outcomes import KEYWORD as KEYWORD
+from gateway.documents.outcomes import Envelope as Envelope
+from gateway.documents.outcomes import without_keywords as without_keywords
 from gateway.documents.textpages import Line
 from gateway.settings import DocumentSettings
 from gateway.text import clean, display
 
-# Subject keywords: [cover] and [nocover], any case, with the spaces around them.
-KEYWORD = re.compile(r"\s*\[(no)?cover\]\s*", re.IGNORECASE)
 # Where a quoted reply starts: "On ... wrote:", "Le ... a écrit :", Outlook's separator and header block.
 _QUOTE_START = re.compile(
     r"^(On .{0,200} wrote:|Le .{0,200} a écrit\s?:|-{2,}\s*(Original Message|Message d'origine)\s*-{2,}"
@@ -42,24 +42,10 @@ WORDS = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """What the examination knows of a mail beyond its bytes (given by SMTP intake)."""
-
-    numbers: tuple[str, ...] = ()
-    received: float = 0.0  # Unix time
-    language: str = "en"
-    timezone: str = ""
-
-
 def keyword(subject: str) -> bool | None:
     """True for ``[cover]``, False for ``[nocover]`` (the last one wins), None for neither."""
     found = [m[1] for m in KEYWORD.finditer(subject)]
     return None if not found else found[-1] is None
-
-
-def without_keywords(subject: str) -> str:
-    return KEYWORD.sub(" ", subject).strip()
 
 
 def wanted(settings: DocumentSettings, subject: str, body: str) -> bool:

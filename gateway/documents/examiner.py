@@ -1,8 +1,8 @@
 """Examination of a message's documents, away from the daemon's event loop and GIL.
 
 In: the raw bytes of a message and the client's address. Out: its
-:class:`~gateway.documents.policy.Extraction` and :class:`Headers`, or
-:class:`~gateway.documents.policy.DocumentRefused` (the reply that tells the
+:class:`~gateway.documents.outcomes.Extraction` and :class:`Headers`, or
+:class:`~gateway.documents.outcomes.DocumentRefused` (the reply that tells the
 sender what to change), or :class:`Busy` (no worker, or no LibreOffice
 conversion slot, free within ``documents.queue_seconds``: intake's 451, the client retries). Any other
 exception is our fault: SMTP intake answers 451 4.3.0 and the client retries.
@@ -13,7 +13,9 @@ Where the work runs (``documents.processes``):
   parse, libmagic and pikepdf then share the daemon's GIL with the SMTP sessions.
 - N > 0: in worker processes forked by a forkserver (never a plain fork of the
   threaded daemon) that has this module and the document checks already
-  imported, each examining one message at a time. ``start()`` returns once N
+  imported (the daemon itself never imports the checks: what it sends and gets
+  back is defined in :mod:`gateway.documents.outcomes`), each examining one
+  message at a time. ``start()`` returns once N
   are up; under load the pool grows to ``documents.processes_max`` (a worker
   above N ends once no message waits for it); a message waits for a worker
   at most ``documents.queue_seconds``. ``stop()`` lets in-flight examinations
@@ -64,11 +66,9 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from gateway import replies
-from gateway.documents import policy
-from gateway.documents.cover import Envelope
 from gateway.documents.headers import Headers, read_headers
-from gateway.documents.office import Busy as Busy  # re-exported: intake catches it from here
-from gateway.documents.policy import DocumentRefused, Extraction
+from gateway.documents.outcomes import Busy as Busy  # re-exported: intake catches it from here
+from gateway.documents.outcomes import DocumentRefused, Envelope, Extraction
 from gateway.settings import DocumentSettings
 
 log = logging.getLogger("gateway.smtp")
@@ -81,6 +81,8 @@ MAX_OFFENDERS = 10_000
 
 def examine(raw: bytes, settings: DocumentSettings, envelope: Envelope | None = None) -> tuple[Extraction, Headers]:
     """Blocking: the whole examination of one message (in a thread or a worker process)."""
+    from gateway.documents import policy  # local: the checks load in the workers (the forkserver's preload)
+
     return policy.extract(raw, settings, envelope), read_headers(raw)
 
 
@@ -321,7 +323,7 @@ class Examiner:
         """Blocking: fork a worker from the forkserver and wait for it to answer."""
         context = multiprocessing.get_context("forkserver")
         # Imported once in the forkserver: each worker forked from it starts with the checks loaded.
-        context.set_forkserver_preload([__name__])
+        context.set_forkserver_preload([__name__, "gateway.documents.policy"])
         mine, theirs = context.Pipe()
         process = context.Process(target=_serve, args=(theirs, self.settings.worker_memory_bytes), daemon=True)
         process.start()

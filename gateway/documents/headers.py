@@ -16,7 +16,7 @@ import email.policy
 import re
 from dataclasses import dataclass
 
-from gateway.documents.cover import without_keywords
+from gateway.documents.outcomes import without_keywords
 from gateway.text import clean, display
 
 

@@ -54,6 +54,7 @@ import pikepdf
 
 from gateway.documents import cfb
 from gateway.documents.formats import Unfit
+from gateway.documents.outcomes import Busy as Busy
 from gateway.settings import DocumentSettings
 
 log = logging.getLogger("gateway.documents")
@@ -124,8 +125,6 @@ def write_profile(profile: Path) -> Path:
     return settings
 
 
-class Busy(Exception):
-    """No worker, or no conversion slot, was free in time: intake answers 451 and the client retries."""
 
 
 def program(settings: DocumentSettings) -> str | None:

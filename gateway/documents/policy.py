@@ -28,7 +28,6 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
-from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any
 
@@ -38,38 +37,10 @@ from gateway import replies
 from gateway.documents import bounds, cover, fit, formats, mime, office, textpages
 from gateway.documents.cover import Envelope
 from gateway.documents.formats import Document, Unfit
-from gateway.replies import Answer
+from gateway.documents.outcomes import DocumentRefused as DocumentRefused
+from gateway.documents.outcomes import Extraction as Extraction
 from gateway.settings import DocumentSettings
 from gateway.text import display
-
-
-@dataclass(frozen=True)
-class Extraction:
-    document: bytes
-    doc_type: str
-    pages: int
-    # What went in, in order: {"name", "type", "pages", "bytes"}.
-    documents: list[dict[str, Any]] = field(default_factory=list)
-    # What was left out (unsupported = "skip"): {"name", "type", "reason"}.
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-
-
-class DocumentRefused(Exception):
-    """The message cannot be faxed; ``reply`` is the SMTP answer, ``reason`` the policy reason.
-
-    Reasons: no-document, type, empty, encoding, corrupt, encrypted, limits, too-big.
-    ``str()`` of the exception is the reply line.
-    """
-
-    def __init__(self, reply: Answer, reason: str) -> None:
-        super().__init__(str(reply))
-        self.reply = reply
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[type[DocumentRefused], tuple[Answer, str]]:
-        # Raised in a worker process and pickled back: rebuilt from both arguments (``args`` has one).
-        return DocumentRefused, (self.reply, self.reason)
-
 
 # Policy reason -> the reply that explains it.
 REASON_REPLIES = {

@@ -23,6 +23,13 @@ it goes), and the others pass them over, so each mail goes out once. A claim
 left by a gateway that died expires and the row is due again; one left by this
 gateway's previous run is ended at start-up: as with one machine, a mail in
 flight at a crash goes again.
+
+The notices due together (at most :data:`_BATCH`) go over one connection to the
+relay, one MAIL FROM, RCPT and DATA each (aiosmtplib sends RSET after a refusal);
+each is marked sent after its own 250 and a refusal ends or reschedules that one
+alone. A relay that cannot be reached (connect, TLS or AUTH failing) reschedules
+every notice of the batch; a connection that breaks after carrying a mail leaves
+the rest due, their claims ended, for the next pass on a fresh connection.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import asyncio
 import contextlib
 import dataclasses
 import email.policy
+import functools
 import logging
 import ssl
 import time
@@ -72,6 +80,22 @@ class _Refused(Exception):
     """The relay refused for good (5xx on the recipient or the content)."""
 
 
+class _Unreachable(Exception):
+    """No session with the relay: connecting, STARTTLS or AUTH failed (``error`` says how)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Broken(Exception):
+    """The connection broke after it had carried a mail: the rest wait for a fresh one (``error`` says how)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def relay_error(exc: BaseException) -> str:
     """What went wrong with the relay, in words (never an exception's class name)."""
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
@@ -107,6 +131,11 @@ def _finish(notice: Notice, state: NoticeState, why: str, *, job_id: str | None 
 def _mark_sent(notice: Notice, what: str) -> Callable[[Store], None]:
     """``notice`` went out; ``what`` goes on its job's timeline."""
     return lambda s: s.mark_notice_sent(notice.id, notice.job_id, what)
+
+
+def _release(owner: str, notice_ids: list[int], store: Store) -> None:
+    """End ``owner``'s claims on ``notice_ids``: they are due again at once."""
+    store.release_notice_claims(owner, notice_ids)
 
 
 def _prepare(store: Store, settings: Settings, spool: Spool, item: Notice) -> Notice | None:
@@ -229,14 +258,8 @@ class Notifier:
                 since = self._since
                 await self.store.run(lambda s: _queue_accepted(s, since))
             while not self._stopping and (batch := await self._claim(alerts=False)):
-                claimed_at = self.clock()
-                for i, item in enumerate(batch):
-                    if self._stopping:
-                        break  # the rest are released by stop()
-                    if self.clock() - claimed_at >= self._lease / 3:  # a slow relay: keep the rest claimed
-                        claimed_at = self.clock()
-                        await self._renew([n.id for n in batch[i:]])
-                    sent += await self._send_one(item)
+                async with _Relay(self.settings) as relay:
+                    sent += await self._send_batch(relay, batch)
             if not self._stopping:
                 sent += await self._send_alerts()
         return sent
@@ -251,7 +274,33 @@ class Notifier:
         instance, until = self.instance, self.clock() + self._lease
         await self.store.run(lambda s: s.renew_notice_claims(instance, notice_ids, until))
 
-    async def _send_one(self, item: Notice) -> int:
+    async def _send_batch(self, relay: _Relay, batch: list[Notice]) -> int:
+        """Send the claimed ``batch`` over ``relay``'s one connection; returns how many went out."""
+        sent = 0
+        claimed_at = self.clock()
+        for i, item in enumerate(batch):
+            if self._stopping:
+                break  # the rest are released by stop()
+            if self.clock() - claimed_at >= self._lease / 3:  # a slow relay: keep the rest claimed
+                claimed_at = self.clock()
+                await self._renew([n.id for n in batch[i:]])
+            try:
+                sent += await self._send_one(relay, item)
+            except _Unreachable as exc:  # the relay is down for them all: each waits its own backoff
+                for notice in batch[i:]:
+                    what = f"job {notice.job_id}: {notice.kind} notice"
+                    await self._reschedule(notice.id, notice.job_id, notice.attempts, notice.created_at, what,
+                                           exc.error)  # fmt: skip
+                break
+            except _Broken as exc:  # not this one's fault: it and the rest go on a fresh connection
+                rest = [n.id for n in batch[i:]]
+                await self.store.run(functools.partial(_release, self.instance, rest))
+                log.info("notifier: %s after %d mail(s) on one connection; %d wait for a fresh one",
+                         relay_error(exc.error), relay.mails, len(rest))  # fmt: skip
+                break
+        return sent
+
+    async def _send_one(self, relay: _Relay, item: Notice) -> int:
         if not item.payload:
             try:
                 prepared = await self.store.run(lambda s: _prepare(s, self.settings, self.spool, item))
@@ -267,7 +316,9 @@ class Notifier:
             item = prepared
         what = f"job {item.job_id}: {item.kind} notice to {item.recipient}"
         try:
-            await self._deliver(item.recipient, item.payload)
+            await relay.send(item.recipient, item.payload)
+        except (_Unreachable, _Broken):
+            raise
         except _Refused as exc:
             why = f"refused by the relay: {exc}"
             log.warning("%s %s; not retried", what, why, extra={"job_id": item.job_id})
@@ -304,8 +355,11 @@ class Notifier:
         alerts = [Alert(n.kind, n.job_id, n.detail, n.created_at) for n in due]
         mail = compose_alerts(self.settings, alerts, due[0].message_id, now)
         try:
-            await self._deliver(notify.admin_address, mail.as_bytes(policy=WIRE))
+            async with _Relay(self.settings) as relay:
+                await relay.send(notify.admin_address, mail.as_bytes(policy=WIRE))
         except Exception as exc:
+            if isinstance(exc, (_Unreachable, _Broken)):
+                exc = exc.error
             for notice in due:
                 await self._reschedule(notice.id, "", notice.attempts, notice.created_at, f"alert {notice.kind}", exc)
             return 0
@@ -328,8 +382,30 @@ class Notifier:
         log.warning("%s: relay did not take it (%s); next try in %.0f s", what, error, delay, extra={"job_id": job_id})
         await self.store.run(lambda s: s.retry_notice_later(row_id, now + delay, error))
 
-    async def _deliver(self, recipient: str, payload: bytes) -> None:
-        """One mail to the relay; raises :class:`_Refused` for a permanent refusal, anything else is transient."""
+
+class _Relay:
+    """One connection to the relay, opened for the first mail and kept for the next ones; closed on exit."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: aiosmtplib.SMTP | None = None
+        self.mails = 0  # mails the current connection carried
+
+    async def __aenter__(self) -> _Relay:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and client.is_connected:
+            try:
+                await client.quit(timeout=self.settings.notify.relay_timeout)
+            except Exception:  # every mail is accounted for already: the goodbye does not matter
+                client.close()
+
+    async def _open(self) -> aiosmtplib.SMTP:
         notify = self.settings.notify
         tls: ssl.SSLContext | None = None
         if notify.relay_starttls:
@@ -338,18 +414,43 @@ class Notifier:
             hostname=notify.relay.host, port=notify.relay.port, timeout=notify.relay_timeout,
             start_tls=notify.relay_starttls, tls_context=tls, local_hostname=self.settings.smtp.hostname,
         )  # fmt: skip
-        async with client:
+        try:
+            await client.connect()
             if notify.relay_username:
                 await client.login(notify.relay_username, notify.relay_password.reveal())
-            try:
-                await client.sendmail(notify.from_address, [recipient], payload)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                codes = [e.code for e in exc.recipients]
-                if all(500 <= c < 600 for c in codes):
-                    raise _Refused("; ".join(f"{e.code} {clean(e.message)}" for e in exc.recipients)) from None
-                raise
-            except aiosmtplib.SMTPDataError as exc:
-                if 500 <= exc.code < 600:
-                    raise _Refused(f"{exc.code} {clean(exc.message)}") from None
-                raise
+        except Exception as exc:
+            client.close()
+            raise _Unreachable(exc) from None
+        return client
 
+    async def send(self, recipient: str, payload: bytes) -> None:
+        """One mail; raises :class:`_Refused` for a permanent refusal, :class:`_Unreachable` without a
+        session, :class:`_Broken` when a connection that carried a mail broke; anything else is transient."""
+        client = self._client
+        if client is None or not client.is_connected:
+            self._client = client = await self._open()
+            self.mails = 0
+        try:
+            await client.sendmail(self.settings.notify.from_address, [recipient], payload)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [e.code for e in exc.recipients]
+            if all(500 <= c < 600 for c in codes):
+                raise _Refused("; ".join(f"{e.code} {clean(e.message)}" for e in exc.recipients)) from None
+            self._broken(exc)
+            raise
+        except aiosmtplib.SMTPDataError as exc:
+            if 500 <= exc.code < 600:
+                raise _Refused(f"{exc.code} {clean(exc.message)}") from None
+            self._broken(exc)
+            raise
+        except Exception as exc:
+            self._broken(exc)
+            raise
+        self.mails += 1
+
+    def _broken(self, exc: Exception) -> None:
+        """Raise :class:`_Broken` if ``exc`` left no connection and this one had carried a mail."""
+        if self._client is not None and not self._client.is_connected:
+            self._client = None
+            if self.mails:
+                raise _Broken(exc) from None

@@ -23,10 +23,6 @@ from typing import TextIO
 from gateway import settings as settings_mod
 from gateway.daemon import logs
 from gateway.delivery.faults import FAULT_HELP, is_fault
-from gateway.ops import jobs as commands
-from gateway.ops.actions import AdminError
-from gateway.spool import SpoolLockedError
-from gateway.store import StoreError, StoreUnreachable
 
 log = logging.getLogger("gateway")
 
@@ -86,17 +82,20 @@ def read_new_password(stdin: TextIO = sys.stdin) -> str:
     if stdin.isatty():
         first = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != first:
-            raise commands.UsageError("the two passwords differ")
+            from gateway.ops.jobs import UsageError
+
+            raise UsageError("the two passwords differ")
         return first
     return stdin.readline().rstrip("\r\n")
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from gateway import passwords as auth
+    from gateway.ops.jobs import UsageError
 
     password = read_new_password()
     if not password:
-        raise commands.UsageError("empty password")
+        raise UsageError("empty password")
     print(auth.hash_password(password))
     return 0
 
@@ -160,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault", metavar="NAME", type=_fault, help="answer every request with this fault mode (above)")
     p.set_defaults(func=cmd_simulate_provider)
 
+    from gateway.ops import jobs as commands
+
     commands.add_parsers(sub)
     for choice in sub.choices.values():
         choice.epilog = EXIT_HELP
@@ -175,6 +176,13 @@ def _fail(args: argparse.Namespace, status: int, message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The job commands and the store load here, not on import: a document worker imports the
+    # program's main module (multiprocessing does) and needs none of them.
+    from gateway.ops import jobs as commands
+    from gateway.ops.actions import AdminError
+    from gateway.spool import SpoolLockedError
+    from gateway.store import StoreError, StoreUnreachable
+
     logs.setup(settings_mod.LogSettings())
     args = build_parser().parse_args(argv)
     func: Command = args.func

@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 from aiosmtpd.smtp import MISSING, Envelope
 
 from gateway import replies
-from gateway.documents import cover, partial, policy
+from gateway.documents import outcomes, partial
 from gateway.documents.examiner import Busy, Examiner
 from gateway.documents.headers import Headers, read_headers
 from gateway.replies import Answer, Hello
@@ -310,9 +310,9 @@ class Handler:
         """Examine, spool and commit one mail; ``settle``: a split mail's whole (its refusal always goes by mail)."""
         try:
             notify = self.settings.notify  # a cover page speaks the receipts' language, in their zone
-            context = cover.Envelope(tuple(numbers), self.clock(), notify.language, notify.timezone)
+            context = outcomes.Envelope(tuple(numbers), self.clock(), notify.language, notify.timezone)
             extraction, headers = await self.examiner.examine(raw, conn.ip, context)
-        except policy.DocumentRefused as exc:
+        except outcomes.DocumentRefused as exc:
             log.info("session %s: message from %s refused: %s", conn.id, clean(sender), exc.reason)
             if _refusals(conn) != "mail" and settle is None:
                 return exc.reply
@@ -357,7 +357,7 @@ class Handler:
         sender: str,
         keys: dict[str, str],
         raw: bytes,
-        extraction: policy.Extraction,
+        extraction: outcomes.Extraction,
         headers: Headers,
         settle: Settle | None = None,
     ) -> Answer:

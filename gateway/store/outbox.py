@@ -242,12 +242,20 @@ class Outbox(JobQueries):
                     (expires_at, notice_id, owner),
                 )
 
-    def release_notice_claims(self, owner: str) -> int:
+    def release_notice_claims(self, owner: str, notice_ids: Sequence[int] | None = None) -> int:
         """End every claim ``owner`` holds (its notifier starting again after a crash: as on one machine,
-        a mail in flight then goes again); returns how many."""
+        a mail in flight then goes again), or only those on ``notice_ids``; returns how many."""
         with self.transaction() as db:
-            cur = db.execute(f"UPDATE notifications SET {_UNCLAIM} WHERE claim_owner = ?", (owner,))
-        return cur.rowcount
+            if notice_ids is None:
+                cur = db.execute(f"UPDATE notifications SET {_UNCLAIM} WHERE claim_owner = ?", (owner,))
+                return cur.rowcount
+            released = 0
+            for notice_id in notice_ids:
+                cur = db.execute(
+                    f"UPDATE notifications SET {_UNCLAIM} WHERE id = ? AND claim_owner = ?", (notice_id, owner)
+                )
+                released += cur.rowcount
+        return released
 
     def last_alert_sent_at(self) -> float:
         row = self.db.execute(

@@ -218,6 +218,7 @@ def _normal(text: str) -> str:
                      and '"upload_key"' not in line and '"uploaded_at"' not in line)  # fmt: skip
 
 
+@pytest.mark.timeout(600)  # about 90 commands, each a process start: slow on a busy machine
 def test_the_job_commands_say_the_same_on_both_stores(site: Site) -> None:
     assert site.migrate().returncode == 0
     on_sqlite, on_pg = ("--spool", str(site.spool)), ("--config", str(site.config))

@@ -34,7 +34,7 @@ import email.policy
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiosmtplib
 
@@ -266,18 +266,26 @@ class Notifier:
                 return 0
             item = prepared
         what = f"job {item.job_id}: {item.kind} notice to {item.recipient}"
+        taken = False
+
+        async def record() -> None:
+            nonlocal taken
+            taken = True
+            # Shielded: once the relay took it, a stop must not leave it to be sent twice.
+            await asyncio.shield(self.store.run(_mark_sent(item, f"{item.kind} to {item.recipient}")))
+
         try:
-            await self._deliver(item.recipient, item.payload)
+            await self._deliver(item.recipient, item.payload, record)
         except _Refused as exc:
             why = f"refused by the relay: {exc}"
             log.warning("%s %s; not retried", what, why, extra={"job_id": item.job_id})
             await self.store.run(_finish(item, NoticeState.FAILED, why))
             return 0
         except Exception as exc:
+            if taken:
+                raise  # the relay took it: recording it failed (the store), nothing for the relay to do again
             await self._reschedule(item.id, item.job_id, item.attempts, item.created_at, what, exc)
             return 0
-        # Shielded: once the relay took it, a stop must not leave it to be sent twice.
-        await asyncio.shield(self.store.run(_mark_sent(item, f"{item.kind} to {item.recipient}")))
         log.info("%s sent", what, extra={"job_id": item.job_id})
         return 1
 
@@ -303,14 +311,22 @@ class Notifier:
                 return 0
         alerts = [Alert(n.kind, n.job_id, n.detail, n.created_at) for n in due]
         mail = compose_alerts(self.settings, alerts, due[0].message_id, now)
+        taken = False
+
+        async def record() -> None:
+            nonlocal taken
+            taken = True
+            for notice in due:
+                await asyncio.shield(self.store.run(_mark_sent(notice, f"{notice.kind} to admin")))
+
         try:
-            await self._deliver(notify.admin_address, mail.as_bytes(policy=WIRE))
+            await self._deliver(notify.admin_address, mail.as_bytes(policy=WIRE), record)
         except Exception as exc:
+            if taken:
+                raise
             for notice in due:
                 await self._reschedule(notice.id, "", notice.attempts, notice.created_at, f"alert {notice.kind}", exc)
             return 0
-        for notice in due:
-            await self.store.run(_mark_sent(notice, f"{notice.kind} to admin"))
         log.info("admin alert sent: %s", mail["Subject"])
         return 1
 
@@ -328,8 +344,12 @@ class Notifier:
         log.warning("%s: relay did not take it (%s); next try in %.0f s", what, error, delay, extra={"job_id": job_id})
         await self.store.run(lambda s: s.retry_notice_later(row_id, now + delay, error))
 
-    async def _deliver(self, recipient: str, payload: bytes) -> None:
-        """One mail to the relay; raises :class:`_Refused` for a permanent refusal, anything else is transient."""
+    async def _deliver(self, recipient: str, payload: bytes, taken: Callable[[], Awaitable[None]]) -> None:
+        """One mail to the relay; raises :class:`_Refused` for a permanent refusal, anything else is transient.
+
+        ``taken`` records the mail sent as soon as the relay has answered its data, before the QUIT: a crash
+        between that answer and the record sends the mail again, so the window is the record's alone.
+        """
         notify = self.settings.notify
         tls: ssl.SSLContext | None = None
         if notify.relay_starttls:
@@ -352,4 +372,5 @@ class Notifier:
                 if 500 <= exc.code < 600:
                     raise _Refused(f"{exc.code} {clean(exc.message)}") from None
                 raise
+            await taken()
 

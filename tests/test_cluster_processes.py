@@ -8,6 +8,10 @@ provider simulator calls its receipts back through a balancer to whichever
 instance is up. In the end every fax went out once (twice only for a job left
 ambiguous by a kill and resubmitted with the same reference), every receipt was
 applied once and every sender got one receipt mail.
+
+The fencing test pauses an instance with SIGSTOP while the provider holds its
+submissions, long enough for another instance to take them over; once
+continued, its late writes are refused.
 """
 
 from __future__ import annotations
@@ -186,6 +190,14 @@ async def test_500_mails_over_three_instances_killed_20_times_each_fax_once_each
           f" sent in {sent_at - started:.0f} s, all final in {time.monotonic() - started:.0f} s")  # fmt: skip
 
 
+def _of(fleet: Fleet, ids: list[str]) -> list[Job]:
+    store = fleet.store()
+    try:
+        return [job for job_id in ids if (job := store.get_job(job_id)) is not None]
+    finally:
+        store.close()
+
+
 def _open_jobs(fleet: Fleet) -> str:
     """The jobs not final yet, with their timelines and what the simulator saw of them (for a failure report)."""
     store = fleet.store()
@@ -205,3 +217,78 @@ def _open_jobs(fleet: Fleet) -> str:
         return "\n".join(lines)
     finally:
         store.close()
+
+
+FENCED = 4
+SLOW_ANSWER = 2.0  # the provider holds its answers: those to the paused instance come while it is stopped
+
+
+async def test_an_instance_paused_past_its_lease_has_its_late_writes_refused(fleet: Fleet) -> None:
+    members = [fleet.add(name) for name in NAMES[:2]]
+    await asyncio.gather(*(m.start() for m in members))
+    fleet.sim.set_fault(f"delay:{SLOW_ANSWER}")
+    for i in range(FENCED):
+        sender, to = "alice@example.com", f"{NUMBERS[i]}@fax.local"
+        queued(await asyncio.to_thread(_send, members[i % 2].smtp_port, sender, to, fax_mail(sender=sender, to=to)))
+    await fleet.sim.wait_requests(FENCED, timeout=30)  # all in flight, their answers held back
+
+    def owners() -> dict[str, str]:
+        store = fleet.store()
+        try:
+            return {j.id: j.lease_owner for j in _jobs(store)}
+        finally:
+            store.close()
+
+    held = await asyncio.to_thread(owners)
+    a = max(members, key=lambda m: list(held.values()).count(m.name))  # the one holding most of them
+    a.pause()
+    fleet.sim.set_fault(None)
+    ids = [job_id for job_id, owner in held.items() if owner == a.name]
+    assert ids and all(j.state == State.SUBMITTING for j in await asyncio.to_thread(lambda: _of(fleet, ids))), held
+
+    def taken_over() -> bool:
+        store = fleet.store()
+        try:
+            return all(store.count_events(job_id, "recovered") == 1 for job_id in ids)
+        finally:
+            store.close()
+
+    await poll_until(taken_over, "the other instance taking the jobs over", 60.0, context=fleet.logs)
+    a.resume()
+    await poll_until(lambda: all(f"job {j}: lease lost: another instance took the job over" in a.log() for j in ids),
+                     "the paused instance's late writes refused", 60.0, context=fleet.logs)  # fmt: skip
+    ids = list(held)
+
+    def settled() -> list[Job] | None:
+        store = fleet.store()
+        try:
+            jobs = [store.get_job(job_id) for job_id in ids]
+            sent = all(n["state"] == NoticeState.SENT for j in ids for n in store.notices_of_job(j)
+                       if n["kind"] == "delivered")  # fmt: skip
+            done = all(j is not None and j.state in FINAL_STATES for j in jobs)
+            return [j for j in jobs if j is not None] if done and sent else None
+        finally:
+            store.close()
+
+    jobs = await poll_until(settled, "the jobs delivered and their receipts sent", 60.0, context=fleet.logs)
+    store = fleet.store()
+    try:
+        timelines = {job_id: [(str(r["kind"]), str(r["detail"])) for r in store.timeline(job_id)] for job_id in ids}
+    finally:
+        store.close()
+    for job in jobs:
+        kinds = [kind for kind, _ in timelines[job.id]]
+        assert job.state == State.DELIVERED, (job.id, job.state, timelines[job.id])
+        submissions = [r for r in fleet.sim.requests if r.params["ref"] == job.id]
+        if held[job.id] != a.name:  # the other instance's own: sent once, delivered
+            assert kinds.count("delivered") == 1 and len(submissions) == 1, timelines[job.id]
+            continue
+        # What the other instance wrote: taken over as ambiguous, then settled; nothing of the paused one's answer.
+        taken = kinds.index("recovered")
+        assert a.name in timelines[job.id][taken][1] and kinds[taken - 1] == "submitting", timelines[job.id]
+        assert "submitted" not in kinds[taken:] or "resubmitting" in kinds[taken:], timelines[job.id]
+        assert kinds.count("delivered") == 1, timelines[job.id]
+        assert len(submissions) <= 1 + kinds.count("resubmitting"), (job.id, len(submissions), timelines[job.id])
+    mails = Counter(m.message["X-Fax-Job"] for m in fleet.sink.messages)
+    assert mails == dict.fromkeys(ids, 1), mails
+    assert "Traceback" not in a.log(), a.log()[-4000:]

@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.support_cluster",
     "tests.support_delivery",
     "tests.support_docs",
+    "tests.support_fleet",
     "tests.support_mail",
     "tests.support_net",
     "tests.support_office",

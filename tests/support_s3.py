@@ -110,7 +110,7 @@ class Relay:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
 
 
 async def _answer_error(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, code: str) -> None:
@@ -126,7 +126,7 @@ async def _answer_error(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     writer.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):
             writer.write(data)

@@ -344,7 +344,7 @@ def test_simulate_provider_help_lists_every_fault_and_fault_starts_one() -> None
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     shown = subprocess.run([sys.executable, "-m", "gateway", "simulate-provider", "--help"], capture_output=True,
                            text=True, env=env, timeout=60).stdout  # fmt: skip
-    for name in (*FAULTS, "code:NNN"):
+    for name in (*FAULTS, "code:NNN", "delay:S"):
         assert f"  {name} " in shown and FAULT_HELP[name].split(";")[0] in " ".join(shown.split()), name
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "simulate-provider", "--listen", "127.0.0.1:0", "--fault", "code:109"],

@@ -20,8 +20,12 @@ FAULT_HELP = {
     "early-callback": "calls the receipt back before it answers",
     "duplicate-callback": "calls the receipt back twice at once",
     "code:NNN": "answers the code NNN (code:113 accepts without checking)",
+    "delay:S": "answers S seconds late, as it would have at once; the fax is sent and called back after the answer",
 }
+
+# The faults that take a value (code:NNN, delay:S): the others are named as they are.
+PATTERNS = {"code:NNN": r"code:\d{1,6}", "delay:S": r"delay:\d{1,4}(\.\d{1,3})?"}
 
 
 def is_fault(name: str) -> bool:
-    return name in FAULT_HELP and name != "code:NNN" or re.fullmatch(r"code:\d{1,6}", name) is not None
+    return (name in FAULT_HELP and name not in PATTERNS) or any(re.fullmatch(p, name) for p in PATTERNS.values())

@@ -17,7 +17,9 @@ day. Whether the fax went out matters to the gateway, so it is stated for each:
 closes mid-answer) and ``no-ref`` (113 without a reference) send the fax and
 call back with its reference; ``early-callback`` calls back before answering;
 ``duplicate-callback`` calls back twice at once; ``code:NNN`` answers NNN
-(``code:113`` accepts without checking). ``receipt_codes`` maps a number to the
+(``code:113`` accepts without checking); ``delay:S`` answers S seconds late, as
+it would have at once (a slow provider: the fax is sent and called back after
+the answer). ``receipt_codes`` maps a number to the
 receipt code it always gets (``{"+33145678900": "31064"}``: line busy).
 """
 
@@ -49,14 +51,14 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.arcodes import lookup
-from gateway.delivery.faults import FAULT_HELP, is_fault
+from gateway.delivery.faults import FAULT_HELP, PATTERNS, is_fault
 from gateway.settings import HostPort, parse_hostport
 
 log = logging.getLogger("gateway.simulator")
 
 MAX_DOCUMENT_BYTES = 1_048_576
 DOCUMENT_TYPES = {"application/pdf", "image/tiff", "image/jpeg", "image/png", "image/gif"}
-FAULTS = tuple(name for name in FAULT_HELP if name != "code:NNN")
+FAULTS = tuple(name for name in FAULT_HELP if name not in PATTERNS)
 MASK = "********"
 
 @dataclass
@@ -130,7 +132,7 @@ class ProviderSimulator:
     def set_fault(self, fault: str | None, *, once: bool = False) -> None:
         """Switch a fault on (``None``: off); ``once``: only for the next request."""
         if fault is not None and not is_fault(fault):
-            raise ValueError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)} or code:NNN")
+            raise ValueError(f"unknown fault {fault!r}; one of {', '.join((*FAULTS, *PATTERNS))}")
         self.fault, self.fault_once = fault, once
 
     async def start(self) -> None:
@@ -204,6 +206,9 @@ class ProviderSimulator:
         fault = self.fault
         if self.fault_once:
             self.fault, self.fault_once = None, False
+        if fault is not None and fault.startswith("delay:"):
+            await asyncio.sleep(float(fault[6:]))  # a slow provider, then the answer it would have given
+            fault = None
         if fault == "hang":
             record.answer = "(hang)"
             await self._released.wait()

@@ -354,17 +354,23 @@ class Notifier:
                 return 0
         alerts = [Alert(n.kind, n.job_id, n.detail, n.created_at) for n in due]
         mail = compose_alerts(self.settings, alerts, due[0].message_id, now)
+        taken = False
         try:
             async with _Relay(self.settings) as relay:
                 await relay.send(notify.admin_address, mail.as_bytes(policy=WIRE))
+                taken = True
+                # Before the QUIT, shielded: once the relay took it, neither a kill during the goodbye
+                # nor a stop may leave it to be sent twice.
+                for notice in due:
+                    await asyncio.shield(self.store.run(_mark_sent(notice, f"{notice.kind} to admin")))
         except Exception as exc:
+            if taken:
+                raise  # the relay took it: recording it failed (the store), nothing for the relay to do again
             if isinstance(exc, (_Unreachable, _Broken)):
                 exc = exc.error
             for notice in due:
                 await self._reschedule(notice.id, "", notice.attempts, notice.created_at, f"alert {notice.kind}", exc)
             return 0
-        for notice in due:
-            await self.store.run(_mark_sent(notice, f"{notice.kind} to admin"))
         log.info("admin alert sent: %s", mail["Subject"])
         return 1
 

@@ -203,16 +203,14 @@ def record_receipt(store: Store, r: ReceiptParams, source: str, policy: RetryPol
     with store.transaction():
         # The job's row locked first (PostgreSQL): a gateway applying the same receipt at the same time
         # waits, then finds the receipt on record (a duplicate) and the job already moved.
-        job = store.job_by_provider_ref(r.ref_accuse)
-        job = store.lock_job(job.id) if job is not None else None
-        matched = None
-        if job is None and r.numero:
-            found = _match_ambiguous(store, r.numero, store.clock())
-            found = store.lock_job(found.id) if found is not None else None
-            if found is not None and found.state == State.AMBIGUOUS:
-                matched = job = found
+        job, matched = _job_of(store, r)
         if job is None and not _may_keep_unknown(store, r, early):
-            return IGNORED, ""
+            # PostgreSQL: each statement sees what was committed when it began, so the job may have left
+            # ``submitting`` (recorded submitted with this reference, or taken over as ambiguous) between the
+            # look-up above and the in-flight check: look once more, now that the check saw it leave.
+            job, matched = _job_of(store, r)
+            if job is None:
+                return IGNORED, ""
         receipt_id = store.add_receipt(
             source=source, ref_accuse=r.ref_accuse, etat_e=r.etat_e, numero=r.numero, nb_page=r.nb_page,
             heure=r.heure, validated=r.validated,
@@ -225,6 +223,19 @@ def record_receipt(store: Store, r: ReceiptParams, source: str, policy: RetryPol
             store.update_job(matched.id, provider_ref=r.ref_accuse)
             store.add_event(matched.id, "receipt matched", f"by number and time: reference {r.ref_accuse}")
         return _apply(store, job, receipt_id, r, policy), job.id
+
+
+def _job_of(store: Store, r: ReceiptParams) -> tuple[Job | None, Job | None]:
+    """The job of a receipt, its row locked: by reference, else the ambiguous job it matches by number
+    (then also the second value)."""
+    job = store.job_by_provider_ref(r.ref_accuse)
+    job = store.lock_job(job.id) if job is not None else None
+    if job is None and r.numero:
+        found = _match_ambiguous(store, r.numero, store.clock())
+        found = store.lock_job(found.id) if found is not None else None
+        if found is not None and found.state == State.AMBIGUOUS:
+            return found, found
+    return job, None
 
 
 def _params_of(row: Row) -> ReceiptParams:

@@ -19,7 +19,6 @@ import pytest
 from gateway.outcomes import HoldKind
 from gateway.settings import Secret
 from gateway.store import (
-    DATABASE_ERRORS,
     SCHEMA_VERSION,
     Location,
     NewMessage,
@@ -34,6 +33,7 @@ from gateway.store import (
     Store,
     StoreError,
     alert,
+    database_errors,
 )
 from gateway.store import schema as schema_mod
 from tests.support_delivery import FakeClock
@@ -159,7 +159,7 @@ def test_the_outbox_on_both_backends(backend_store: Store) -> None:
 
 def test_a_failed_transaction_leaves_nothing(backend_store: Store) -> None:
     s = backend_store
-    with pytest.raises(DATABASE_ERRORS), s.transaction():
+    with pytest.raises(database_errors()), s.transaction():
         s.add_message(_message("m1"), [("j1", NUMBER, "")], "accepted")
         s.add_message(_message("m1"), [("j2", NUMBER, "")], "accepted")  # the same message id twice
     assert s.recorded_messages(["m1"]) == set() and s.get_job("j1") is None

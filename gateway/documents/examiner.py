@@ -12,10 +12,11 @@ Where the work runs (``documents.processes``):
 - 0: in a thread of the daemon, as ``fax-gateway send`` always does. The MIME
   parse, libmagic and pikepdf then share the daemon's GIL with the SMTP sessions.
 - N > 0: in worker processes forked by a forkserver (never a plain fork of the
-  threaded daemon) that has this module and the document checks already
-  imported (the daemon itself never imports the checks: what it sends and gets
-  back is defined in :mod:`gateway.documents.outcomes`), each examining one
-  message at a time. ``start()`` returns once N
+  threaded daemon), each examining one message at a time. The forkserver loads
+  nothing of the gateway; each worker loads the document checks once forked,
+  before it answers (a few tenths of a second), so their pages are resident in
+  the workers only (the daemon itself never imports the checks: what it sends
+  and gets back is defined in :mod:`gateway.documents.outcomes`). ``start()`` returns once N
   are up; under load the pool grows to ``documents.processes_max`` (a worker
   above N ends once no message waits for it); a message waits for a worker
   at most ``documents.queue_seconds``. ``stop()`` lets in-flight examinations
@@ -81,7 +82,7 @@ MAX_OFFENDERS = 10_000
 
 def examine(raw: bytes, settings: DocumentSettings, envelope: Envelope | None = None) -> tuple[Extraction, Headers]:
     """Blocking: the whole examination of one message (in a thread or a worker process)."""
-    from gateway.documents import policy  # local: the checks load in the workers (the forkserver's preload)
+    from gateway.documents import policy  # local: the checks load in the workers only
 
     return policy.extract(raw, settings, envelope), read_headers(raw)
 
@@ -159,6 +160,8 @@ class _Overdue(Exception):
 def _serve(conn: multiprocessing.connection.Connection, memory_bytes: int) -> None:
     """A worker process: examine one message at a time, sent over ``conn``, until it gets None."""
     _worker_init(memory_bytes)
+    from gateway.documents import policy  # noqa: F401  # loaded before the worker says it is ready
+
     conn.send(os.getpid())
     while True:
         try:
@@ -322,8 +325,9 @@ class Examiner:
     def _new_worker(self) -> _Worker:
         """Blocking: fork a worker from the forkserver and wait for it to answer."""
         context = multiprocessing.get_context("forkserver")
-        # Imported once in the forkserver: each worker forked from it starts with the checks loaded.
-        context.set_forkserver_preload([__name__, "gateway.documents.policy"])
+        # The forkserver loads nothing of the gateway: each worker loads the checks itself once
+        # forked, before it answers (loaded in the forkserver too, their pages would be counted in both).
+        context.set_forkserver_preload([])
         mine, theirs = context.Pipe()
         process = context.Process(target=_serve, args=(theirs, self.settings.worker_memory_bytes), daemon=True)
         process.start()

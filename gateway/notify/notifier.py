@@ -52,7 +52,6 @@ from gateway.sender import recipient_of_message
 from gateway.settings import Settings, instance_name, status_links_on
 from gateway.spool import FAX_NAME, Spool
 from gateway.store import (
-    DATABASE_ERRORS,
     FINAL_STATES,
     AsyncStore,
     Notice,
@@ -61,6 +60,7 @@ from gateway.store import (
     Store,
     StoreUnavailable,
     alert,
+    database_errors,
 )
 from gateway.text import clean
 
@@ -226,7 +226,7 @@ class Notifier:
             except (TimeoutError, asyncio.CancelledError):
                 pass  # wait_for cancelled it; an unsent mail stays pending and goes after the restart
             instance = self.instance
-            with contextlib.suppress(*DATABASE_ERRORS):  # the rows claimed and not sent are due again at once
+            with contextlib.suppress(*database_errors()):  # the rows claimed and not sent are due again at once
                 await self.store.run(lambda s: s.release_notice_claims(instance))
 
     def wake(self) -> None:
@@ -304,7 +304,7 @@ class Notifier:
         if not item.payload:
             try:
                 prepared = await self.store.run(lambda s: _prepare(s, self.settings, self.spool, item))
-            except DATABASE_ERRORS:
+            except database_errors():
                 raise  # the store: the whole run stops and is tried again
             except Exception:  # a bug in composing this one: record it, do not block the others
                 log.exception("job %s: %s notice could not be composed", item.job_id, item.kind,

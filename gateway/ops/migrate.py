@@ -38,7 +38,7 @@ from gateway.ops.actions import AdminError
 from gateway.ops.jobs import UsageError
 from gateway.redact import redact, secrets_of
 from gateway.spool import FAX_NAME, RAW_NAME, ObjectSpool, Spool, SpoolLockedError, StorageUnavailable
-from gateway.store import DATABASE_ERRORS, SCHEMA_VERSION, PostgreSQL
+from gateway.store import SCHEMA_VERSION, PostgreSQL, database_errors
 from gateway.store.base import Connection
 from gateway.store.copy import OpenMessage, SQLiteSource, copy_rows, hidden, target_rows
 
@@ -174,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
     _lock(spool)
     try:
         counts, open_jobs, done = _move(settings, spool, target_where)
-    except DATABASE_ERRORS as exc:  # a lost connection, a locked file: the transaction did not commit
+    except database_errors() as exc:  # a lost connection, a locked file: the transaction did not commit
         why = redact(str(exc), [*secrets_of(settings), *hidden(target_where)])
         raise AdminError(f"the copy failed, nothing was written to the {target_where}: {why}") from None
     finally:

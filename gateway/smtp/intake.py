@@ -57,7 +57,6 @@ from gateway.smtp.access import AuthThrottle, sender_allowed
 from gateway.smtp.recipients import Domains, FaxRecipient, ReceiptRecipient, classify
 from gateway.spool import FAX_NAME, RAW_NAME, Spool, StorageUnavailable
 from gateway.store import (
-    UNREACHABLE_ERRORS,
     AsyncStore,
     NewMessage,
     NewPart,
@@ -67,6 +66,7 @@ from gateway.store import (
     QuotaReached,
     Store,
     new_id,
+    unreachable_errors,
 )
 from gateway.text import clean
 
@@ -668,7 +668,7 @@ def fault_reply(exc: Exception, what: str) -> Answer:
     never with a connection string: the log handler masks it); anything else is an internal error, logged
     with its traceback, which the client never sees.
     """
-    if isinstance(exc, UNREACHABLE_ERRORS):
+    if isinstance(exc, unreachable_errors()):
         why = clean(str(exc).strip().partition("\n")[0], 300) or type(exc).__name__
         log.error("%s: the job store is unavailable (%s): 451", what, why)
         return replies.STORE_UNAVAILABLE.answer()

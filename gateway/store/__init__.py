@@ -1,14 +1,14 @@
 """The job store: the only link between the stages, and the only code that speaks SQL."""
 
 from gateway.store.base import (
-    DATABASE_ERRORS,
-    UNREACHABLE_ERRORS,
     WAKE_JOBS,
     WAKE_NOTICES,
     WAKE_RECEIPTS,
     Location,
     PostgreSQL,
+    database_errors,
     location,
+    unreachable_errors,
 )
 from gateway.store.core import AsyncStore, Store
 from gateway.store.instances import Instance
@@ -31,10 +31,10 @@ from gateway.store.states import FINAL_STATES, IN_FLIGHT_STATES, Delay, Ending, 
 from gateway.store.wakeups import WAKE_ALL, Wakeups
 
 __all__ = [
-    "DATABASE_ERRORS", "FINAL_STATES", "IN_FLIGHT_STATES", "MIGRATIONS", "SCHEMA_VERSION", "AsyncStore", "Delay",
+    "FINAL_STATES", "IN_FLIGHT_STATES", "MIGRATIONS", "SCHEMA_VERSION", "AsyncStore", "Delay",
     "Ending", "Instance", "Job", "Location", "NewMessage", "NewPart", "Notice", "NoticeKind", "NoticeState",
     "OpenSet", "Part", "PartTaken", "PostgreSQL", "Quota", "QuotaReached", "State", "Store", "StoreError",
-    "StoreUnavailable", "StoreUnreachable", "UNREACHABLE_ERRORS", "alert", "alert_subject", "ar_mail", "delay_of",
+    "StoreUnavailable", "StoreUnreachable", "alert", "alert_subject", "ar_mail", "delay_of",
     "is_alert", "is_ar_mail", "kind_family", "location", "new_id", "number_tail", "WAKE_ALL", "WAKE_JOBS",
-    "WAKE_NOTICES", "WAKE_RECEIPTS", "Wakeups",
+    "WAKE_NOTICES", "WAKE_RECEIPTS", "Wakeups", "database_errors", "unreachable_errors",
 ]

@@ -39,21 +39,22 @@ import functools
 import hashlib
 import re
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import psycopg
-import psycopg.conninfo
-import psycopg.rows
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.redact import redact
 from gateway.settings import Secret, StoreSettings
 from gateway.store import schema
 from gateway.store.schema import StoreUnavailable, StoreUnreachable
+
+if TYPE_CHECKING:  # psycopg is loaded on PostgreSQL only: a SQLite gateway never imports it
+    import psycopg
+    import psycopg.rows
 
 
 class Cursor(Protocol):
@@ -80,6 +81,8 @@ class PostgreSQL:
     dsn: Secret = field(repr=False)
 
     def __str__(self) -> str:
+        import psycopg.conninfo
+
         info = psycopg.conninfo.conninfo_to_dict(self.dsn.reveal())
         port = f" port {info['port']}" if info.get("port") else ""
         return f"PostgreSQL database {info.get('dbname', '')!r} on {info.get('host', 'localhost')!r}{port}"
@@ -87,11 +90,22 @@ class PostgreSQL:
 
 Location = str | Path | PostgreSQL
 
-# Any error either backend raises (a lost connection, a full disk, a locked file).
-DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, StoreUnavailable)
-# The PostgreSQL server gone or unreachable (the connection lost or closed, a connection refused): a store
-# shared over the network can be down while the gateway runs, a SQLite file beside the spool cannot.
-UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError, StoreUnavailable)
+def database_errors() -> tuple[type[Exception], ...]:
+    """Any error either backend raises (a lost connection, a full disk, a locked file), for ``except``.
+
+    psycopg's errors are among them once psycopg is loaded; until then (always, on SQLite) none of
+    them can be raised, and the store does not load psycopg to name them.
+    """
+    pg = sys.modules.get("psycopg")
+    return (sqlite3.Error, StoreUnavailable) if pg is None else (sqlite3.Error, pg.Error, StoreUnavailable)
+
+
+def unreachable_errors() -> tuple[type[Exception], ...]:
+    """The PostgreSQL server gone or unreachable (the connection lost or closed, a connection refused): a
+    store shared over the network can be down while the gateway runs, a SQLite file beside the spool cannot."""
+    pg = sys.modules.get("psycopg")
+    return (StoreUnavailable,) if pg is None else (pg.OperationalError, pg.InterfaceError, StoreUnavailable)
+
 
 # The channel a commit that makes work due is announced on (PostgreSQL NOTIFY; gateway.store.wakeups listens),
 # and what it says: which stage has work.
@@ -199,6 +213,8 @@ class _PgDatabase:
 
 def _hidden(where: PostgreSQL) -> list[str]:
     """What an error must never show of ``where``: the connection string, and its password."""
+    import psycopg.conninfo
+
     dsn = where.dsn.reveal()
     try:
         password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
@@ -208,6 +224,8 @@ def _hidden(where: PostgreSQL) -> list[str]:
 
 
 def _connect_postgres(where: PostgreSQL) -> psycopg.Connection[PgRow]:
+    import psycopg  # local: only a PostgreSQL store loads it
+
     try:
         return psycopg.connect(where.dsn.reveal(), autocommit=True, row_factory=_pg_rows, connect_timeout=10)
     except psycopg.Error as exc:
@@ -304,6 +322,8 @@ class Connection:
         return self._pg
 
     def _pg_in_transaction(self) -> bool:
+        import psycopg.pq
+
         pg = self._pg
         return pg is not None and not (pg.broken or pg.closed) and (
             pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
@@ -315,6 +335,8 @@ class Connection:
         return StoreUnavailable(f"{self.where}: the connection was lost ({why}); the next call connects again")
 
     def _pg_execute(self, sql: str, parameters: Sequence[Any]) -> Cursor:
+        import psycopg
+
         conn = self._pg if self._pg_in_transaction() else self._pg_ready()
         assert conn is not None
         try:
@@ -335,6 +357,8 @@ class Connection:
     def transaction(self) -> Iterator[Database]:
         """One transaction (joined when one is open): BEGIN IMMEDIATE on SQLite, BEGIN on PostgreSQL."""
         if self._pg is not None:
+            import psycopg
+
             if self._pg_in_transaction():
                 yield self.db
                 return
@@ -411,6 +435,6 @@ class Connection:
             with self.transaction() as db:
                 db.execute("INSERT INTO probe (at) VALUES (?)", (self.clock(),))
                 db.execute("DELETE FROM probe")
-        except DATABASE_ERRORS:
+        except database_errors():
             return False
         return True

@@ -22,9 +22,6 @@ import logging
 import threading
 from collections.abc import Callable
 
-import psycopg
-import psycopg.conninfo
-
 from gateway.redact import redact
 from gateway.store.base import WAKE_CHANNEL, Location, PostgreSQL
 
@@ -78,6 +75,8 @@ class Wakeups:
             pass
 
     def _main(self, where: PostgreSQL) -> None:
+        import psycopg  # local: loaded on PostgreSQL only
+
         delay = _RETRY_MIN
         while not self._stop.is_set():
             try:
@@ -93,6 +92,8 @@ class Wakeups:
                 delay = min(delay * 2, _RETRY_MAX)
 
     def _listen(self, where: PostgreSQL) -> None:
+        import psycopg
+
         with psycopg.connect(where.dsn.reveal(), autocommit=True, connect_timeout=_CONNECT_TIMEOUT, keepalives=1,
                              keepalives_idle=30, keepalives_interval=10, keepalives_count=3) as conn:  # fmt: skip
             conn.execute(f"LISTEN {WAKE_CHANNEL}")
@@ -108,6 +109,8 @@ class Wakeups:
 
 def _words(where: PostgreSQL, exc: Exception) -> str:
     """An error in one line, the connection string and its password masked."""
+    import psycopg.conninfo
+
     dsn = where.dsn.reveal()
     password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
     return " ".join(redact(str(exc), [dsn, *([str(password)] if password else [])]).split()) or type(exc).__name__

@@ -26,7 +26,7 @@ from email.utils import make_msgid
 import pytest
 
 from gateway.store import FINAL_STATES, Job, NoticeState, State, Store
-from tests.support_cluster import queued
+from tests.support_cluster import mail_to, queued
 from tests.support_fleet import Fleet, Member
 from tests.support_proc import poll_until
 from tests.support_smtp import fax_mail
@@ -43,18 +43,10 @@ BROKEN = (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, ConnectionEr
 
 def _send(port: int, sender: str, to: str, raw: bytes) -> tuple[int, str]:
     """One SMTP transaction (blocking); the DATA reply, or the first refusal. Raises on a broken connection."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.ehlo("mta.example.com")
-        code, reply = client.mail(sender)
-        if code == 250:
-            code, reply = client.rcpt(to)
-        if code != 250:
-            return code, reply.decode()
-        try:
-            code, reply = client.data(raw)
-        except smtplib.SMTPDataError as exc:
-            return exc.smtp_code, exc.smtp_error.decode()
-    return code, reply.decode()
+    try:
+        return mail_to(port, to, sender=sender, raw=raw)
+    except smtplib.SMTPDataError as exc:
+        return exc.smtp_code, exc.smtp_error.decode()
 
 
 class Mailer:
